@@ -1,0 +1,433 @@
+"""The paper's objectives on the unit hypersphere, exact and fast.
+
+Wang & Isola, *Understanding Contrastive Representation Learning through Alignment
+and Uniformity on the Hypersphere*, ICML 2020 (arXiv 2005.10242).
+
+Inputs are embeddings ``f(x)`` of shape ``(N, d)`` that lie on the unit sphere. The
+official code silently assumes this; a user who forgets the final ``F.normalize``
+gets a loss that is quietly wrong. Here every loss checks it: rows whose norm
+differs from 1 by more than ``NORM_TOLERANCE`` raise a ``ValueError``, unless the
+caller passes ``normalize=True``, in which case the loss normalises (and
+differentiates through the normalisation) itself. The tolerance is loose enough
+for bf16/fp16 encoder outputs.
+
+Example:
+    >>> import torch, torch.nn.functional as F
+    >>> from hsrl.losses import HypersphereLoss
+    >>> x = F.normalize(torch.randn(8, 16), dim=1)
+    >>> y = F.normalize(x + 0.1 * torch.randn(8, 16), dim=1)
+    >>> loss = HypersphereLoss("align:1,alpha=2 + uniform:1,t=2")
+    >>> value = loss(x, y)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "NORM_TOLERANCE",
+    "HypersphereLoss",
+    "LossTerm",
+    "align_loss",
+    "contrastive_loss",
+    "parse_objective",
+    "uniform_loss",
+]
+
+#: Largest allowed deviation of a row norm from 1 before a loss refuses the input.
+#: bf16 rounds a unit vector's norm to within about 2**-8 = 0.004; 1e-2 keeps a margin.
+NORM_TOLERANCE = 1e-2
+
+#: Elements of one row block of pair exponents chosen by ``block_size=None``: small
+#: enough to stay in a CPU's cache (8 MiB of float32), large enough to keep a GPU busy
+#: (256 MiB). Either way the extra memory is O(N * block), never O(N^2).
+AUTO_BLOCK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 26}
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_embeddings(x: Tensor, name: str, *, min_rows: int = 1) -> None:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"{name} must have shape (N, d), got shape {tuple(x.shape)}")
+    if x.shape[0] < min_rows:
+        raise ValueError(f"{name} needs at least {min_rows} rows, got {x.shape[0]}")
+    if x.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one feature column, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
+
+
+def _check_positive(value: float, name: str) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def _on_sphere(x: Tensor, name: str, normalize: bool) -> Tensor:
+    """Return ``x`` on the unit sphere, or raise if it is not finite / not normalised.
+
+    One host synchronisation covers both checks.
+    """
+    with torch.no_grad():
+        norms = torch.linalg.vector_norm(x.detach().float(), dim=1)
+        finite = torch.isfinite(norms).all()
+        off = (norms - 1).abs().max() if not normalize else norms.new_zeros(())
+        finite_ok, off_value = bool(finite), float(off)
+    if not finite_ok:
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if normalize:
+        return F.normalize(x, dim=1)
+    if off_value > NORM_TOLERANCE:
+        raise ValueError(
+            f"{name} is not L2-normalised (a row norm is off from 1 by {off_value:.3g}); "
+            "end the encoder with F.normalize(z, dim=1) or pass normalize=True"
+        )
+    return x
+
+
+# --------------------------------------------------------------------------- alignment
+
+
+def align_loss(x: Tensor, y: Tensor, alpha: float = 2.0, *, normalize: bool = False) -> Tensor:
+    r"""Alignment of positive pairs: :math:`L_{align} = \mathbb{E}\,\lVert f(x) - f(y) \rVert_2^{\alpha}`.
+
+    Args:
+        x: ``(N, d)`` embeddings of the first views, L2-normalised.
+        y: ``(N, d)`` embeddings of the positives, row ``i`` paired with ``x[i]``.
+        alpha: exponent :math:`\alpha > 0` (the paper's default is 2).
+        normalize: normalise the rows instead of raising when they are not unit vectors.
+
+    Returns:
+        A scalar tensor: the mean over the ``N`` pairs.
+
+    Example:
+        >>> x = F.normalize(torch.randn(4, 3), dim=1)
+        >>> float(align_loss(x, x))
+        0.0
+    """
+    _check_embeddings(x, "x")
+    _check_embeddings(y, "y")
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must be paired row for row, got shapes {tuple(x.shape)} and {tuple(y.shape)}")
+    _check_positive(alpha, "alpha")
+    x = _on_sphere(x, "x", normalize)
+    y = _on_sphere(y, "y", normalize)
+    diff = x - y
+    if alpha == 2:
+        # The common case needs no square root, and its gradient is smooth at 0.
+        return diff.pow(2).sum(dim=1).mean()
+    # vector_norm's backward is defined as 0 at a zero vector (like the paper's .norm()).
+    return torch.linalg.vector_norm(diff, dim=1).pow(alpha).mean()
+
+
+# --------------------------------------------------------------------------- uniformity
+
+
+class _UniformLoss(torch.autograd.Function):
+    r"""``log mean_{i<j} exp(-t ||x_i - x_j||^2)`` with a closed-form gradient.
+
+    Write :math:`-t d_{ij} = 2t\,x_i^\top x_j - t n_i - t n_j` with :math:`n_i = \lVert x_i \rVert^2`,
+    :math:`b_i = e^{t(1 - n_i)}` (close to 1 on the sphere) and, per row block with
+    largest exponent :math:`m`, :math:`e_{ij} = e^{2t x_i^\top x_j - m}` (0 on the diagonal). Then
+    :math:`\sum_{i \ne j} e^{-t d_{ij}} = e^{m - 2t} s` with :math:`s = \sum_{i \ne j} b_i e_{ij} b_j`, and
+
+    .. math:: \frac{\partial L}{\partial x_i} = -\frac{4t}{s}\, b_i \Big(x_i \sum_j e_{ij} b_j - \sum_j e_{ij} b_j x_j\Big).
+
+    Forward computes ``Z = E @ [b * x, b]`` block by block, so only ``Z`` (N x (d+1)) is
+    kept for backward: no N x N matrix outlives a block, and backward needs no second
+    pass over the pairs.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, t: float, block: int) -> Tensor:  # type: ignore[override]
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            xc = x.detach().to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+            n = xc.shape[0]
+            b = torch.exp(t * (1 - xc.pow(2).sum(dim=1)))
+            weighted = torch.cat([xc * b[:, None], b[:, None]], dim=1)
+            scaled = xc * (2 * t)
+            z = torch.empty_like(weighted)
+            shifts = []
+            for start in range(0, n, block):
+                rows = slice(start, min(start + block, n))
+                e = scaled[rows] @ xc.T
+                idx = torch.arange(e.shape[0], device=e.device)
+                e[idx, idx + start] = float("-inf")  # i == j is not a pair
+                shift = e.max()
+                z[rows] = e.sub_(shift).exp_() @ weighted
+                shifts.append(shift)
+            # Bring every block to the common shift m (a no-op with one block).
+            shift_per_block = torch.stack(shifts)
+            m = shift_per_block.max()
+            if len(shifts) > 1:
+                factors = torch.exp(shift_per_block - m).repeat_interleave(
+                    torch.tensor([min(block, n - s) for s in range(0, n, block)], device=x.device)
+                )
+                z.mul_(factors[:, None])
+            s = (b * z[:, -1]).sum()
+            ctx.save_for_backward(x, b, z)
+            ctx.t, ctx.s = t, s
+            return (m - 2 * t + s.log() - math.log(n * (n - 1))).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):  # type: ignore[override]
+        x, b, z = ctx.saved_tensors
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            xc = x.detach().to(z.dtype)
+            scale = (-4.0 * ctx.t / ctx.s) * grad_output.to(z.dtype)
+            grad = (z[:, -1:] * xc - z[:, :-1]) * (b[:, None] * scale)
+            return grad.to(x.dtype), None, None
+
+
+def _auto_block(n: int, device: torch.device) -> int:
+    elements = AUTO_BLOCK_ELEMENTS.get(device.type, AUTO_BLOCK_ELEMENTS["cuda"])
+    return max(1, min(n, elements // n))
+
+
+def uniform_loss(
+    x: Tensor, t: float = 2.0, *, block_size: int | None = None, normalize: bool = False
+) -> Tensor:
+    r"""Uniformity: :math:`L_{uniform} = \log \mathbb{E}_{i<j}\, e^{-t \lVert f(x_i) - f(x_j) \rVert_2^2}`.
+
+    The value is exactly that of the paper's reference
+    ``torch.pdist(x, p=2).pow(2).mul(-t).exp().mean().log()`` (the mean over the
+    ``N(N-1)/2`` distinct pairs), computed from one matrix product
+    (:math:`\lVert x_i - x_j \rVert^2 = \lVert x_i \rVert^2 + \lVert x_j \rVert^2 - 2 x_i^\top x_j`)
+    with a closed-form backward, so no pairwise intermediates are kept for autograd.
+    The reduction is shifted by its largest exponent, so it stays finite for large
+    ``t`` (up to 100 and beyond) where the reference underflows to ``-inf``, and it is
+    computed in float32 (float64 for float64 input) even under bf16/fp16 autocast.
+
+    Its minimum tends to ``-2t`` in high dimension, so negative values are expected.
+
+    Args:
+        x: ``(N, d)`` L2-normalised embeddings, ``N >= 2``.
+        t: temperature :math:`t > 0` (the paper's default is 2).
+        block_size: rows of pairs computed at once. ``None`` picks ``2**21 / N`` rows on
+            CPU (cache-sized) and ``2**26 / N`` on GPU, so the extra memory is
+            O(N * block) and N = 131072 fits on one GPU. Whatever the block, only
+            O(N * d) is kept for backward and the result is the same.
+        normalize: normalise the rows instead of raising when they are not unit vectors.
+
+    Returns:
+        A scalar tensor in ``x``'s dtype.
+
+    Example:
+        >>> x = F.normalize(torch.randn(64, 8), dim=1)
+        >>> ref = torch.pdist(x, p=2).pow(2).mul(-2).exp().mean().log()
+        >>> bool(torch.allclose(uniform_loss(x, t=2), ref, rtol=1e-5))
+        True
+    """
+    _check_embeddings(x, "x", min_rows=2)
+    _check_positive(t, "t")
+    if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
+        raise ValueError(f"block_size must be a positive integer or None, got {block_size!r}")
+    x = _on_sphere(x, "x", normalize)
+    block = _auto_block(x.shape[0], x.device) if block_size is None else block_size
+    return _UniformLoss.apply(x, float(t), block)
+
+
+# --------------------------------------------------------------------------- contrastive
+
+
+def contrastive_loss(
+    x: Tensor,
+    y: Tensor,
+    tau: float = 0.5,
+    *,
+    negatives: Tensor | None = None,
+    symmetric: bool = True,
+    normalize: bool = False,
+) -> Tensor:
+    r"""InfoNCE, the paper's contrastive loss, as cross-entropy on ``f(x)ᵀf(y)/τ`` logits.
+
+    .. math::
+        L = \mathbb{E}\Big[-\log \frac{e^{f(x)^\top f(y)/\tau}}
+            {e^{f(x)^\top f(y)/\tau} + \sum_{i=1}^{M} e^{f(x_i^-)^\top f(y)/\tau}}\Big]
+
+    * In-batch negatives (default): row ``i`` of ``x`` is positive with row ``i`` of
+      ``y``; the other ``N-1`` rows of ``x`` are its negatives (``M = N-1``). With
+      ``symmetric=True`` the loss is averaged over both directions (``y`` against the
+      ``x`` rows and ``x`` against the ``y`` rows), as SimCLR/CLIP do.
+    * Explicit negatives: ``negatives`` is an ``(M, d)`` tensor (e.g. a MoCo queue)
+      shared by every row; the logits of row ``i`` are ``[x_iᵀy_i, x_iᵀn_1, ..., x_iᵀn_M] / τ``
+      and ``symmetric`` is ignored.
+
+    Args:
+        x: ``(N, d)`` L2-normalised embeddings.
+        y: ``(N, d)`` positives, paired row for row with ``x``.
+        tau: temperature :math:`\tau > 0`.
+        negatives: optional ``(M, d)`` explicit negatives.
+        symmetric: average both directions with in-batch negatives.
+        normalize: normalise the rows instead of raising when they are not unit vectors.
+
+    Example:
+        >>> x = F.normalize(torch.randn(8, 4), dim=1)
+        >>> float(contrastive_loss(x, x, tau=0.1)) < float(contrastive_loss(x, x.roll(1, 0), tau=0.1))
+        True
+    """
+    _check_embeddings(x, "x", min_rows=1 if negatives is not None else 2)
+    _check_embeddings(y, "y")
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must be paired row for row, got shapes {tuple(x.shape)} and {tuple(y.shape)}")
+    _check_positive(tau, "tau")
+    x = _on_sphere(x, "x", normalize)
+    y = _on_sphere(y, "y", normalize)
+    # Cross-entropy in float32: under autocast the logits would otherwise be bf16.
+    xf, yf = x.float(), y.float()
+    if negatives is not None:
+        _check_embeddings(negatives, "negatives")
+        if negatives.shape[1] != x.shape[1]:
+            raise ValueError(f"negatives must have {x.shape[1]} columns, got shape {tuple(negatives.shape)}")
+        nf = _on_sphere(negatives, "negatives", normalize).float()
+        positive = (xf * yf).sum(dim=1, keepdim=True)
+        logits = torch.cat([positive, xf @ nf.T], dim=1) / tau
+        target = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        return F.cross_entropy(logits, target)
+    logits = (yf @ xf.T) / tau  # row i: y_i against every x; the paper's denominator
+    target = torch.arange(x.shape[0], device=x.device)
+    loss = F.cross_entropy(logits, target)
+    if symmetric:
+        loss = (loss + F.cross_entropy(logits.T, target)) / 2
+    return loss
+
+
+# --------------------------------------------------------------------------- objective strings
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One weighted term of an objective, e.g. ``uniform:1,t=2``."""
+
+    name: str
+    weight: float
+    params: Mapping[str, float] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        extra = "".join(f",{k}={v:g}" for k, v in self.params.items())
+        return f"{self.name}:{self.weight:g}{extra}"
+
+
+def _align_term(x: Tensor, y: Tensor, *, alpha: float = 2.0) -> Tensor:
+    return align_loss(x, y, alpha=alpha)
+
+
+def _uniform_term(x: Tensor, y: Tensor, *, t: float = 2.0) -> Tensor:
+    # The paper's Figure 6: uniformity of both views, averaged.
+    return (uniform_loss(x, t=t) + uniform_loss(y, t=t)) / 2
+
+
+def _contrastive_term(x: Tensor, y: Tensor, *, tau: float = 0.5, symmetric: float = 1.0) -> Tensor:
+    return contrastive_loss(x, y, tau=tau, symmetric=bool(symmetric))
+
+
+#: name -> (function of the two views, allowed parameters with their defaults).
+#: Other modules (e.g. the Quick-Thought objective) add their terms with ``register_term``.
+TERMS: dict[str, tuple[Callable[..., Tensor], dict[str, float]]] = {
+    "align": (_align_term, {"alpha": 2.0}),
+    "uniform": (_uniform_term, {"t": 2.0}),
+    "contrastive": (_contrastive_term, {"tau": 0.5, "symmetric": 1.0}),
+}
+
+
+def register_term(name: str, fn: Callable[..., Tensor], defaults: dict[str, float]) -> None:
+    """Make ``name:weight,key=value`` usable in objective strings."""
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+        raise ValueError(f"term names are lower-case identifiers, got {name!r}")
+    TERMS[name] = (fn, dict(defaults))
+
+
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+
+
+def parse_objective(spec: str) -> list[LossTerm]:
+    """Parse an objective as the paper writes it: ``align:1,alpha=2 + uniform:1,t=2``.
+
+    A term is ``name[:weight][,key=value...]``; terms are joined by ``+``. The weight
+    defaults to 1. Unknown names or parameters, non-positive weights and parameters,
+    and malformed numbers raise ``ValueError`` naming the offending piece.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError("the objective is empty; write e.g. 'align:1,alpha=2 + uniform:1,t=2'")
+    terms: list[LossTerm] = []
+    for raw in spec.split("+"):
+        piece = raw.strip()
+        head, *assignments = [p.strip() for p in piece.split(",")]
+        name, _, weight_text = head.partition(":")
+        name = name.strip().lower()
+        if name not in TERMS:
+            raise ValueError(f"unknown loss term {name!r} in {piece!r}; known terms: {', '.join(sorted(TERMS))}")
+        weight_text = weight_text.strip() or "1"
+        if not re.fullmatch(_NUMBER, weight_text) or float(weight_text) <= 0:
+            raise ValueError(f"the weight of {name!r} must be a number > 0, got {weight_text!r}")
+        defaults = TERMS[name][1]
+        params = dict(defaults)
+        for assignment in assignments:
+            key, eq, value = (s.strip() for s in assignment.partition("="))
+            if not eq or key not in defaults:
+                allowed = ", ".join(f"{k}=" for k in defaults) or "none"
+                raise ValueError(f"bad parameter {assignment!r} for {name!r}; allowed: {allowed}")
+            if not re.fullmatch(_NUMBER, value):
+                raise ValueError(f"parameter {key} of {name!r} must be a number, got {value!r}")
+            params[key] = float(value)
+            if key != "symmetric":
+                _check_positive(params[key], f"{name} parameter {key}")
+        if any(term.name == name for term in terms):
+            raise ValueError(f"the term {name!r} appears twice in {spec!r}")
+        terms.append(LossTerm(name, float(weight_text), params))
+    return terms
+
+
+class HypersphereLoss(nn.Module):
+    r"""A weighted sum of the paper's objectives, configured as the paper writes it.
+
+    ``HypersphereLoss("align:1,alpha=2 + uniform:1,t=2")`` is the paper's Figure 6,
+    :math:`L = L_{align}(x, y; \alpha) + \lambda \cdot (L_{uniform}(x; t) + L_{uniform}(y; t)) / 2`;
+    ``"contrastive:1,tau=0.5"`` is InfoNCE with in-batch negatives.
+
+    With ``gather=True`` (the default) and a process group of more than one process,
+    both views are first gathered from every process with gradients
+    (:func:`hsrl.distributed.gather_with_grad`), so uniformity and the contrastive
+    negatives see the global batch, as the paper's single-process runs did.
+
+    ``forward`` returns the total; :meth:`terms` also returns each weighted part.
+    """
+
+    def __init__(self, objective: str | list[LossTerm], *, gather: bool = True) -> None:
+        super().__init__()
+        self.objective = parse_objective(objective) if isinstance(objective, str) else list(objective)
+        if not self.objective:
+            raise ValueError("an objective needs at least one term")
+        self.gather = gather
+
+    def extra_repr(self) -> str:
+        return " + ".join(str(term) for term in self.objective)
+
+    def terms(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """Each term's unweighted value under its name, and the weighted total as ``loss``."""
+        if self.gather:
+            from hsrl.distributed import gather_with_grad
+
+            x, y = gather_with_grad(x), gather_with_grad(y)
+        values: dict[str, Tensor] = {}
+        total: Tensor | None = None
+        for term in self.objective:
+            fn = TERMS[term.name][0]
+            value = fn(x, y, **term.params)
+            values[term.name] = value
+            total = value * term.weight if total is None else total + value * term.weight
+        assert total is not None
+        values["loss"] = total
+        return values
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.terms(x, y)["loss"]

@@ -394,15 +394,17 @@ class HypersphereLoss(nn.Module):
     :math:`L = L_{align}(x, y; \alpha) + \lambda \cdot (L_{uniform}(x; t) + L_{uniform}(y; t)) / 2`;
     ``"contrastive:1,tau=0.5"`` is InfoNCE with in-batch negatives.
 
-    With ``gather=True`` (the default) and a process group of more than one process,
-    both views are first gathered from every process with gradients
+    With ``gather=True`` and a process group of more than one process, both views are
+    first gathered from every process with gradients
     (:func:`hsrl.distributed.gather_with_grad`), so uniformity and the contrastive
     negatives see the global batch, as the paper's single-process runs did.
+    :func:`hsrl.training.fit` gathers itself, so it is off by default; turn it on in a
+    hand-written distributed loop.
 
     ``forward`` returns the total; :meth:`terms` also returns each weighted part.
     """
 
-    def __init__(self, objective: str | list[LossTerm], *, gather: bool = True) -> None:
+    def __init__(self, objective: str | list[LossTerm], *, gather: bool = False) -> None:
         super().__init__()
         self.objective = parse_objective(objective) if isinstance(objective, str) else list(objective)
         if not self.objective:

@@ -1,0 +1,102 @@
+"""Dataclass configurations that double as command-line parsers.
+
+A recipe's configuration is a dataclass whose fields carry their help text in
+``field(metadata={"help": ...})``. :func:`parse_config` turns it into an
+``argparse`` parser, so ``--help`` documents every field, and bad values end in
+argparse's one-line error instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+__all__ = ["add_dataclass_arguments", "config_to_dict", "parse_config"]
+
+C = TypeVar("C")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    """``int | None`` -> ``(int, True)``; ``int`` -> ``(int, False)``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _optional(parse: Any) -> Any:
+    def convert(text: str) -> Any:
+        return None if text.lower() in {"none", "null", ""} else parse(text)
+
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one ``--flag`` per field of the dataclass ``cls`` to ``parser``."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp, optional = _unwrap_optional(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f.metadata.get("help", "")
+        choices = f.metadata.get("choices")
+        kwargs: dict[str, Any] = {"default": default, "dest": f.name}
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(tp) in (list, tuple):
+            (item,) = set(typing.get_args(tp)) - {Ellipsis}
+            kwargs.update(type=item, nargs="*")
+        else:
+            if typing.get_origin(tp) is typing.Literal:
+                choices = list(typing.get_args(tp))
+                tp = type(choices[0])
+            kwargs["type"] = _optional(tp) if optional else tp
+        if choices is not None:
+            kwargs["choices"] = choices
+        kwargs["help"] = f"{help_text} (default: %(default)s)"
+        parser.add_argument(_flag(f.name), **kwargs)
+
+
+def parse_config(cls: type[C], argv: Sequence[str] | None = None, description: str | None = None) -> C:
+    """Parse ``argv`` into an instance of the dataclass ``cls``.
+
+    Values are validated by ``cls.__post_init__`` if it has one; its ``ValueError``
+    becomes argparse's one-line usage error (exit status 2).
+    """
+    parser = argparse.ArgumentParser(
+        description=description or (cls.__doc__ or "").strip().splitlines()[0]
+    )
+    add_dataclass_arguments(parser, cls)
+    namespace = parser.parse_args(argv)
+    values = vars(namespace)
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        if isinstance(value, list) and typing.get_origin(_unwrap_optional(hints[name])[0]) is tuple:
+            values[name] = tuple(value)
+    try:
+        return cls(**values)
+    except ValueError as error:
+        parser.error(str(error))
+        raise  # unreachable: parser.error exits
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Flat ``{field: value}`` of scalars, for trackers (TensorBoard hparams) and JSON."""
+    flat: dict[str, Any] = {}
+    for key, value in dataclasses.asdict(config).items():
+        if isinstance(value, list | tuple):
+            value = ",".join(str(v) for v in value)
+        flat[key] = value if isinstance(value, int | float | str | bool) else str(value)
+    return flat

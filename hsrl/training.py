@@ -1,0 +1,478 @@
+"""The one training loop every recipe shares, driven by 🤗 Accelerate.
+
+A recipe builds its data, its encoder and its loss, then calls :func:`fit`::
+
+    config = parse_config(MyConfig)              # a TrainConfig subclass
+    with training_session(config) as accelerator:
+        loader = make_dataloader(dataset, config)
+        model = build_model(...)
+        result = fit(model, HypersphereLoss(config.loss), loader, config, accelerator=accelerator)
+
+The Accelerator owns devices, processes and mixed precision; the loop owns the
+science: the two views are encoded, gathered from every process *with gradients*
+(so the loss sees the global batch, as in the paper's single-process runs), and
+the loss, its parts and the alignment/uniformity of the batch are logged.
+
+Resuming is exact: checkpoints hold the model, optimizer, LR schedule and every
+random state, and the position inside the epoch. The sampler's order depends
+only on ``(seed, epoch)`` and the loader's generator is re-seeded per epoch, so a
+run resumed mid-epoch sees the same batches in the same order, with the same
+random state, as a run that was never interrupted. (Data augmentation that draws
+from the global random state must not run in loader workers for this to hold
+bit for bit; see :mod:`hsrl.data`.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable, Iterator, Mapping, Sized
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from hsrl.checkpoints import (
+    STATE_FILE,
+    atomic_write_json,
+    checkpoint_name,
+    find_latest_checkpoint,
+    list_checkpoints,
+    publish_folder,
+    read_trainer_state,
+    remove_stale_temporaries,
+)
+from hsrl.configuration import config_to_dict
+from hsrl.distributed import destroy_process_group, gather_with_grad
+from hsrl.losses import align_loss, uniform_loss
+
+__all__ = [
+    "EpochShuffleSampler",
+    "FitResult",
+    "TrainConfig",
+    "TrainingDiverged",
+    "encode_views",
+    "fit",
+    "make_accelerator",
+    "make_dataloader",
+    "training_session",
+]
+
+
+@dataclass
+class TrainConfig:
+    """Training settings shared by every recipe (each field is a command-line flag)."""
+
+    output_dir: str = field(default="runs/hsrl", metadata={"help": "folder for checkpoints, logs, the model and metrics"})
+    seed: int = field(default=0, metadata={"help": "seed for model init, data order and augmentation"})
+    batch_size: int = field(default=256, metadata={"help": "examples per process and step; the loss sees batch_size x processes"})
+    epochs: int = field(default=1, metadata={"help": "passes over the data (ignored when --max-steps is set)"})
+    max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps"})
+    optimizer: Literal["sgd", "adam", "adamw"] = field(default="adamw", metadata={"help": "optimizer"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
+    weight_decay: float = field(default=0.0, metadata={"help": "weight decay (decoupled for adamw)"})
+    betas: tuple[float, ...] = field(default=(0.9, 0.999), metadata={"help": "Adam betas"})
+    lr_schedule: Literal["constant", "multistep", "cosine", "linear"] = field(
+        default="constant", metadata={"help": "learning-rate schedule after warm-up"}
+    )
+    lr_milestones: tuple[float, ...] = field(
+        default=(0.775, 0.85, 0.925),
+        metadata={"help": "multistep: fractions of training at which the LR is multiplied by --lr-decay"},
+    )
+    lr_decay: float = field(default=0.1, metadata={"help": "multistep: LR factor at each milestone"})
+    min_lr_ratio: float = field(default=0.0, metadata={"help": "cosine/linear: final LR as a fraction of --lr"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
+    max_grad_norm: float | None = field(default=None, metadata={"help": "clip gradients to this norm"})
+    mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata={"help": "autocast precision"})
+    num_workers: int = field(default=0, metadata={"help": "data-loader worker processes"})
+    log_every: int = field(default=10, metadata={"help": "log loss and LR every N steps"})
+    metrics_every: int = field(default=50, metadata={"help": "log batch alignment/uniformity every N steps"})
+    checkpoint_every: int | None = field(default=500, metadata={"help": "save a checkpoint every N steps (and at the end)"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "how many recent checkpoints to keep"})
+    resume: str | None = field(
+        default=None, metadata={"help": "'latest' (in output-dir) or a checkpoint folder to resume from"}
+    )
+    log_with: Literal["tensorboard", "none"] = field(default="tensorboard", metadata={"help": "experiment tracker"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    cpu: bool = field(default=False, metadata={"help": "train on the CPU even when a GPU is present"})
+
+    def __post_init__(self) -> None:
+        positive = {"batch_size": self.batch_size, "epochs": self.epochs, "log_every": self.log_every,
+                    "metrics_every": self.metrics_every, "keep_checkpoints": self.keep_checkpoints}
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        for name in ("max_steps", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"--lr must be > 0, got {self.lr}")
+        if self.warmup_steps < 0 or self.weight_decay < 0 or self.num_workers < 0:
+            raise ValueError("--warmup-steps, --weight-decay and --num-workers must be >= 0")
+        if any(not 0 < m < 1 for m in self.lr_milestones):
+            raise ValueError(f"--lr-milestones are fractions of training in (0, 1), got {self.lr_milestones}")
+        if len(self.betas) != 2 or any(not 0 <= b < 1 for b in self.betas):
+            raise ValueError(f"--betas needs two numbers in [0, 1), got {self.betas}")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError(f"--max-grad-norm must be > 0, got {self.max_grad_norm}")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainerState:
+    """Where the loop is: what a checkpoint must hold besides Accelerate's state."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of `epoch` already trained on
+
+    def as_dict(self) -> dict[str, int]:
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+
+
+@dataclass
+class FitResult:
+    model: nn.Module  # unwrapped from DDP/compile
+    steps: int
+    last_loss: float
+    history: list[dict[str, float]]
+    checkpoint: Path | None
+
+
+# --------------------------------------------------------------------------- data
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A random permutation of ``range(n)`` that depends only on ``(seed, epoch)``.
+
+    Unlike ``RandomSampler`` it draws nothing from the global random state, so the
+    order of an epoch can be rebuilt exactly when a run resumes.
+    """
+
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True) -> None:
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.n))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def make_dataloader(
+    dataset: Dataset,
+    config: TrainConfig,
+    *,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    shuffle: bool = True,
+    drop_last: bool = True,
+) -> DataLoader:
+    """A loader for :func:`fit`: resumable order, workers, pinned memory, full batches.
+
+    ``drop_last`` defaults to True because the losses compare every example of a
+    batch with every other: a tiny last batch would be a noisy, differently scaled step.
+    """
+    workers = config.num_workers
+    common: dict[str, Any] = {
+        "batch_size": config.batch_size,
+        "collate_fn": collate_fn,
+        "num_workers": workers,
+        "pin_memory": torch.cuda.is_available() and not config.cpu,
+        "persistent_workers": workers > 0,
+        "prefetch_factor": 4 if workers > 0 else None,
+        # The loader's own generator (re-seeded per epoch by fit) seeds the workers,
+        # so creating an iterator never consumes the global random state.
+        "generator": torch.Generator().manual_seed(config.seed),
+        "drop_last": drop_last,
+    }
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        return DataLoader(dataset, **common)
+    if not isinstance(dataset, Sized):
+        raise ValueError("the dataset must be a map-style Dataset with __len__ or an IterableDataset")
+    sampler = EpochShuffleSampler(len(dataset), seed=config.seed, shuffle=shuffle)
+    return DataLoader(dataset, sampler=sampler, **common)
+
+
+def encode_views(model: nn.Module, batch: Any) -> tuple[Tensor, Tensor]:
+    """Default: ``batch`` is ``(view1, view2, *rest)``; both views go through one forward.
+
+    One forward over the concatenated views (as the paper's code does) keeps batch
+    normalisation statistics shared by both views.
+    """
+    if isinstance(batch, Mapping):
+        view1, view2 = batch["view1"], batch["view2"]
+    else:
+        view1, view2 = batch[0], batch[1]
+    z = model(torch.cat([view1, view2]))
+    return z[: len(view1)], z[len(view1) :]
+
+
+# --------------------------------------------------------------------------- optimisation
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    betas = (config.betas[0], config.betas[1])
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay)
+
+
+@dataclass
+class LRSchedule:
+    """Multiplier of the peak LR at a step: linear warm-up, then the chosen shape."""
+
+    total_steps: int
+    warmup_steps: int
+    shape: str
+    milestones: tuple[float, ...]
+    decay: float
+    min_ratio: float
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.shape == "multistep":
+            passed = sum(step >= round(m * self.total_steps) for m in self.milestones)
+            return self.decay**passed
+        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, progress)
+        if self.shape == "cosine":
+            return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        if self.shape == "linear":
+            return 1 - (1 - self.min_ratio) * progress
+        return 1.0
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def make_accelerator(config: TrainConfig) -> Accelerator:
+    """The Accelerator for a run, with the run's seed applied (call before building the model)."""
+    project = ProjectConfiguration(project_dir=config.output_dir, logging_dir=str(Path(config.output_dir) / "logs"))
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        cpu=config.cpu,
+        log_with=None if config.log_with == "none" else config.log_with,
+        project_config=project,
+    )
+    set_seed(config.seed)
+    return accelerator
+
+
+@contextlib.contextmanager
+def training_session(config: TrainConfig) -> Iterator[Accelerator]:
+    """An Accelerator that is always shut down cleanly.
+
+    Ending trackers and destroying the process group on the way out, error or not,
+    keeps multi-process runs from aborting at exit ("terminate called without an
+    active exception").
+    """
+    accelerator = make_accelerator(config)
+    try:
+        yield accelerator
+    finally:
+        accelerator.end_training()
+        destroy_process_group()
+
+
+def _batch_metrics(x: Tensor, y: Tensor) -> dict[str, float]:
+    """The paper's two diagnostics on the (global) batch: L_align(α=2), L_uniform(t=2)."""
+    with torch.no_grad():
+        x, y = x.detach().float(), y.detach().float()
+        uniform = (uniform_loss(x, t=2.0, normalize=True) + uniform_loss(y, t=2.0, normalize=True)) / 2
+        return {"align": float(align_loss(x, y, normalize=True)), "uniform": float(uniform)}
+
+
+def _set_epoch(loader: Any, epoch: int, seed: int) -> None:
+    loader.set_epoch(epoch) if hasattr(loader, "set_epoch") else None
+    generator = getattr(loader, "generator", None)
+    if isinstance(generator, torch.Generator):
+        generator.manual_seed(seed * 1_000_003 + epoch)
+
+
+def _resolve_resume(config: TrainConfig, checkpoints: Path) -> Path | None:
+    if config.resume is None:
+        return None
+    if config.resume == "latest":
+        return find_latest_checkpoint(checkpoints)  # nothing yet: start fresh
+    path = Path(config.resume)
+    if not (path / STATE_FILE).is_file():
+        raise ValueError(f"--resume {config.resume}: not an hsrl checkpoint folder (no {STATE_FILE})")
+    return path
+
+
+def _save_checkpoint(accelerator: Accelerator, state: TrainerState, folder: Path, keep: int) -> Path:
+    target = folder / checkpoint_name(state.step)
+    tmp = folder / f".tmp-{target.name}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))  # every process writes its own random state
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        atomic_write_json(tmp / STATE_FILE, state.as_dict())
+        publish_folder(tmp, target)
+        for old in list_checkpoints(folder)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return target
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    dataloader: DataLoader,
+    config: TrainConfig,
+    *,
+    accelerator: Accelerator | None = None,
+    encode: Callable[[nn.Module, Any], tuple[Tensor, Tensor]] = encode_views,
+) -> FitResult:
+    """Train ``model`` so that ``loss_fn(x, y)`` on the global batch goes down.
+
+    Args:
+        model: an encoder returning L2-normalised embeddings.
+        loss_fn: called on the views of the *global* batch, gathered from every
+            process with gradients. If it has a ``terms(x, y)`` method returning a
+            dict with ``"loss"`` (like :class:`hsrl.losses.HypersphereLoss`), every
+            part is logged.
+        dataloader: from :func:`make_dataloader` (for exact resume), or any loader.
+        config: the run's :class:`TrainConfig`.
+        accelerator: from :func:`training_session`; one is made if omitted.
+        encode: maps ``(model, batch)`` to the two views' embeddings.
+
+    Raises:
+        TrainingDiverged: the loss became NaN or infinite. Nothing is saved for the
+            bad step; the last good checkpoint stays the latest.
+    """
+    accelerator = accelerator or make_accelerator(config)
+    output = Path(config.output_dir)
+    checkpoints = output / "checkpoints"
+    if accelerator.is_main_process:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(checkpoints)
+
+    optimizer = build_optimizer(model, config)
+    model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
+    steps_per_epoch = len(dataloader) if isinstance(dataloader, Sized) else None
+    if config.max_steps is None and not steps_per_epoch:
+        raise ValueError("this dataset has no length: set --max-steps")
+    total_steps = config.max_steps or config.epochs * int(steps_per_epoch or 0)
+    if total_steps < 1:
+        raise ValueError(
+            f"no full batch of {config.batch_size} x {accelerator.num_processes} processes in the data; "
+            "lower --batch-size or add data"
+        )
+    schedule = LRSchedule(total_steps, config.warmup_steps, config.lr_schedule, config.lr_milestones,
+                          config.lr_decay, config.min_lr_ratio)
+    # Not passed to prepare(): Accelerate would step it once per process per step.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    accelerator.register_for_checkpointing(scheduler)
+
+    state = TrainerState()
+    resume_from = _resolve_resume(config, checkpoints)
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        state = TrainerState(**read_trainer_state(resume_from))
+        accelerator.print(f"resumed from {resume_from} (step {state.step}, epoch {state.epoch})")
+
+    if config.log_with != "none":
+        accelerator.init_trackers("hsrl", config=config_to_dict(config))
+    log_path = output / "train_log.jsonl"
+    history: list[dict[str, float]] = []
+    bar = tqdm(total=total_steps, initial=state.step, desc="train", dynamic_ncols=True,
+               disable=not (config.progress and accelerator.is_local_main_process))
+    last_loss = float("nan")
+    last_checkpoint = resume_from
+
+    model.train()
+    while state.step < total_steps:
+        _set_epoch(dataloader, state.epoch, config.seed)
+        loader = dataloader
+        if state.batch_in_epoch:
+            loader = accelerator.skip_first_batches(dataloader, state.batch_in_epoch)
+        finished_epoch, seen_batch = True, False
+        for batch in loader:
+            seen_batch = True
+            x, y = encode(model, batch)
+            x, y = gather_with_grad(x.float()), gather_with_grad(y.float())
+            terms = loss_fn.terms(x, y) if hasattr(loss_fn, "terms") else {"loss": loss_fn(x, y)}
+            loss = terms["loss"]
+            if not torch.isfinite(loss.detach()):
+                bar.close()
+                raise TrainingDiverged(
+                    f"loss became {float(loss)} at step {state.step + 1}; stopped without saving. "
+                    f"Last good checkpoint: {find_latest_checkpoint(checkpoints) or 'none'}. "
+                    "Try a lower --lr, --max-grad-norm, or --mixed-precision no."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            if config.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            state.step += 1
+            state.batch_in_epoch += 1
+            last_loss = float(loss.detach())
+            bar.update(1)
+            bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", epoch=state.epoch)
+
+            logs: dict[str, float] = {}
+            if state.step % config.log_every == 0 or state.step == total_steps:
+                logs.update({f"train/{k}": float(v.detach()) for k, v in terms.items()})
+                logs["train/lr"] = scheduler.get_last_lr()[0]
+            if state.step % config.metrics_every == 0 or state.step == total_steps:
+                logs.update({f"batch/{k}": v for k, v in _batch_metrics(x, y).items()})
+            if logs:
+                logs.update({"step": state.step, "epoch": state.epoch})
+                history.append(logs)
+                accelerator.log(logs, step=state.step)
+                if accelerator.is_main_process:
+                    with open(log_path, "a") as handle:
+                        handle.write(json.dumps(logs) + "\n")
+
+            if config.checkpoint_every and state.step % config.checkpoint_every == 0:
+                last_checkpoint = _save_checkpoint(accelerator, state, checkpoints, config.keep_checkpoints)
+            if state.step >= total_steps:
+                finished_epoch = False
+                break
+        if not seen_batch and state.batch_in_epoch == 0:
+            raise ValueError(f"the data yielded no batch of {config.batch_size} in epoch {state.epoch}")
+        if finished_epoch:
+            state.epoch += 1
+            state.batch_in_epoch = 0
+    bar.close()
+
+    if config.checkpoint_every and (last_checkpoint is None or not last_checkpoint.name.endswith(f"{state.step:08d}")):
+        last_checkpoint = _save_checkpoint(accelerator, state, checkpoints, config.keep_checkpoints)
+    accelerator.wait_for_everyone()
+    return FitResult(accelerator.unwrap_model(model), state.step, last_loss, history, last_checkpoint)
+
+
+def write_run_metrics(path: str | os.PathLike[str], metrics: Mapping[str, Any]) -> None:
+    """Write ``metrics.json`` atomically (the file downstream tools read)."""
+    atomic_write_json(path, dict(metrics))

@@ -1,0 +1,55 @@
+"""Run by tests/test_distributed.py under two CPU processes (gloo); not a test itself.
+
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 \
+        tests/distributed_worker.py OUT_DIR
+
+Writes, from process 0, ``OUT_DIR/result.pt`` with: the loss and the DDP-averaged
+parameter gradients of one step on a global batch split unevenly over the
+processes, and the weights after a few ``fit`` steps.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from hsrl.distributed import gather_with_grad, rank, world_size
+from hsrl.losses import HypersphereLoss
+from hsrl.training import TrainConfig, fit, make_dataloader, training_session
+
+sys.path.insert(0, str(Path(__file__).parent))
+from distributed_cases import OBJECTIVE, TinyEncoder, fit_config, global_batch, pair_dataset  # noqa: E402
+
+
+def one_step(accelerator: Accelerator) -> dict[str, object]:
+    torch.manual_seed(0)
+    model = accelerator.prepare(TinyEncoder())
+    x, y = global_batch()
+    # Uneven split (10 + 6 rows) to exercise the padding inside the gather.
+    rows = slice(0, 10) if rank() == 0 else slice(10, 16)
+    zx, zy = model(x[rows]), model(y[rows])
+    loss = HypersphereLoss(OBJECTIVE)(gather_with_grad(zx), gather_with_grad(zy))
+    accelerator.backward(loss)
+    grads = {name: p.grad.detach().clone() for name, p in accelerator.unwrap_model(model).named_parameters()}
+    return {"loss": loss.detach(), "grads": grads}
+
+
+def main(out: Path) -> None:
+    config: TrainConfig = fit_config(out / "run", per_process_batch=4)
+    with training_session(config) as accelerator:
+        assert world_size() == 2, f"expected 2 processes, got {world_size()}"
+        step = one_step(accelerator)
+        torch.manual_seed(config.seed)
+        result = fit(TinyEncoder(), HypersphereLoss(OBJECTIVE), make_dataloader(pair_dataset(), config),
+                     config, accelerator=accelerator)
+        if accelerator.is_main_process:
+            weights = {k: v.detach().clone() for k, v in result.model.state_dict().items()}
+            torch.save({**step, "weights": weights, "steps": result.steps,
+                        "distributed_type": str(accelerator.distributed_type)}, out / "result.pt")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

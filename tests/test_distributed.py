@@ -1,0 +1,70 @@
+"""Two CPU processes with the global batch in the loss equal one process on the whole batch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hsrl.distributed import gather_with_grad, is_distributed, rank, world_size
+from hsrl.losses import HypersphereLoss
+from hsrl.training import fit, make_dataloader, training_session
+
+sys.path.insert(0, str(Path(__file__).parent))
+from distributed_cases import OBJECTIVE, TinyEncoder, fit_config, global_batch, pair_dataset  # noqa: E402
+
+WORKER = Path(__file__).with_name("distributed_worker.py")
+
+
+def test_helpers_work_without_a_process_group() -> None:
+    x = torch.randn(3, 2, requires_grad=True)
+    assert not is_distributed() and world_size() == 1 and rank() == 0
+    assert gather_with_grad(x) is x
+
+
+@pytest.fixture(scope="module")
+def two_process_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("two-processes")
+    accelerate = Path(sys.executable).with_name("accelerate")
+    # `--cpu` would run ONE process and `--multi_gpu` alone two that each think they
+    # are alone; ACCELERATE_USE_CPU=1 with --multi_gpu gives MULTI_CPU on gloo.
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
+               str(WORKER), str(out)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "terminate called" not in done.stderr
+    return torch.load(out / "result.pt")
+
+
+def test_two_processes_are_multi_cpu(two_process_result: dict) -> None:
+    assert two_process_result["distributed_type"] == "DistributedType.MULTI_CPU"
+
+
+def test_loss_and_gradients_equal_one_process_on_the_whole_batch(two_process_result: dict) -> None:
+    torch.manual_seed(0)
+    model = TinyEncoder()
+    x, y = global_batch()
+    loss = HypersphereLoss(OBJECTIVE)(model(x), model(y))
+    loss.backward()
+    torch.testing.assert_close(two_process_result["loss"], loss.detach(), rtol=0, atol=1e-6)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(two_process_result["grads"][name], p.grad, rtol=0, atol=1e-6)
+
+
+def test_fit_on_two_processes_equals_fit_on_one_with_the_global_batch(
+    two_process_result: dict, tmp_path: Path
+) -> None:
+    config = fit_config(tmp_path, per_process_batch=8)
+    with training_session(config) as accelerator:
+        torch.manual_seed(config.seed)
+        result = fit(TinyEncoder(), HypersphereLoss(OBJECTIVE), make_dataloader(pair_dataset(), config),
+                     config, accelerator=accelerator)
+    assert result.steps == two_process_result["steps"] == 4
+    for name, value in result.model.state_dict().items():
+        torch.testing.assert_close(two_process_result["weights"][name], value, rtol=0, atol=1e-6)

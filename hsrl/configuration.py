@@ -75,9 +75,7 @@ def parse_config(cls: type[C], argv: Sequence[str] | None = None, description: s
     Values are validated by ``cls.__post_init__`` if it has one; its ``ValueError``
     becomes argparse's one-line usage error (exit status 2).
     """
-    parser = argparse.ArgumentParser(
-        description=description or (cls.__doc__ or "").strip().splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(description=description or (cls.__doc__ or "").strip().splitlines()[0])
     add_dataclass_arguments(parser, cls)
     namespace = parser.parse_args(argv)
     values = vars(namespace)

@@ -94,6 +94,10 @@ def _on_sphere(x: Tensor, name: str, normalize: bool) -> Tensor:
     return x
 
 
+def _at_least_float32(x: Tensor) -> Tensor:
+    return x if x.dtype == torch.float64 else x.float()
+
+
 # --------------------------------------------------------------------------- alignment
 
 
@@ -121,12 +125,17 @@ def align_loss(x: Tensor, y: Tensor, alpha: float = 2.0, *, normalize: bool = Fa
     _check_positive(alpha, "alpha")
     x = _on_sphere(x, "x", normalize)
     y = _on_sphere(y, "y", normalize)
-    diff = x - y
+    squared = (x - y).pow(2).sum(dim=1)
     if alpha == 2:
         # The common case needs no square root, and its gradient is smooth at 0.
-        return diff.pow(2).sum(dim=1).mean()
-    # vector_norm's backward is defined as 0 at a zero vector (like the paper's .norm()).
-    return torch.linalg.vector_norm(diff, dim=1).pow(alpha).mean()
+        return squared.mean()
+    # ||d||^alpha = (||d||^2)^(alpha/2). At a coincident pair the derivative is 0 for
+    # alpha > 1 and infinite for alpha < 1; the reference's autograd then gives NaN.
+    # Such a pair is at the minimum, so its (sub)gradient is taken as 0: keep the
+    # power's input away from 0 there and zero the term.
+    apart = squared > 0
+    safe = torch.where(apart, squared, torch.ones_like(squared))
+    return torch.where(apart, safe.pow(alpha / 2), torch.zeros_like(squared)).mean()
 
 
 # --------------------------------------------------------------------------- uniformity
@@ -193,9 +202,7 @@ def _auto_block(n: int, device: torch.device) -> int:
     return max(1, min(n, elements // n))
 
 
-def uniform_loss(
-    x: Tensor, t: float = 2.0, *, block_size: int | None = None, normalize: bool = False
-) -> Tensor:
+def uniform_loss(x: Tensor, t: float = 2.0, *, block_size: int | None = None, normalize: bool = False) -> Tensor:
     r"""Uniformity: :math:`L_{uniform} = \log \mathbb{E}_{i<j}\, e^{-t \lVert f(x_i) - f(x_j) \rVert_2^2}`.
 
     The value is exactly that of the paper's reference
@@ -282,23 +289,27 @@ def contrastive_loss(
     _check_positive(tau, "tau")
     x = _on_sphere(x, "x", normalize)
     y = _on_sphere(y, "y", normalize)
-    # Cross-entropy in float32: under autocast the logits would otherwise be bf16.
-    xf, yf = x.float(), y.float()
     if negatives is not None:
         _check_embeddings(negatives, "negatives")
         if negatives.shape[1] != x.shape[1]:
             raise ValueError(f"negatives must have {x.shape[1]} columns, got shape {tuple(negatives.shape)}")
-        nf = _on_sphere(negatives, "negatives", normalize).float()
-        positive = (xf * yf).sum(dim=1, keepdim=True)
-        logits = torch.cat([positive, xf @ nf.T], dim=1) / tau
-        target = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        return F.cross_entropy(logits, target)
-    logits = (yf @ xf.T) / tau  # row i: y_i against every x; the paper's denominator
-    target = torch.arange(x.shape[0], device=x.device)
-    loss = F.cross_entropy(logits, target)
-    if symmetric:
-        loss = (loss + F.cross_entropy(logits.T, target)) / 2
-    return loss
+        negatives = _on_sphere(negatives, "negatives", normalize)
+    # Logits and cross-entropy in at least float32, even under autocast: half-precision
+    # logits divided by a small tau lose the differences the loss is about.
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        xf, yf = _at_least_float32(x), _at_least_float32(y)
+        if negatives is not None:
+            nf = negatives.to(xf.dtype)
+            positive = (xf * yf).sum(dim=1, keepdim=True)
+            logits = torch.cat([positive, xf @ nf.T], dim=1) / tau
+            target = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+            return F.cross_entropy(logits, target)
+        logits = (yf @ xf.T) / tau  # row i: y_i against every x; the paper's denominator
+        target = torch.arange(x.shape[0], device=x.device)
+        loss = F.cross_entropy(logits, target)
+        if symmetric:
+            loss = (loss + F.cross_entropy(logits.T, target)) / 2
+        return loss
 
 
 # --------------------------------------------------------------------------- objective strings

@@ -256,7 +256,7 @@ class AlignUniformMeter:
             # Algorithm R replaces one point at a time: when a slot is drawn twice in one
             # batch, the later point is the one that survives.
             winner = torch.full((k,), -1, dtype=torch.long)
-            winner.scatter_reduce_(0, slots[taken], positions[taken] - start, reduce="amax")
+            winner.scatter_reduce_(0, slots[taken], positions[taken] - start, reduce="amin")
             hit = (winner >= 0).nonzero().squeeze(1)
             rows = winner[hit]
             device = self._sample.device
@@ -360,7 +360,7 @@ def alignment(
     Example:
         >>> import torch.nn.functional as F
         >>> z = F.normalize(torch.randn(5, 3), dim=1)
-        >>> alignment(z, -z)
+        >>> round(alignment(z, -z), 6)
         4.0
     """
     _check_positive(alpha, "alpha")
@@ -379,7 +379,7 @@ def alignment(
 
 
 def uniformity(x: Embeddings, t: float = 2.0, *, sample_size: int = 4096, seed: int = 0) -> float:
-    r"""Dataset uniformity: :math:`\log \frac{2}{m(m-1)} \sum_{a<b} e^{-t\lVert z_a - z_b\rVert_2^2}`.
+    r"""Dataset uniformity: :math:`\log \frac{2}{m(m-1)} \sum_{a<b} e^{-t\lVert z_a-z_b\rVert^2}`.
 
     Over all ``m(m − 1)/2`` distinct pairs of a uniform random sample of
     ``m = min(N, sample_size)`` rows (see :class:`AlignUniformMeter`); exact, and equal to

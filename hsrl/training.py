@@ -59,7 +59,7 @@ __all__ = [
     "EpochShuffleSampler",
     "FitResult",
     "TrainConfig",
-    "TrainingDiverged",
+    "TrainingDivergedError",
     "encode_views",
     "fit",
     "make_accelerator",
@@ -72,9 +72,13 @@ __all__ = [
 class TrainConfig:
     """Training settings shared by every recipe (each field is a command-line flag)."""
 
-    output_dir: str = field(default="runs/hsrl", metadata={"help": "folder for checkpoints, logs, the model and metrics"})
+    output_dir: str = field(
+        default="runs/hsrl", metadata={"help": "folder for checkpoints, logs, the model and metrics"}
+    )
     seed: int = field(default=0, metadata={"help": "seed for model init, data order and augmentation"})
-    batch_size: int = field(default=256, metadata={"help": "examples per process and step; the loss sees batch_size x processes"})
+    batch_size: int = field(
+        default=256, metadata={"help": "examples per process and step; the loss sees batch_size x processes"}
+    )
     epochs: int = field(default=1, metadata={"help": "passes over the data (ignored when --max-steps is set)"})
     max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps"})
     optimizer: Literal["sgd", "adam", "adamw"] = field(default="adamw", metadata={"help": "optimizer"})
@@ -97,7 +101,9 @@ class TrainConfig:
     num_workers: int = field(default=0, metadata={"help": "data-loader worker processes"})
     log_every: int = field(default=10, metadata={"help": "log loss and LR every N steps"})
     metrics_every: int = field(default=50, metadata={"help": "log batch alignment/uniformity every N steps"})
-    checkpoint_every: int | None = field(default=500, metadata={"help": "save a checkpoint every N steps (and at the end)"})
+    checkpoint_every: int | None = field(
+        default=500, metadata={"help": "save a checkpoint every N steps (and at the end)"}
+    )
     keep_checkpoints: int = field(default=2, metadata={"help": "how many recent checkpoints to keep"})
     resume: str | None = field(
         default=None, metadata={"help": "'latest' (in output-dir) or a checkpoint folder to resume from"}
@@ -107,8 +113,13 @@ class TrainConfig:
     cpu: bool = field(default=False, metadata={"help": "train on the CPU even when a GPU is present"})
 
     def __post_init__(self) -> None:
-        positive = {"batch_size": self.batch_size, "epochs": self.epochs, "log_every": self.log_every,
-                    "metrics_every": self.metrics_every, "keep_checkpoints": self.keep_checkpoints}
+        positive = {
+            "batch_size": self.batch_size,
+            "epochs": self.epochs,
+            "log_every": self.log_every,
+            "metrics_every": self.metrics_every,
+            "keep_checkpoints": self.keep_checkpoints,
+        }
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -128,7 +139,7 @@ class TrainConfig:
             raise ValueError(f"--max-grad-norm must be > 0, got {self.max_grad_norm}")
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
@@ -343,6 +354,14 @@ def _save_checkpoint(accelerator: Accelerator, state: TrainerState, folder: Path
     return target
 
 
+def _diverged(what: str, step: int, checkpoints: Path) -> TrainingDivergedError:
+    return TrainingDivergedError(
+        f"{what} became NaN or infinite at step {step}; stopped without saving. "
+        f"Last good checkpoint: {find_latest_checkpoint(checkpoints) or 'none'}. "
+        "Try a lower --lr, --max-grad-norm, or --mixed-precision no."
+    )
+
+
 def fit(
     model: nn.Module,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
@@ -366,7 +385,7 @@ def fit(
         encode: maps ``(model, batch)`` to the two views' embeddings.
 
     Raises:
-        TrainingDiverged: the loss became NaN or infinite. Nothing is saved for the
+        TrainingDivergedError: the loss became NaN or infinite. Nothing is saved for the
             bad step; the last good checkpoint stays the latest.
     """
     accelerator = accelerator or make_accelerator(config)
@@ -378,17 +397,21 @@ def fit(
 
     optimizer = build_optimizer(model, config)
     model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
-    steps_per_epoch = len(dataloader) if isinstance(dataloader, Sized) else None
-    if config.max_steps is None and not steps_per_epoch:
+    try:
+        steps_per_epoch: int | None = len(dataloader)
+    except TypeError:  # an iterable dataset without a length
+        steps_per_epoch = None
+    if config.max_steps is None and steps_per_epoch is None:
         raise ValueError("this dataset has no length: set --max-steps")
     total_steps = config.max_steps or config.epochs * int(steps_per_epoch or 0)
-    if total_steps < 1:
+    if total_steps < 1 or steps_per_epoch == 0:
         raise ValueError(
             f"no full batch of {config.batch_size} x {accelerator.num_processes} processes in the data; "
             "lower --batch-size or add data"
         )
-    schedule = LRSchedule(total_steps, config.warmup_steps, config.lr_schedule, config.lr_milestones,
-                          config.lr_decay, config.min_lr_ratio)
+    schedule = LRSchedule(
+        total_steps, config.warmup_steps, config.lr_schedule, config.lr_milestones, config.lr_decay, config.min_lr_ratio
+    )
     # Not passed to prepare(): Accelerate would step it once per process per step.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     accelerator.register_for_checkpointing(scheduler)
@@ -404,8 +427,13 @@ def fit(
         accelerator.init_trackers("hsrl", config=config_to_dict(config))
     log_path = output / "train_log.jsonl"
     history: list[dict[str, float]] = []
-    bar = tqdm(total=total_steps, initial=state.step, desc="train", dynamic_ncols=True,
-               disable=not (config.progress and accelerator.is_local_main_process))
+    bar = tqdm(
+        total=total_steps,
+        initial=state.step,
+        desc="train",
+        dynamic_ncols=True,
+        disable=not (config.progress and accelerator.is_local_main_process),
+    )
     last_loss = float("nan")
     last_checkpoint = resume_from
 
@@ -420,31 +448,31 @@ def fit(
             seen_batch = True
             x, y = encode(model, batch)
             x, y = gather_with_grad(x.float()), gather_with_grad(y.float())
+            if not bool(torch.isfinite(x.detach()).all() & torch.isfinite(y.detach()).all()):
+                bar.close()
+                raise _diverged("the embeddings", state.step + 1, checkpoints)
             terms = loss_fn.terms(x, y) if hasattr(loss_fn, "terms") else {"loss": loss_fn(x, y)}
             loss = terms["loss"]
             if not torch.isfinite(loss.detach()):
                 bar.close()
-                raise TrainingDiverged(
-                    f"loss became {float(loss)} at step {state.step + 1}; stopped without saving. "
-                    f"Last good checkpoint: {find_latest_checkpoint(checkpoints) or 'none'}. "
-                    "Try a lower --lr, --max-grad-norm, or --mixed-precision no."
-                )
+                raise _diverged(f"the loss ({float(loss)})", state.step + 1, checkpoints)
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             if config.max_grad_norm is not None:
                 accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            lr_used = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
             state.step += 1
             state.batch_in_epoch += 1
             last_loss = float(loss.detach())
             bar.update(1)
-            bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", epoch=state.epoch)
+            bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr_used:.2e}", epoch=state.epoch)
 
             logs: dict[str, float] = {}
             if state.step % config.log_every == 0 or state.step == total_steps:
                 logs.update({f"train/{k}": float(v.detach()) for k, v in terms.items()})
-                logs["train/lr"] = scheduler.get_last_lr()[0]
+                logs["train/lr"] = lr_used
             if state.step % config.metrics_every == 0 or state.step == total_steps:
                 logs.update({f"batch/{k}": v for k, v in _batch_metrics(x, y).items()})
             if logs:

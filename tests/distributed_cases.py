@@ -36,6 +36,14 @@ def pair_dataset() -> TensorDataset:
 
 def fit_config(output_dir: Path, per_process_batch: int) -> TrainConfig:
     return TrainConfig(
-        output_dir=str(output_dir), batch_size=per_process_batch, max_steps=4, optimizer="sgd",
-        lr=0.5, momentum=0.9, checkpoint_every=None, log_with="none", progress=False, seed=3,
+        output_dir=str(output_dir),
+        batch_size=per_process_batch,
+        max_steps=4,
+        optimizer="sgd",
+        lr=0.5,
+        momentum=0.9,
+        checkpoint_every=None,
+        log_with="none",
+        progress=False,
+        seed=3,
     )

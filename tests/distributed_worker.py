@@ -21,7 +21,7 @@ from hsrl.losses import HypersphereLoss
 from hsrl.training import TrainConfig, fit, make_dataloader, training_session
 
 sys.path.insert(0, str(Path(__file__).parent))
-from distributed_cases import OBJECTIVE, TinyEncoder, fit_config, global_batch, pair_dataset  # noqa: E402
+from distributed_cases import OBJECTIVE, TinyEncoder, fit_config, global_batch, pair_dataset
 
 
 def one_step(accelerator: Accelerator) -> dict[str, object]:
@@ -43,12 +43,24 @@ def main(out: Path) -> None:
         assert world_size() == 2, f"expected 2 processes, got {world_size()}"
         step = one_step(accelerator)
         torch.manual_seed(config.seed)
-        result = fit(TinyEncoder(), HypersphereLoss(OBJECTIVE), make_dataloader(pair_dataset(), config),
-                     config, accelerator=accelerator)
+        result = fit(
+            TinyEncoder(),
+            HypersphereLoss(OBJECTIVE),
+            make_dataloader(pair_dataset(), config),
+            config,
+            accelerator=accelerator,
+        )
         if accelerator.is_main_process:
             weights = {k: v.detach().clone() for k, v in result.model.state_dict().items()}
-            torch.save({**step, "weights": weights, "steps": result.steps,
-                        "distributed_type": str(accelerator.distributed_type)}, out / "result.pt")
+            torch.save(
+                {
+                    **step,
+                    "weights": weights,
+                    "steps": result.steps,
+                    "distributed_type": str(accelerator.distributed_type),
+                },
+                out / "result.pt",
+            )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from hsrl.losses import HypersphereLoss
 from hsrl.training import fit, make_dataloader, training_session
 
 sys.path.insert(0, str(Path(__file__).parent))
-from distributed_cases import OBJECTIVE, TinyEncoder, fit_config, global_batch, pair_dataset  # noqa: E402
+from distributed_cases import OBJECTIVE, TinyEncoder, fit_config, global_batch, pair_dataset
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
@@ -33,9 +33,23 @@ def two_process_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
     # `--cpu` would run ONE process and `--multi_gpu` alone two that each think they
     # are alone; ACCELERATE_USE_CPU=1 with --multi_gpu gives MULTI_CPU on gloo.
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
-               str(WORKER), str(out)]
+    command = [
+        str(accelerate),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29533",
+        str(WORKER),
+        str(out),
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "terminate called" not in done.stderr
@@ -57,14 +71,17 @@ def test_loss_and_gradients_equal_one_process_on_the_whole_batch(two_process_res
         torch.testing.assert_close(two_process_result["grads"][name], p.grad, rtol=0, atol=1e-6)
 
 
-def test_fit_on_two_processes_equals_fit_on_one_with_the_global_batch(
-    two_process_result: dict, tmp_path: Path
-) -> None:
+def test_fit_on_two_processes_equals_fit_on_one_with_the_global_batch(two_process_result: dict, tmp_path: Path) -> None:
     config = fit_config(tmp_path, per_process_batch=8)
     with training_session(config) as accelerator:
         torch.manual_seed(config.seed)
-        result = fit(TinyEncoder(), HypersphereLoss(OBJECTIVE), make_dataloader(pair_dataset(), config),
-                     config, accelerator=accelerator)
+        result = fit(
+            TinyEncoder(),
+            HypersphereLoss(OBJECTIVE),
+            make_dataloader(pair_dataset(), config),
+            config,
+            accelerator=accelerator,
+        )
     assert result.steps == two_process_result["steps"] == 4
     for name, value in result.model.state_dict().items():
         torch.testing.assert_close(two_process_result["weights"][name], value, rtol=0, atol=1e-6)

@@ -123,9 +123,7 @@ def make_loss(case: str, impl: str, block: int | None) -> Callable[..., torch.Te
         return pdist_uniform
     if case == "align+uniform":
         if impl == "hsrl":
-            return lambda x, y: align_loss(x, y, alpha=ALPHA) + (
-                uniform_loss(x, t=T) + uniform_loss(y, t=T)
-            ) / 2
+            return lambda x, y: align_loss(x, y, alpha=ALPHA) + (uniform_loss(x, t=T) + uniform_loss(y, t=T)) / 2
         return lambda x, y: paper_align(x, y) + (pdist_uniform(x) + pdist_uniform(y)) / 2
     if impl == "hsrl":
         return lambda x, y: contrastive_loss(x, y, tau=TAU)
@@ -211,6 +209,8 @@ def _short(err: BaseException) -> str:
 
 def time_worker(job: dict) -> dict:
     """Time every implementation of one (case, N), interleaved; check values and gradients."""
+    if job["threads"]:
+        torch.set_num_threads(job["threads"])
     case, n, device = job["case"], job["n"], job["device"]
     inputs = make_inputs(case, n, job["dim"], device)
     fns = {label: make_loss(case, impl, block) for label, impl, block in job["impls"]}
@@ -223,9 +223,7 @@ def time_worker(job: dict) -> dict:
             seconds, loss = _call(fn, inputs, device)  # warm-up 1, also the checked call
             first[label] = (float(loss), [t.grad.detach().clone() for t in inputs])
             if seconds > job["max_call_s"]:
-                out[label]["skipped"] = (
-                    f"one call took {seconds:.0f} s > {job['max_call_s']:.0f} s"
-                )
+                out[label]["skipped"] = f"one call took {seconds:.0f} s > {job['max_call_s']:.0f} s"
                 continue
             for _ in range(job["warmup"] if seconds < 1 else 0):
                 _call(fn, inputs, device)
@@ -256,14 +254,14 @@ def time_worker(job: dict) -> dict:
             continue
         (value, grads), (ref_value, ref_grads) = first[label], first[reference]
         out[label]["value_rel"] = abs(value - ref_value) / abs(ref_value)
-        out[label]["grad_max"] = max(
-            float((g - r).abs().max()) for g, r in zip(grads, ref_grads, strict=True)
-        )
+        out[label]["grad_max"] = max(float((g - r).abs().max()) for g, r in zip(grads, ref_grads, strict=True))
     return out
 
 
 def memory_worker(job: dict) -> dict:
     """Peak extra RSS of one forward+backward on CPU, in a process of its own."""
+    if job["threads"]:
+        torch.set_num_threads(job["threads"])
     case, n, (label, impl, block) = job["case"], job["n"], job["impls"][0]
     fn = make_loss(case, impl, block)
     _call(fn, make_inputs(case, min(n, 64), job["dim"], "cpu"), "cpu")  # load kernels, pools
@@ -346,6 +344,7 @@ class Runner:
             "warmup": self.args.warmup,
             "budget_s": self.args.budget,
             "max_call_s": self.args.max_call_seconds,
+            "threads": self.args.threads,
         }
         timeout = 60 + 4 * (self.args.budget + 3 * self.args.max_call_seconds) * len(runnable)
         if runnable:
@@ -425,7 +424,7 @@ def case_rows(case: str, n: int, results: dict, title: str | None = None) -> lis
     return rows
 
 
-def machine_line(device: str) -> str:
+def machine_line(device: str, threads: int) -> str:
     if device == "cuda":
         return f"cuda: {torch.cuda.get_device_name()}"
     model = platform.processor() or "cpu"
@@ -434,7 +433,8 @@ def machine_line(device: str) -> str:
             model = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
     except (OSError, StopIteration):
         pass
-    return f"cpu: {model}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    threads = threads or torch.get_num_threads()
+    return f"cpu: {model}, {os.cpu_count()} cores, torch threads {threads}"
 
 
 def git_commit() -> str:
@@ -459,11 +459,12 @@ def header_lines(args: argparse.Namespace, devices: list[str]) -> list[str]:
         "# hsrl losses: speed, memory and exactness against the paper's reference code",
         "",
         f"- command: `{command}`",
-        f"- date: {now}; commit {git_commit()}",
+        f"- date: {now}; commit {git_commit()}; load average at start "
+        f"{args.load_start:.2f} and end {os.getloadavg()[0]:.2f} (shared machine)",
         f"- torch {torch.__version__}, pytorch-metric-learning "
         f"{pytorch_metric_learning.__version__}, python {platform.python_version()}",
     ]
-    lines += [f"- device {machine_line(device)}" for device in devices]
+    lines += [f"- device {machine_line(device, args.threads)}" for device in devices]
     lines += [
         f"- inputs: float32, d = {args.dim}, unit rows, seed {SEED}; t = {T:g}, alpha = "
         f"{ALPHA:g}, tau = {TAU:g}; one timed call = forward + backward",
@@ -490,11 +491,7 @@ def verdict(device: str, by_n: dict[int, dict[str, dict]]) -> str | None:
     if "median_ms" not in hsrl or "median_ms" not in ref:
         return f"[{device}] target at N=4096: not measured"
     speedup = ref["median_ms"] / hsrl["median_ms"]
-    ok = (
-        speedup >= 3
-        and hsrl.get("value_rel", 1) <= VALUE_RTOL
-        and hsrl.get("grad_max", 1) <= GRAD_ATOL
-    )
+    ok = speedup >= 3 and hsrl.get("value_rel", 1) <= VALUE_RTOL and hsrl.get("grad_max", 1) <= GRAD_ATOL
     return (
         f"[{device}] target at N=4096 (uniform_loss ≥ 3× faster than pdist, value ≤ 1e-5 rel, "
         f"grad ≤ 1e-6): speed-up {speedup:.2f}×, value {hsrl.get('value_rel', float('nan')):.1e},"
@@ -505,12 +502,11 @@ def verdict(device: str, by_n: dict[int, dict[str, dict]]) -> str | None:
 def run(args: argparse.Namespace) -> str:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda, but torch sees no CUDA device")
+    devices = [args.device]
     if args.device == "auto":
         devices = (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]
-    else:
-        devices = [args.device]
     runner = Runner(args)
-    lines = header_lines(args, devices)
+    lines: list[str] = []
     for device in devices:
         lines += [f"## {device}", "", HEADER, RULE]
         by_n: dict[int, dict[str, dict]] = {}
@@ -536,40 +532,46 @@ def run(args: argparse.Namespace) -> str:
             for b in blocks:
                 title = f"uniform_loss(block_size={b})"
                 label = f"hsrl-{b or 'auto'}"
-                lines.append(table_row(title, n, results[label], "`pdist` formula",
-                                       results["pdist"], compared=True))
+                lines.append(table_row(title, n, results[label], "`pdist` formula", results["pdist"], compared=True))
         lines.append("")
         target = verdict(device, by_n)
         if target:
             lines += [target, ""]
-    return "\n".join(lines)
+    return "\n".join(header_lines(args, devices) + lines)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048, 4096, 16384])
     parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=15, help="most timed calls per case")
+    parser.add_argument("--repeats", type=int, default=30, help="most timed calls per case")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--warmup", type=int, default=2, help="extra warm-up calls if < 1 s")
-    parser.add_argument("--budget", type=float, default=10.0,
-                        help="seconds of timed calls per implementation and size (adapts repeats)")
-    parser.add_argument("--max-call-seconds", type=float, default=60.0,
-                        help="skip a call whose extrapolated time exceeds this")
+    parser.add_argument(
+        "--budget", type=float, default=10.0, help="seconds of timed calls per implementation and size (adapts repeats)"
+    )
+    parser.add_argument(
+        "--max-call-seconds", type=float, default=60.0, help="skip a call whose extrapolated time exceeds this"
+    )
     parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
-    parser.add_argument("--ntxent-sizes", type=int, nargs="*", default=[64, 128, 256],
-                        help="extra small N for the contrastive case only")
-    parser.add_argument("--block-n", type=int, nargs="*", default=[4096],
-                        help="N for the block-size sweep of uniform_loss")
-    parser.add_argument("--block-sizes", nargs="+",
-                        default=["auto", "128", "256", "512", "1024", "2048", "4096"])
+    parser.add_argument(
+        "--ntxent-sizes",
+        type=int,
+        nargs="*",
+        default=[64, 128, 256],
+        help="extra small N for the contrastive case only",
+    )
+    parser.add_argument(
+        "--block-n", type=int, nargs="*", default=[4096], help="N for the block-size sweep of uniform_loss"
+    )
+    parser.add_argument("--block-sizes", nargs="+", default=["auto", "128", "256", "512", "1024", "2048", "4096"])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/losses.md")
-    parser.add_argument("--quick", action="store_true",
-                        help="small sizes and few repeats: a smoke run")
+    parser.add_argument("--quick", action="store_true", help="small sizes and few repeats: a smoke run")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
-        args.sizes, args.ntxent_sizes, args.block_n = [256, 1024], [64], [1024]
-        args.block_sizes = ["auto", "256", "1024"]
+        args.sizes, args.ntxent_sizes, args.block_n = [128, 512], [64], [512]
+        args.block_sizes = ["auto", "128", "512"]
         args.repeats, args.warmup, args.budget = min(args.repeats, 5), 1, 1.0
     args.script, args.argv = "benchmarks/losses.py", argv
     return args
@@ -583,6 +585,7 @@ def main(argv: list[str] | None = None) -> None:
         worker = time_worker if job["mode"] == "time" else memory_worker
         print(RESULT_MARK + json.dumps(worker(job)), flush=True)
         return
+    args.load_start = os.getloadavg()[0]
     report = run(args)
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)

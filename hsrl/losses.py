@@ -149,7 +149,9 @@ class _UniformLoss(torch.autograd.Function):
     largest exponent :math:`m`, :math:`e_{ij} = e^{2t x_i^\top x_j - m}` (0 on the diagonal). Then
     :math:`\sum_{i \ne j} e^{-t d_{ij}} = e^{m - 2t} s` with :math:`s = \sum_{i \ne j} b_i e_{ij} b_j`, and
 
-    .. math:: \frac{\partial L}{\partial x_i} = -\frac{4t}{s}\, b_i \Big(x_i \sum_j e_{ij} b_j - \sum_j e_{ij} b_j x_j\Big).
+    .. math::
+        \frac{\partial L}{\partial x_i}
+        = -\frac{4t}{s}\, b_i \Big(x_i \sum_j e_{ij} b_j - \sum_j e_{ij} b_j x_j\Big).
 
     Forward computes ``Z = E @ [b * x, b]`` block by block, so only ``Z`` (N x (d+1)) is
     kept for backward: no N x N matrix outlives a block, and backward needs no second

@@ -256,7 +256,7 @@ class AlignUniformMeter:
             # Algorithm R replaces one point at a time: when a slot is drawn twice in one
             # batch, the later point is the one that survives.
             winner = torch.full((k,), -1, dtype=torch.long)
-            winner.scatter_reduce_(0, slots[taken], positions[taken] - start, reduce="amin")
+            winner.scatter_reduce_(0, slots[taken], positions[taken] - start, reduce="amax")
             hit = (winner >= 0).nonzero().squeeze(1)
             rows = winner[hit]
             device = self._sample.device

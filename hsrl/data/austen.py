@@ -203,10 +203,8 @@ def read_index(rdx: Path) -> dict[str, tuple[int, int]]:
     """
     try:
         raw = rdx.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            index = unserialize(gzip.decompress(raw))
-        else:
-            index = read_record(raw, 0, len(raw))
+        gzipped = raw[:2] == b"\x1f\x8b"
+        index = unserialize(gzip.decompress(raw)) if gzipped else read_record(raw, 0, len(raw))
         top = dict(zip(index.attributes["names"], index.values, strict=True))
         variables = top["variables"]
         compressed = top["compressed"][0]
@@ -246,9 +244,7 @@ def find_rdb(path: str | os.PathLike[str]) -> Path:
     for candidate in (path, path / "Rdata.rdb", path / _DATA_DIR / "Rdata.rdb"):
         if candidate.is_file() and candidate.with_suffix(".rdx").is_file():
             return candidate
-    raise FileNotFoundError(
-        f"no janeaustenr Rdata.rdb/.rdx under {path} (expected {path / _DATA_DIR})"
-    )
+    raise FileNotFoundError(f"no janeaustenr Rdata.rdb/.rdx under {path} (expected {path / _DATA_DIR})")
 
 
 def read_books(path: str | os.PathLike[str]) -> dict[str, list[str]]:
@@ -379,9 +375,7 @@ def write_jsonl_gz(records: Sequence[Paragraph], out: str | os.PathLike[str]) ->
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: extract, write, and print paragraphs/chapters/sentences per book."""
-    parser = argparse.ArgumentParser(
-        prog="python -m hsrl.data.austen", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m hsrl.data.austen", description=__doc__.splitlines()[0])
     parser.add_argument("deb_dir", help="the unpacked r-cran-janeaustenr .deb (dpkg -x)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="gzip JSON-lines output")
     args = parser.parse_args(argv)
@@ -399,10 +393,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         n_sentences = sum(len(split_sentences(p.text)) for p in rows)
         total_sentences += n_sentences
         chapters = rows[-1].chapter if rows else 0
-        print(
-            f"{book:18s} {len(rows):6d} paragraphs {chapters:3d} chapters "
-            f"{n_sentences:6d} sentences"
-        )
+        print(f"{book:18s} {len(rows):6d} paragraphs {chapters:3d} chapters {n_sentences:6d} sentences")
     size = os.path.getsize(args.out)
     print(
         f"{'total':18s} {len(records):6d} paragraphs {total_sentences:17d} sentences "

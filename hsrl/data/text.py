@@ -233,10 +233,7 @@ class SentenceCorpus:
         _check_context_size(context_size)
         doc_ids, n = self.doc_ids, len(self.doc_ids)
         return [
-            (i, j)
-            for i in range(n)
-            for j in range(i + 1, min(i + context_size, n - 1) + 1)
-            if doc_ids[j] == doc_ids[i]
+            (i, j) for i in range(n) for j in range(i + 1, min(i + context_size, n - 1) + 1) if doc_ids[j] == doc_ids[i]
         ]
 
 
@@ -271,9 +268,7 @@ class SentencePairDataset(Dataset[tuple[str, str]]):
         self.pairs = pairs
 
     @classmethod
-    def from_documents(
-        cls, documents: Iterable[Document], context_size: int = 1
-    ) -> SentencePairDataset:
+    def from_documents(cls, documents: Iterable[Document], context_size: int = 1) -> SentencePairDataset:
         """The neighbour pairs of ``documents`` (see :meth:`SentenceCorpus.pairs`)."""
         corpus = SentenceCorpus.from_documents(documents)
         return cls(corpus.sentences, corpus.pairs(context_size))

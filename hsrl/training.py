@@ -29,6 +29,7 @@ import json
 import math
 import os
 import shutil
+import typing
 from collections.abc import Callable, Iterator, Mapping, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,11 @@ class TrainConfig:
     cpu: bool = field(default=False, metadata={"help": "train on the CPU even when a GPU is present"})
 
     def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for name in ("optimizer", "lr_schedule", "mixed_precision", "log_with"):
+            allowed = typing.get_args(hints[name])
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")
         positive = {
             "batch_size": self.batch_size,
             "epochs": self.epochs,

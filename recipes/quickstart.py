@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,7 @@ from torch.utils.data import TensorDataset
 
 from hsrl.checkpoints import atomic_write_json
 from hsrl.configuration import config_to_dict, parse_config
-from hsrl.data.images import read_fashion_mnist, random_views
+from hsrl.data.images import random_views, read_fashion_mnist
 from hsrl.evaluation import knn_accuracy
 from hsrl.losses import HypersphereLoss
 from hsrl.metrics import alignment, uniformity
@@ -40,7 +41,9 @@ class QuickstartConfig(TrainConfig):
     batch_size: int = field(default=256, metadata={"help": "images per process and step"})
     max_steps: int | None = field(default=400, metadata={"help": "optimizer steps"})
     lr: float = field(default=2e-3, metadata={"help": "AdamW learning rate"})
-    lr_schedule: str = field(default="cosine", metadata={"help": "learning-rate schedule after warm-up"})
+    lr_schedule: Literal["constant", "multistep", "cosine", "linear"] = field(
+        default="cosine", metadata={"help": "learning-rate schedule after warm-up"}
+    )
     warmup_steps: int = field(default=20, metadata={"help": "linear warm-up steps"})
     checkpoint_every: int | None = field(default=200, metadata={"help": "checkpoint every N steps"})
     eval_train_size: int = field(default=60000, metadata={"help": "training images used as the 5-NN memory bank"})

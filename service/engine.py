@@ -1,0 +1,327 @@
+"""Dynamic micro-batching: concurrent requests share model batches, run by one worker thread per model.
+
+A request's items are queued as one slice; the worker takes items from the front of the queue until it holds
+``max_batch_size`` or the oldest waiting item has waited ``max_wait_ms``, splitting a slice that does not fit
+(so a client batch larger than ``max_batch_size`` is spread over several model batches, never rejected). The
+model runs in the worker thread, so the event loop keeps accepting requests while it computes; results are
+handed back with ``loop.call_soon_threadsafe``.
+
+The queue is bounded in items: :meth:`Batcher.submit` raises :class:`QueueFullError` instead of waiting, which the
+app answers with 429 and ``Retry-After``. The worker records a heartbeat and the start of the batch in flight,
+so :meth:`Batcher.health` can tell a dead or wedged worker from a busy one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from service.metrics import ServiceMetrics
+
+__all__ = ["Batcher", "Embedded", "EngineUnavailableError", "QueueFullError"]
+
+log = logging.getLogger("hsrl.service.engine")
+
+#: Maps items to ``(n, d)`` float32 rows, or to ``(rows, per-item token counts)``.
+EncodeFn = Callable[[list[Any]], "np.ndarray | tuple[np.ndarray, np.ndarray]"]
+Embedded = tuple[np.ndarray, np.ndarray]
+
+
+class QueueFullError(Exception):
+    """The batching queue cannot take the request now; retry after ``retry_after`` seconds."""
+
+    def __init__(self, model: str, retry_after: int) -> None:
+        super().__init__(f"the {model!r} queue is full; retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+class EngineUnavailableError(Exception):
+    """The worker thread is not running (it died, or the service is shutting down)."""
+
+
+@dataclass(eq=False)
+class _Request:
+    """One client request: its items, where the rows go, and the future the handler awaits."""
+
+    items: list[Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Embedded]
+    enqueued_at: float
+    remaining: int
+    result: np.ndarray | None = None
+    tokens: np.ndarray | None = None
+    done: bool = False  # failed or abandoned: later slices are skipped
+
+    def resolve(self, value: Embedded | BaseException) -> None:
+        """Complete the future from any thread, at most once."""
+        if self.done:
+            return
+        self.done = True
+
+        def _set() -> None:
+            if self.future.done():  # the client went away and the handler was cancelled
+                return
+            if isinstance(value, BaseException):
+                self.future.set_exception(value)
+            else:
+                self.future.set_result(value)
+
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            self.loop.call_soon_threadsafe(_set)
+
+
+@dataclass(eq=False)
+class _Slice:
+    request: _Request
+    start: int
+    stop: int
+
+
+@dataclass
+class _BatchPart:
+    request: _Request
+    start: int
+    stop: int  # rows [start, stop) of the request
+    offset: int  # where they sit in the batch
+
+
+@dataclass
+class _State:
+    queue: deque[_Slice] = field(default_factory=deque)
+    queued_items: int = 0
+    busy_since: float | None = None
+    heartbeat: float = field(default_factory=time.monotonic)
+    stopping: bool = False
+    dead_reason: str | None = None
+
+
+class Batcher:
+    """Micro-batches items for one model.
+
+    Args:
+        name: the model's name, used in metrics and messages.
+        encode: maps a list of items to an ``(n, d)`` float32 array; called only from the worker thread.
+        max_batch_size: most items per model call.
+        max_wait_ms: longest an item waits for its batch to fill before the worker runs a partial batch.
+        max_queue: most items waiting (not counting the batch in flight). A request is always admitted into an
+            empty queue, so one request larger than ``max_queue`` is still served.
+        wedge_timeout_s: a batch running longer than this makes :meth:`health` report the worker as wedged.
+        metrics: where batch sizes, queue waits and inference times are recorded.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        encode: EncodeFn,
+        *,
+        max_batch_size: int = 64,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 1024,
+        wedge_timeout_s: float = 120.0,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
+        if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0 or wedge_timeout_s <= 0:
+            raise ValueError("max_batch_size and max_queue must be >= 1, max_wait_ms >= 0, wedge_timeout_s > 0")
+        self.name, self.encode = name, encode
+        self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_ms / 1000.0, max_queue
+        self.wedge_timeout_s = wedge_timeout_s
+        self.metrics = metrics or ServiceMetrics()
+        self._state = _State()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._recent_batch_s = 0.05  # smoothed batch time, for Retry-After
+        self.metrics.queue_size.set_function(lambda: self._state.queued_items, model=name)
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        """Start the worker thread (idempotent)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._state.stopping, self._state.dead_reason = False, None
+        self._thread = threading.Thread(target=self._run, name=f"hsrl-batcher-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the queued work, then stop the worker."""
+        with self._cond:
+            self._state.stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # ---------------------------------------------------------------- requests
+    async def submit(self, items: Sequence[Any]) -> Embedded:
+        """Embed ``items`` as part of whatever batches the worker forms.
+
+        Returns:
+            ``(len(items), d)`` float32 rows and ``(len(items),)`` token counts.
+
+        Raises:
+            QueueFullError: the queue holds ``max_queue`` items already.
+            EngineUnavailableError: the worker is not running.
+        """
+        if not items:
+            raise ValueError("nothing to embed")
+        loop = asyncio.get_running_loop()
+        request = _Request(list(items), loop, loop.create_future(), time.monotonic(), len(items))
+        with self._cond:
+            if not self.alive or self._state.stopping or self._state.dead_reason:
+                raise EngineUnavailableError(self._state.dead_reason or f"the {self.name!r} worker is not running")
+            state = self._state
+            if state.queued_items and state.queued_items + len(items) > self.max_queue:
+                self.metrics.rejected.inc(model=self.name)
+                raise QueueFullError(self.name, self._retry_after())
+            state.queue.append(_Slice(request, 0, len(items)))
+            state.queued_items += len(items)
+            self._cond.notify()
+        try:
+            return await request.future
+        finally:
+            request.done = True  # cancelled or finished: the worker skips whatever is still queued
+
+    def _retry_after(self) -> int:
+        """Seconds until the queue has likely drained: queued batches x recent batch time, at least 1."""
+        batches = -(-self._state.queued_items // self.max_batch_size) + 1
+        return max(1, int(np.ceil(batches * self._recent_batch_s)))
+
+    # ---------------------------------------------------------------- health
+    def health(self) -> dict[str, Any]:
+        """The worker's state: ``ok`` false when the thread is dead or a batch has run past the wedge timeout."""
+        now = time.monotonic()
+        state = self._state
+        busy_for = None if state.busy_since is None else now - state.busy_since
+        wedged = busy_for is not None and busy_for > self.wedge_timeout_s
+        alive = self.alive
+        reason = None
+        if not alive:
+            reason = state.dead_reason or "worker thread is not running"
+        elif wedged:
+            reason = f"a batch has been running for {busy_for:.1f} s (timeout {self.wedge_timeout_s:g} s)"
+        return {
+            "ok": alive and not wedged,
+            "alive": alive,
+            "wedged": wedged,
+            "reason": reason,
+            "queued_items": state.queued_items,
+            "batch_running_s": None if busy_for is None else round(busy_for, 3),
+            "heartbeat_age_s": round(now - state.heartbeat, 3),
+        }
+
+    # ---------------------------------------------------------------- worker
+    def _run(self) -> None:
+        parts: list[_BatchPart] | None = None
+        try:
+            while True:
+                parts, size = self._next_batch()
+                if parts is None:
+                    return
+                if parts:
+                    self._process(parts, size)
+                parts = None
+        except BaseException as error:  # the worker dies: say why, and fail everyone waiting, in flight or queued
+            self._state.dead_reason = f"worker thread died: {type(error).__name__}: {error}"
+            log.critical("%s", self._state.dead_reason)
+            failure = EngineUnavailableError(self._state.dead_reason)
+            for part in parts or ():
+                part.request.resolve(failure)
+            self._fail_queued(failure)
+        finally:
+            self._state.busy_since = None
+
+    def _next_batch(self) -> tuple[list[_BatchPart] | None, int]:
+        """Block until a batch is ready; ``None`` when stopping with an empty queue."""
+        state = self._state
+        with self._cond:
+            while not state.queue:
+                if state.stopping:
+                    return None, 0
+                self._cond.wait(timeout=1.0)
+                state.heartbeat = time.monotonic()
+            # Wait for the batch to fill, at most max_wait after the oldest item arrived.
+            deadline = state.queue[0].request.enqueued_at + self.max_wait_s
+            while state.queued_items < self.max_batch_size and not state.stopping:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(timeout=remaining)
+            parts, size = self._take(self.max_batch_size)
+            state.busy_since = state.heartbeat = time.monotonic()
+            return parts, size
+
+    def _take(self, capacity: int) -> tuple[list[_BatchPart], int]:
+        """Pop up to ``capacity`` items off the queue (lock held), splitting the last slice if needed."""
+        state, parts, size = self._state, [], 0
+        now = time.monotonic()
+        while state.queue and size < capacity:
+            piece = state.queue[0]
+            count = min(piece.stop - piece.start, capacity - size)
+            if piece.request.done:  # abandoned or failed: drop the rest of it
+                state.queue.popleft()
+                state.queued_items -= piece.stop - piece.start
+                continue
+            parts.append(_BatchPart(piece.request, piece.start, piece.start + count, size))
+            self.metrics.queue_wait.observe(now - piece.request.enqueued_at, model=self.name)
+            size += count
+            state.queued_items -= count
+            if piece.start + count == piece.stop:
+                state.queue.popleft()
+            else:
+                piece.start += count
+        return parts, size
+
+    def _process(self, parts: list[_BatchPart], size: int) -> None:
+        items = [item for part in parts for item in part.request.items[part.start : part.stop]]
+        started = time.perf_counter()
+        try:
+            output = self.encode(items)
+            vectors, tokens = output if isinstance(output, tuple) else (output, np.zeros(size, dtype=np.int64))
+            vectors = np.asarray(vectors, dtype=np.float32)
+            if vectors.ndim != 2 or vectors.shape[0] != size or len(tokens) != size:
+                raise RuntimeError(f"model returned {vectors.shape} rows and {len(tokens)} counts for {size} items")
+        except Exception as error:  # one bad batch fails its requests, not the worker
+            log.exception("batch of %d failed on %s", size, self.name)
+            for part in parts:
+                part.request.resolve(error)
+            return
+        finally:
+            elapsed = time.perf_counter() - started
+            self._recent_batch_s = 0.8 * self._recent_batch_s + 0.2 * elapsed
+            self._state.busy_since = None
+            self._state.heartbeat = time.monotonic()
+        self.metrics.inference.observe(elapsed, model=self.name)
+        self.metrics.batch_size.observe(size, model=self.name)
+        self.metrics.items.inc(size, model=self.name)
+        for part in parts:
+            request = part.request
+            if request.done:
+                continue
+            if request.result is None or request.tokens is None:
+                request.result = np.empty((len(request.items), vectors.shape[1]), dtype=np.float32)
+                request.tokens = np.zeros(len(request.items), dtype=np.int64)
+            rows = slice(part.offset, part.offset + part.stop - part.start)
+            request.result[part.start : part.stop] = vectors[rows]
+            request.tokens[part.start : part.stop] = tokens[rows]
+            request.remaining -= part.stop - part.start
+            if request.remaining == 0:
+                request.resolve((request.result, request.tokens))
+
+    def _fail_queued(self, error: Exception) -> None:
+        with self._cond:
+            pending = {piece.request for piece in self._state.queue}
+            self._state.queue.clear()
+            self._state.queued_items = 0
+        for request in pending:
+            request.resolve(error)

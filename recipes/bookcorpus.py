@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    with training_session(config, find_unused_parameters=True) as accelerator:
+    with training_session(config) as accelerator:
         scratch = ScratchConfig(config.scratch_layers, config.scratch_hidden, max(1, config.scratch_hidden // 64),
                                 4 * config.scratch_hidden, config.vocab_size, config.max_seq_length)  # fmt: skip
         try:

@@ -53,11 +53,13 @@ def error_body(message: str, type_: str, code: str | None) -> dict[str, Any]:
 
 
 def error_response(
-    status: int, message: str, code: str, *, headers: dict[str, str] | None = None, **extra: Any
+    status_code: int, message: str, code: str, *, headers: dict[str, str] | None = None, **extra: Any
 ) -> JSONResponse:
-    body = error_body(message, _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"), code)
+    """The error body with ``extra`` top-level fields (e.g. /health's details) beside ``error``."""
+    default = "server_error" if status_code >= 500 else "invalid_request_error"
+    body = error_body(message, _TYPES.get(status_code, default), code)
     body.update(extra)
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body, status_code=status_code, headers=headers)
 
 
 def _describe_validation(error: RequestValidationError) -> str:

@@ -231,16 +231,19 @@ DATASET_DEFAULTS: dict[str, AugmentConfig] = {
         mean=(0.44087801806139126, 0.42790631331699347, 0.3867879370752931),
         std=(0.26826768628079806, 0.2610450402318512, 0.26866836876860795),
     ),
-    "cifar10": AugmentConfig(
-        size=32, eval_resize=32, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)
-    ),
-    "cifar100": AugmentConfig(
-        size=32, eval_resize=32, mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)
-    ),
+    "cifar10": AugmentConfig(size=32, eval_resize=32, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
+    "cifar100": AugmentConfig(size=32, eval_resize=32, mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)),
     "fashion-mnist": AugmentConfig(
-        channels=1, size=28, eval_resize=28, scale=(0.25, 1.0), jitter=(0.4, 0.4, 0.0, 0.0), jitter_p=0.8,
-        grayscale=0.0, mean=(0.2860,), std=(0.3530,),
-    ),  # fmt: skip
+        channels=1,
+        size=28,
+        eval_resize=28,
+        scale=(0.25, 1.0),
+        jitter=(0.4, 0.4, 0.0, 0.0),
+        jitter_p=0.8,
+        grayscale=0.0,
+        mean=(0.2860,),
+        std=(0.3530,),
+    ),
     "imagefolder": AugmentConfig(),  # ImageNet statistics
     "hf": AugmentConfig(),
 }
@@ -539,7 +542,9 @@ def _holdout(source: ImageSource, split: str, seed: int = 0) -> ImageSource:
     order = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed)).tolist()
     cut = len(order) - max(1, round(HOLDOUT_FRACTION * len(order)))
     indices = order[cut:] if split == "test" else order[:cut]
-    return SubsetSource(source, sorted(indices), f"{source.name} ({split}, held out)" if split == "test" else source.name)
+    return SubsetSource(
+        source, sorted(indices), f"{source.name} ({split}, held out)" if split == "test" else source.name
+    )
 
 
 def _open_hf(spec: str, split: str, channels: int) -> ImageSource:

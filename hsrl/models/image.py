@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,8 +44,8 @@ from torch import Tensor, nn
 from hsrl.checkpoints import publish_folder
 
 __all__ = [
-    "ENCODERS",
     "CONFIG_FILE",
+    "ENCODERS",
     "WEIGHTS_FILE",
     "ImageEncoder",
     "ImagePreprocess",
@@ -98,7 +98,9 @@ class Normalize(nn.Module):
         if x.ndim != 4 or x.shape[1] != self.channels:
             kinds = {1: "greyscale (1 channel)", 3: "colour (3 channels)"}
             got = kinds.get(x.shape[1], f"{x.shape[1]} channels") if x.ndim == 4 else f"shape {tuple(x.shape)}"
-            raise ValueError(f"this encoder takes {kinds.get(self.channels, self.channels)} images (N, C, H, W), got {got}")
+            raise ValueError(
+                f"this encoder takes {kinds.get(self.channels, self.channels)} images (N, C, H, W), got {got}"
+            )
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         x = (x - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -131,8 +133,13 @@ class ImageEncoder(nn.Module):
         if layer not in self.layers:
             raise ValueError(f"{self.architecture} has no layer {layer!r}; choose from {', '.join(self.layers)}")
 
-    def forward_features(self, x: Tensor, layer: str = "output") -> Tensor:
+    def forward_taps(self, x: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:
+        """The activations at every layer in ``layers`` from one forward pass."""
         raise NotImplementedError
+
+    def forward_features(self, x: Tensor, layer: str = "output") -> Tensor:
+        """The activations at ``layer`` (conv taps keep ``(N, C, H, W)``); ``"output"`` is L2-normalised."""
+        return self.forward_taps(x, [layer])[layer]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_features(x, "output")
@@ -197,7 +204,11 @@ class SmallAlexNet(ImageEncoder):
         fc = max(1, round(fc_dim * width))
 
         def conv(cin: int, cout: int, pool: bool) -> nn.Sequential:
-            parts: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
+            parts: list[nn.Module] = [
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(True),
+            ]
             return nn.Sequential(*parts, nn.MaxPool2d(3, 2)) if pool else nn.Sequential(*parts)
 
         self.normalize = Normalize(tuple(self.config["mean"]), tuple(self.config["std"]), channels_last)
@@ -227,16 +238,18 @@ class SmallAlexNet(ImageEncoder):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: Tensor, layer: str = "output") -> Tensor:
-        """The activations after block ``layer`` (conv taps keep their ``(N, C, H, W)`` shape);
-        ``"output"`` is the L2-normalised embedding."""
-        self._check_layer(layer)
+    def forward_taps(self, x: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:
+        """Activations after each block named in ``layers``; the forward stops at the deepest one."""
+        for layer in layers:
+            self._check_layer(layer)
+        deepest = max(self.layers.index(layer) for layer in layers)
+        taps: dict[str, Tensor] = {}
         x = self.normalize(x)
-        for name, block in self.blocks.items():
+        for name, block in list(self.blocks.items())[: deepest + 1]:
             x = block(x)
-            if name == layer:
-                break
-        return F.normalize(x.float(), dim=1) if layer == "output" else x
+            if name in layers:
+                taps[name] = F.normalize(x.float(), dim=1) if name == "output" else x
+        return taps
 
 
 # --------------------------------------------------------------------------- ResNets
@@ -292,19 +305,22 @@ class ResNetEncoder(ImageEncoder):
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
-    def forward_features(self, x: Tensor, layer: str = "output") -> Tensor:
+    def forward_taps(self, x: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:
         """``layer4``: the last stage's ``(N, C, h, w)`` map; ``pool``: its global average; ``output``:
         the L2-normalised projection."""
-        self._check_layer(layer)
+        for layer in layers:
+            self._check_layer(layer)
         b = self.backbone
         x = b.maxpool(b.relu(b.bn1(b.conv1(self.normalize(x)))))
         x = b.layer4(b.layer3(b.layer2(b.layer1(x))))
-        if layer == "layer4":
-            return x
-        x = torch.flatten(b.avgpool(x), 1)
-        if layer == "pool":
-            return x
-        return F.normalize(self.head(x).float(), dim=1)
+        taps = {"layer4": x} if "layer4" in layers else {}
+        if "pool" in layers or "output" in layers:
+            pooled = torch.flatten(b.avgpool(x), 1)
+            if "pool" in layers:
+                taps["pool"] = pooled
+            if "output" in layers:
+                taps["output"] = F.normalize(self.head(pooled).float(), dim=1)
+        return taps
 
 
 # --------------------------------------------------------------------------- builders, save and load

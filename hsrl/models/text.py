@@ -168,6 +168,7 @@ def build_text_encoder(
         transformer = models.Transformer(path, max_seq_length=max_seq_length)
         width = transformer.get_embedding_dimension()
         modules = [transformer, models.Pooling(width, pooling_mode=pooling)]
+    _drop_unused_pooler(modules[0])
     if projection_dim is not None:
         width = _output_width(modules)
         modules.append(models.Dense(width, projection_dim, activation_function=torch.nn.Identity()))
@@ -177,9 +178,19 @@ def build_text_encoder(
     return encoder
 
 
+def _drop_unused_pooler(module: Any) -> None:
+    """Remove a BERT-style pooler: sentence embeddings pool the token states and never use it.
+
+    Left in place, its parameters get no gradient, which distributed data parallel rejects.
+    """
+    inner = getattr(module, "auto_model", None) or getattr(module, "model", None)
+    if inner is not None and getattr(inner, "pooler", None) is not None:
+        inner.pooler = None
+
+
 def _output_width(modules: list[Any]) -> int:
     for module in reversed(modules):
-        for attr in ("get_sentence_embedding_dimension", "get_embedding_dimension"):
+        for attr in ("get_embedding_dimension", "get_sentence_embedding_dimension"):
             if hasattr(module, attr) and (width := getattr(module, attr)()):
                 return int(width)
     raise ValueError("cannot tell the encoder's output width for the projection head")

@@ -1,0 +1,342 @@
+r"""Evaluation of an image encoder: ``hsrl eval image --model PATH --dataset fashion-mnist``.
+
+The paper's protocol on frozen features, at any exposed layer (``--layer conv5|fc7|output`` for
+``small_alexnet``; by default its two reported taps, ``fc7`` and ``output``):
+
+* **linear classifier** (:mod:`hsrl.evaluation.linear`): Adam, lr :math:`10^{-3}`, betas (0.5, 0.999);
+  ``--linear-protocol paper`` is its 100 epochs with ×0.2 at 60 and 80, ``fast`` (the default) 20 epochs.
+* **k-NN classification** (``--k 5``, the paper's 5-NN): majority vote of the ``k`` nearest training
+  features by cosine similarity (features are L2-normalised first; the output already is),
+  :math:`\hat y(q) = \arg\max_c \sum_{i \in N_k(q)} [y_i = c]`, ties to the smallest class. The search runs
+  through :class:`hsrl.index.VectorIndex` (FAISS, exact ``Flat``) when that module is importable, else exact
+  search in torch (:func:`hsrl.evaluation.knn.knn_predict`).
+* **alignment and uniformity** on held-out positive pairs: two augmented views of each test image (the
+  training augmentation, seeded), :math:`L_{align} = \frac1n\sum_i \lVert f(v_i) - f(v'_i)\rVert_2^2` and
+  :math:`L_{uniform} = \log \frac{2}{m(m-1)} \sum_{a<b} e^{-2\lVert f(x_a) - f(x_b)\rVert_2^2}` over the
+  test images' embeddings (:mod:`hsrl.metrics`).
+
+Every report carries, measured in the same run on the same images, a **randomly initialised encoder** of
+the same architecture (seeded) and **raw pixels** (the flattened evaluation image, L2-normalised for k-NN
+and alignment/uniformity, standardised for the linear probe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hsrl.data.images import (
+    augment_defaults,
+    check_channels,
+    item_seed,
+    load_eval_split,
+    open_images,
+    view_transform,
+)
+from hsrl.evaluation.knn import knn_predict
+from hsrl.evaluation.linear import LinearProbeConfig, linear_probe
+from hsrl.metrics import alignment, uniformity
+from hsrl.models.image import DEFAULT_EVAL_LAYERS, ENCODERS, ImageEncoder
+
+__all__ = [
+    "REPRESENTATIONS",
+    "cli_main",
+    "evaluate_image_encoder",
+    "extract_features",
+    "format_report",
+    "knn_classify",
+    "summary_metrics",
+]
+
+REPRESENTATIONS = ("pretrained", "random_encoder", "raw_pixels")
+
+
+def knn_classify(
+    train: Tensor, train_labels: Tensor, queries: Tensor, *, k: int = 5, backend: str = "auto"
+) -> tuple[Tensor, str]:
+    """k-NN majority-vote labels of ``queries`` by inner product of L2-normalised rows.
+
+    Args:
+        train: ``(N, D)`` features; rows are L2-normalised here.
+        train_labels: ``(N,)`` class indices.
+        queries: ``(M, D)`` features.
+        k: neighbours per query.
+        backend: ``"index"`` (:class:`hsrl.index.VectorIndex`, exact ``Flat``), ``"torch"`` (exact matmul),
+            or ``"auto"``: the index when ``hsrl.index`` is importable.
+
+    Returns:
+        ``(predictions (M,), backend used)``.
+    """
+    train = F.normalize(train.flatten(1).float(), dim=1)
+    queries = F.normalize(queries.flatten(1).float(), dim=1)
+    # An all-zero row (a black image, a dead ReLU layer) has no direction: the index only takes unit
+    # rows, so such data goes to the exact torch search, where it simply scores 0 against everything.
+    has_zero_rows = bool((train.abs().sum(1) == 0).any() or (queries.abs().sum(1) == 0).any())
+    if backend == "index" and has_zero_rows:
+        raise ValueError("the index needs unit rows, and some features are all zero")
+    if backend in ("auto", "index") and not has_zero_rows:
+        try:
+            from hsrl.index import VectorIndex
+        except ImportError:
+            if backend == "index":
+                raise
+        else:
+            index = VectorIndex.create(train.shape[1], factory="Flat")
+            index.add(train.cpu().numpy(), torch.arange(train.shape[0]).numpy())
+            _, ids = index.search(queries.cpu().numpy(), k)
+            neighbours = torch.as_tensor(ids, dtype=torch.long)
+            classes = int(train_labels.max()) + 1
+            votes = F.one_hot(train_labels.cpu()[neighbours], classes).sum(dim=1)
+            # argmax returns the first maximum: ties go to the smallest class, as knn_predict.
+            return votes.argmax(dim=1), "index"
+    elif backend != "torch":
+        raise ValueError(f"backend must be auto, index or torch, got {backend!r}")
+    return knn_predict(train, train_labels.to(train.device), queries, k=k).cpu(), "torch"
+
+
+@torch.no_grad()
+def extract_features(
+    model: ImageEncoder, images: Tensor, layers: Sequence[str], *, batch_size: int = 256
+) -> dict[str, Tensor]:
+    """Features of uint8 ``images`` at ``layers`` (flattened, float32, on the CPU), in eval mode."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    parts: dict[str, list[Tensor]] = {layer: [] for layer in layers}
+    for start in range(0, len(images), batch_size):
+        taps = model.forward_taps(images[start : start + batch_size].to(device, non_blocking=True), layers)
+        for layer in layers:
+            parts[layer].append(taps[layer].flatten(1).float().cpu())
+    model.train(was_training)
+    return {layer: torch.cat(chunks) for layer, chunks in parts.items()}
+
+
+def _test_views(images: Tensor, config: Any, seed: int) -> tuple[Tensor, Tensor]:
+    """Two augmented views of each image, each drawn from its own seeded generator."""
+    transform = view_transform(config)
+    first, second = [], []
+    with torch.random.fork_rng(devices=[]):
+        for i, image in enumerate(images):
+            torch.default_generator.manual_seed(item_seed(seed, 0, i))
+            first.append(transform(image))
+            second.append(transform(image))
+    return torch.stack(first), torch.stack(second)
+
+
+def _scores(
+    train: Tensor, train_y: Tensor, test: Tensor, test_y: Tensor, *, k: int, linear: LinearProbeConfig | None,
+    knn_backend: str, num_classes: int,
+) -> tuple[dict[str, float], str]:  # fmt: skip
+    predictions, used = knn_classify(train, train_y, test, k=k, backend=knn_backend)
+    scores = {f"knn{k}": float((predictions == test_y).float().mean())}
+    if linear is not None:
+        scores["linear"] = linear_probe(train, train_y, test, test_y, linear, num_classes=num_classes).test_accuracy
+    return scores, used
+
+
+def evaluate_image_encoder(
+    model: ImageEncoder,
+    dataset: str,
+    *,
+    layers: Sequence[str] | None = None,
+    k: int = 5,
+    linear: LinearProbeConfig | str | None = "fast",
+    train_size: int | None = None,
+    test_size: int | None = None,
+    pairs: int = 4096,
+    data_root: str | None = None,
+    channels: int | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    knn_backend: str = "auto",
+) -> dict[str, Any]:
+    """The paper's frozen-feature evaluation of ``model`` on ``dataset``, with both baselines.
+
+    Args:
+        model: an :class:`~hsrl.models.image.ImageEncoder` (e.g. from :func:`hsrl.models.image.load`).
+        dataset: a dataset spec (:func:`hsrl.data.images.open_images`); its ``train`` split is the k-NN
+            memory and the linear probe's training set, ``test`` is scored.
+        layers: taps to score (default: the architecture's linear-probe and k-NN layers, e.g. fc7, output).
+        k: neighbours for k-NN.
+        linear: the linear-probe protocol: a config, ``"fast"`` / ``"paper"`` (:class:`LinearProbeConfig`'s
+            presets, seeded with ``seed``), or ``None`` for no linear probe.
+        train_size: use a seeded random subset of this many training images.
+        test_size: the same for the test images.
+        pairs: most test images used for alignment/uniformity.
+        data_root: where torchvision datasets live.
+        channels: convert the images to this many channels (default: the dataset's own; a mismatch with
+            the encoder is an error).
+        seed: seeds the subsets, the random encoder, the views and the linear probe.
+        batch_size: images per forward pass.
+        num_workers: loader workers for decoding the images.
+        knn_backend: ``auto``, ``index`` or ``torch`` (see :func:`knn_classify`).
+
+    Returns:
+        A JSON-able report: ``results[representation][layer] = {"knn5": acc, "linear": acc}`` and
+        ``results[representation]["alignment"|"uniformity"]`` for ``pretrained``, ``random_encoder``
+        and ``raw_pixels`` (whose only layer is ``pixels``), plus what was measured on.
+
+    Raises:
+        FileNotFoundError: the dataset is missing.
+        ValueError: a bad layer, a channel mismatch, or unlabelled evaluation data.
+    """
+    pre = model.preprocess
+    architecture = model.architecture
+    layers = list(layers or dict.fromkeys(DEFAULT_EVAL_LAYERS.get(architecture, ("output",))))
+    for layer in layers:
+        model._check_layer(layer)
+    if isinstance(linear, str):
+        if linear not in ("fast", "paper"):
+            raise ValueError(f"linear protocol must be fast or paper, got {linear!r}")
+        linear = LinearProbeConfig.fast(seed=seed) if linear == "fast" else LinearProbeConfig.paper(seed=seed)
+    train_source = open_images(dataset, "train", root=data_root, channels=channels)
+    check_channels(pre.channels, train_source)
+    test_source = open_images(dataset, "test", root=data_root, channels=channels)
+    config = augment_defaults(dataset, train_source.channels, size=pre.size, eval_resize=max(pre.resize, pre.size))
+    train = load_eval_split(train_source, config, limit=train_size, seed=seed, num_workers=num_workers)
+    test = load_eval_split(test_source, config, limit=test_size, seed=seed + 1, num_workers=num_workers)
+    if (train.labels < 0).any() or (test.labels < 0).any():
+        raise ValueError(f"{dataset}: evaluation needs labelled train and test images")
+    num_classes = int(max(int(train.labels.max()), int(test.labels.max()))) + 1
+    views = _test_views(test.images[:pairs], config, seed)
+
+    with torch.random.fork_rng(devices=[]):  # the baseline's init must not move the caller's random state
+        torch.manual_seed(seed)
+        random_encoder = ENCODERS[architecture](**model.config).to(next(model.parameters()).device)
+
+    results: dict[str, dict[str, Any]] = {}
+    backend_used = knn_backend
+    for role, encoder in (("pretrained", model), ("random_encoder", random_encoder)):
+        taps = list(dict.fromkeys([*layers, "output"]))
+        train_features = extract_features(encoder, train.images, taps, batch_size=batch_size)
+        test_features = extract_features(encoder, test.images, taps, batch_size=batch_size)
+        results[role] = {}
+        for layer in layers:
+            results[role][layer], backend_used = _scores(
+                train_features[layer], train.labels, test_features[layer], test.labels, k=k, linear=linear,
+                knn_backend=knn_backend, num_classes=num_classes,
+            )  # fmt: skip
+        z1 = extract_features(encoder, views[0], ["output"], batch_size=batch_size)["output"]
+        z2 = extract_features(encoder, views[1], ["output"], batch_size=batch_size)["output"]
+        results[role]["alignment"] = alignment(z1, z2)
+        results[role]["uniformity"] = uniformity(test_features["output"], t=2.0, seed=seed)
+
+    pixels_train, pixels_test = train.images.flatten(1).float() / 255, test.images.flatten(1).float() / 255
+    pixel_linear = LinearProbeConfig(**{**asdict(linear), "standardize": True}) if linear else None
+    results["raw_pixels"] = {}
+    results["raw_pixels"]["pixels"], _ = _scores(
+        pixels_train, train.labels, pixels_test, test.labels, k=k, linear=pixel_linear, knn_backend=knn_backend,
+        num_classes=num_classes,
+    )  # fmt: skip
+    results["raw_pixels"]["alignment"] = alignment(
+        F.normalize(views[0].flatten(1).float(), dim=1), F.normalize(views[1].flatten(1).float(), dim=1)
+    )
+    results["raw_pixels"]["uniformity"] = uniformity(F.normalize(pixels_test, dim=1), t=2.0, seed=seed)
+
+    return {
+        "dataset": dataset,
+        "architecture": architecture,
+        "layers": layers,
+        "k": k,
+        "knn_backend": backend_used,
+        "linear_probe": {k_: list(v) if isinstance(v, tuple) else v for k_, v in asdict(linear).items()}
+        if linear
+        else None,
+        "train_images": len(train.labels),
+        "test_images": len(test.labels),
+        "positive_pairs": len(views[0]),
+        "skipped_images": train_source.skipped + test_source.skipped,
+        "image_size": pre.size,
+        "channels": train_source.channels,
+        "results": results,
+    }
+
+
+def summary_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """Flat ``{"pretrained/fc7/linear": 0.71, ...}`` of a report (for ``metrics.json`` and trackers)."""
+    flat: dict[str, float] = {}
+    for role, values in report["results"].items():
+        for key, value in values.items():
+            if isinstance(value, dict):
+                flat.update({f"{role}/{key}/{metric}": v for metric, v in value.items()})
+            else:
+                flat[f"{role}/{key}"] = value
+    return flat
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A plain-text table: one row per representation and layer."""
+    k = report["k"]
+    lines = [
+        f"{report['dataset']}: {report['train_images']} train / {report['test_images']} test images, "
+        f"{report['image_size']} px, {report['channels']} channel(s); k-NN via {report['knn_backend']}"
+        + (f"; {report['skipped_images']} unreadable images skipped" if report["skipped_images"] else ""),
+        f"{'representation':16s} {'layer':8s} {f'{k}-NN':>7s} {'linear':>7s} {'align':>7s} {'uniform':>8s}",
+    ]
+    for role, values in report["results"].items():
+        align, unif = values.get("alignment", float("nan")), values.get("uniformity", float("nan"))
+        for layer, scores in ((n, v) for n, v in values.items() if isinstance(v, dict)):
+            linear = scores.get("linear", float("nan"))
+            lines.append(f"{role:16s} {layer:8s} {scores[f'knn{k}']:7.4f} {linear:7.4f} {align:7.4f} {unif:8.4f}")
+    return "\n".join(lines)
+
+
+def cli_main(argv: Sequence[str]) -> int:
+    """``hsrl eval image``: k-NN, linear probe and alignment/uniformity of a saved image encoder."""
+    from hsrl.models.image import load
+
+    parser = argparse.ArgumentParser(prog="hsrl eval image", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="an image model folder (model.safetensors + hsrl_config.json)")
+    parser.add_argument("--dataset", required=True, help="stl10, cifar10, cifar100, fashion-mnist, imagefolder:PATH, "
+                        "hf:NAME or a local 🤗 dataset folder")  # fmt: skip
+    parser.add_argument("--layer", action="append", help="layer to evaluate (repeatable; default: the paper's two)")
+    parser.add_argument("--k", type=int, default=5, help="neighbours for k-NN (default: %(default)s)")
+    parser.add_argument(
+        "--linear-protocol",
+        choices=["fast", "paper", "none"],
+        default="fast",
+        help="linear probe: fast (20 epochs) or the paper's 100 epochs (default: %(default)s)",
+    )
+    parser.add_argument("--linear-epochs", type=int, help="override the protocol's epochs")
+    parser.add_argument("--train-size", type=int, help="a seeded subset of this many training images")
+    parser.add_argument("--test-size", type=int, help="a seeded subset of this many test images")
+    parser.add_argument("--data-root", help="folder of torchvision datasets (STL-10, CIFAR)")
+    parser.add_argument("--channels", type=int, choices=[1, 3], help="convert images to this many channels")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    parser.add_argument("--output", help="also write the report as JSON here")
+    args = parser.parse_args(list(argv))
+    try:
+        if args.k < 1 or (args.linear_epochs is not None and args.linear_epochs < 1):
+            raise ValueError("--k and --linear-epochs must be >= 1")
+        device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        model = load(args.model, map_location=device)
+        linear = None
+        if args.linear_protocol != "none":
+            make = LinearProbeConfig.paper if args.linear_protocol == "paper" else LinearProbeConfig.fast
+            linear = make(seed=args.seed, **({"epochs": args.linear_epochs} if args.linear_epochs else {}))
+        report = evaluate_image_encoder(
+            model, args.dataset, layers=args.layer, k=args.k, linear=linear, train_size=args.train_size,
+            test_size=args.test_size, data_root=args.data_root, channels=args.channels, seed=args.seed,
+            batch_size=args.batch_size, num_workers=args.num_workers,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError) as error:
+        print(f"hsrl eval image: error: {error}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    return 0

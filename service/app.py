@@ -1,0 +1,55 @@
+"""The FastAPI application: middleware (request metrics, body size limit, optional CORS), error handlers,
+routes, and the lifespan that starts and stops the batching workers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.auth import api_key_guard
+from service.errors import install_error_handlers
+from service.limits import BodySizeLimit
+from service.metrics import RequestMetrics
+from service.routes import embeddings, ops, search
+from service.runtime import Service, service_version
+
+__all__ = ["create_app"]
+
+
+def create_app(service: Service) -> FastAPI:
+    """An app serving ``service``; its workers start with the app's lifespan and stop with it."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.start()
+        try:
+            yield
+        finally:
+            service.stop()
+
+    app = FastAPI(
+        title="hsrl",
+        version=service_version(),
+        description="Embeddings on the unit hypersphere (texts and images) and nearest-neighbour search.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    install_error_handlers(app)
+    app.include_router(embeddings.router)
+    app.include_router(search.build_router(api_key_guard(service.config.api_key)))
+    app.include_router(ops.router)
+    if service.config.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(service.config.cors_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    # Added last = outermost: the size check runs before parsing, and metrics see every answer, 413s included.
+    app.add_middleware(BodySizeLimit, limit=service.limits.max_request_bytes)
+    app.add_middleware(RequestMetrics, metrics=service.metrics)
+    return app

@@ -1,0 +1,129 @@
+"""``hsrl serve``: load the models and indexes named on the command line, then run the app on uvicorn.
+
+    hsrl serve --text-model runs/bookcorpus/model --index austen=runs/austen-index --port 8000
+
+Errors a user can cause (no model and no index, a missing folder, a bad flag) end in one line on stderr and
+exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+__all__ = ["build_parser", "main"]
+
+
+_DEFAULT = " (default %(default)s)"
+
+
+class _UsageError(Exception):
+    """A mistake on the command line: printed as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``hsrl serve`` (the Dockerfile's CMD is checked against this parser)."""
+    parser = _Parser(
+        prog="hsrl serve",
+        description="Serve embeddings (OpenAI-compatible /v1/embeddings) and nearest-neighbour search over HTTP.",
+    )
+    models = parser.add_argument_group("models and indexes (at least one)")
+    models.add_argument("--text-model", metavar="PATH", help="sentence-transformers model folder")
+    models.add_argument("--image-model", metavar="PATH", help="image model folder (safetensors + hsrl_config.json)")
+    models.add_argument(
+        "--index",
+        metavar="NAME=PATH",
+        action="append",
+        default=[],
+        help="an hsrl.index folder; repeatable; PATH alone names it after the folder",
+    )
+    models.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
+    placements = ["auto", "never", "shard", "replicate"]
+    models.add_argument("--index-gpu", default="auto", choices=placements, help="index placement" + _DEFAULT)
+    models.add_argument("--index-mmap", action="store_true", help="memory-map the indexes (read-only: no writes)")
+
+    server = parser.add_argument_group("server")
+    server.add_argument("--host", default="127.0.0.1", help="address to bind" + _DEFAULT)
+    server.add_argument("--port", type=int, default=8000, help="port" + _DEFAULT)
+    server.add_argument("--api-key", default=None, help="bearer key for writes (default: $HSRL_API_KEY; none = open)")
+    server.add_argument("--cors-origin", action="append", default=[], help="allowed origin (repeatable; default off)")
+    levels = ["critical", "error", "warning", "info", "debug"]
+    server.add_argument("--log-level", default="info", choices=levels, help="log level" + _DEFAULT)
+
+    batching = parser.add_argument_group("micro-batching")
+    batching.add_argument("--max-batch-size", type=int, default=64, help="most items per model call" + _DEFAULT)
+    batching.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill" + _DEFAULT)
+    batching.add_argument("--max-queue", type=int, default=1024, help="items waiting before 429" + _DEFAULT)
+    batching.add_argument("--wedge-timeout-s", type=float, default=120.0, help="a longer batch: /health 503" + _DEFAULT)
+
+    limits = parser.add_argument_group("request limits")
+    limits.add_argument("--max-request-bytes", type=int, default=16 * 1024 * 1024, help="HTTP body size" + _DEFAULT)
+    limits.add_argument("--max-items", type=int, default=2048, help="inputs per request" + _DEFAULT)
+    limits.add_argument("--max-text-chars", type=int, default=32_768, help="characters per text" + _DEFAULT)
+    limits.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="width x height per image" + _DEFAULT)
+    limits.add_argument("--max-k", type=int, default=1000, help="neighbours per search" + _DEFAULT)
+    return parser
+
+
+def _build_service(args: argparse.Namespace):  # -> service.runtime.Service (imports deferred: --help stays fast)
+    from service.encoders import load_image_encoder, load_text_encoder
+    from service.indexes import IndexRegistry, parse_index_spec
+    from service.limits import Limits
+    from service.runtime import BatchingConfig, Service, ServiceConfig
+
+    if not (args.text_model or args.image_model or args.index):
+        raise _UsageError("nothing to serve: give --text-model, --image-model or --index")
+    if not 1 <= args.port <= 65535:
+        raise _UsageError(f"--port must be 1..65535, got {args.port}")
+    limits = Limits(
+        max_request_bytes=args.max_request_bytes,
+        max_items=args.max_items,
+        max_text_chars=args.max_text_chars,
+        max_image_pixels=args.max_image_pixels,
+        max_k=args.max_k,
+    )
+    batching = BatchingConfig(args.max_batch_size, args.max_wait_ms, args.max_queue, args.wedge_timeout_s)
+    api_key = args.api_key or os.environ.get("HSRL_API_KEY") or None
+    config = ServiceConfig(limits=limits, batching=batching, api_key=api_key, cors_origins=tuple(args.cors_origin))
+    indexes = IndexRegistry()
+    for spec in args.index:
+        name, folder = parse_index_spec(spec)
+        indexes.load(name, folder, mmap=args.index_mmap, gpu=args.index_gpu)
+    encoders = []
+    if args.text_model:
+        encoders.append(load_text_encoder(args.text_model, device=args.device))
+    if args.image_model:
+        encoders.append(load_image_encoder(args.image_model, device=args.device))
+    return Service(encoders, indexes, config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``hsrl serve``; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from folders, never from a hub
+        service = _build_service(args)
+    except (_UsageError, ValueError, OSError) as error:
+        print(f"hsrl serve: error: {error}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from service.app import create_app
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(service), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

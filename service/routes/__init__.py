@@ -1,0 +1,1 @@
+"""HTTP routes, one module per group: embeddings, search and index writes, operations."""

@@ -1,0 +1,36 @@
+"""Helpers every route module uses: the service from the request, JSON responses, documented error codes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
+from pydantic_core import to_json
+
+from service.runtime import Service
+from service.schemas import ErrorBody
+
+__all__ = ["ERRORS", "json_response", "service_of"]
+
+#: Error responses documented on every route (they all carry the one error body).
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in {
+        401: "Missing or wrong API key (writes, when a key is configured).",
+        404: "Unknown model, index or id.",
+        413: "Request, text or image over a limit.",
+        422: "Invalid request.",
+        429: "Queue full; retry after `Retry-After` seconds.",
+        503: "The model worker is not running.",
+    }.items()
+}
+
+
+def service_of(request: Request) -> Service:
+    return request.app.state.service
+
+
+def json_response(payload: dict[str, Any], status_code: int = 200) -> Response:
+    # pydantic-core's serializer is several times faster than json.dumps on thousands of floats.
+    return Response(to_json(payload), status_code=status_code, media_type="application/json")

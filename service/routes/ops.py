@@ -1,0 +1,34 @@
+"""Operations: ``GET /health`` (the engine's real state), ``GET /info`` and ``GET /metrics`` (Prometheus)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse, Response
+
+from service.errors import error_response
+from service.routes.common import json_response, service_of
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health", responses={503: {"description": "A model worker is dead or wedged."}})
+async def health(request: Request) -> Response:
+    """200 when every model worker is alive and no batch has run past the wedge timeout; 503 otherwise."""
+    ok, details = service_of(request).health()
+    if ok:
+        return json_response({"status": "ok", **details})
+    reasons = "; ".join(f"{name}: {state['reason']}" for name, state in details["models"].items() if not state["ok"])
+    return error_response(503, f"unhealthy: {reasons}", "engine_unavailable", status="unavailable", **details)
+
+
+@router.get("/info")
+async def info(request: Request) -> Response:
+    """Models, dimensions, indexes, limits, batching settings and version."""
+    return json_response(service_of(request).info())
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition."""
+    text = service_of(request).metrics.render()
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,134 @@
+"""``POST /search`` and the index routes: ``GET /index/{name}``, ``POST /index/{name}/add`` and
+``DELETE /index/{name}/{id}`` (the writes need the API key when one is configured)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from service.errors import ServiceError
+from service.indexes import ServedIndex
+from service.routes.common import ERRORS, json_response, service_of
+from service.runtime import Service
+from service.schemas import AddRequest, AddResponse, DeleteResponse, SearchRequest, SearchResponse
+from service.validation import check_count, check_ids, check_texts, decode_data_uris, unit_vectors
+
+
+def build_router(write_guard: Any) -> APIRouter:
+    """The routes, with ``write_guard`` (the API-key dependency) on the writes."""
+    router = APIRouter(tags=["search"])
+    router.add_api_route("/search", search, methods=["POST"], response_model=SearchResponse, responses=ERRORS)
+    router.add_api_route("/index/{name}", index_stats, methods=["GET"], responses=ERRORS)
+    router.add_api_route(
+        "/index/{name}/add",
+        add_to_index,
+        methods=["POST"],
+        response_model=AddResponse,
+        responses=ERRORS,
+        dependencies=[Depends(write_guard)],
+    )
+    router.add_api_route(
+        "/index/{name}/{id}",
+        delete_from_index,
+        methods=["DELETE"],
+        response_model=DeleteResponse,
+        responses=ERRORS,
+        dependencies=[Depends(write_guard)],
+    )
+    return router
+
+
+def _check_model_dim(served: ServedIndex, dim: int, model: str) -> None:
+    if dim != served.dim:
+        raise ServiceError(
+            422, f"model {model!r} gives {dim}-d vectors; index {served.name!r} holds {served.dim}-d", "wrong_dimension"
+        )
+
+
+async def _query_vector(service: Service, served: ServedIndex, body: SearchRequest) -> np.ndarray:
+    given = [name for name in ("text", "image", "vector") if getattr(body, name) is not None]
+    if len(given) != 1:
+        raise ServiceError(422, f"give exactly one of text, image, vector (got {given or 'none'})", "invalid_query")
+    if body.vector is not None:
+        return unit_vectors([body.vector], served.dim, "vector")
+    modality = given[0]
+    encoder = service.encoder(body.model, modality)
+    _check_model_dim(served, encoder.dim, encoder.name)
+    if body.text is not None:
+        check_texts([body.text], service.limits, "text")
+        items: list = [body.text]
+    else:
+        items = await run_in_threadpool(decode_data_uris, [body.image], service.limits, "image")
+    vectors, _ = await service.embed(encoder, items)
+    return vectors
+
+
+async def search(body: SearchRequest, request: Request) -> Response:
+    """The ``k`` nearest neighbours (inner product of unit vectors = cosine) of a text, image or vector."""
+    service = service_of(request)
+    served = service.index(body.index)
+    if not 1 <= body.k <= service.limits.max_k:
+        raise ServiceError(422, f"k must be between 1 and {service.limits.max_k}, got {body.k}", "invalid_k")
+    query = await _query_vector(service, served, body)
+    scores, ids, metadata = await run_in_threadpool(served.search, query, body.k)
+    found = ids[0] >= 0  # FAISS pads with -1 when the index holds fewer than k vectors
+    hits = [
+        {"id": int(id_), "score": float(score), "metadata": meta}
+        for id_, score, meta in zip(ids[0][found], scores[0][found], metadata[0], strict=True)
+    ]
+    return json_response({"object": "search.result", "index": served.name, "k": body.k, "data": hits})
+
+
+async def index_stats(name: str, request: Request) -> Response:
+    """The index's size, dimension, type and statistics."""
+    served = service_of(request).index(name)
+    return json_response(await run_in_threadpool(served.stats))
+
+
+async def add_to_index(name: str, body: AddRequest, request: Request) -> Response:
+    """Add vectors (or texts, embedded here) with optional ids and metadata; saved before the answer."""
+    service = service_of(request)
+    served = service.index(name)
+    if (body.vectors is None) == (body.texts is None):
+        raise ServiceError(422, "give exactly one of vectors, texts", "invalid_add")
+    if body.vectors is not None:
+        check_count(body.vectors, service.limits, "vectors")
+        vectors = unit_vectors(body.vectors, served.dim, "vectors")
+        metadata = body.metadata
+    else:
+        texts = body.texts or []
+        check_texts(texts, service.limits, "texts")
+        encoder = service.encoder(body.model, "text")
+        _check_model_dim(served, encoder.dim, encoder.name)
+        if body.metadata is None:
+            metadata = [{"text": text} for text in texts]
+        elif len(body.metadata) == len(texts):
+            metadata = [{"text": text, **meta} for text, meta in zip(texts, body.metadata, strict=True)]
+        else:
+            metadata = body.metadata  # refused below with the lengths in the message
+        vectors, _ = await service.embed(encoder, texts)
+    if body.ids is not None:
+        check_ids(body.ids, len(vectors))
+    if metadata is not None and len(metadata) != len(vectors):
+        raise ServiceError(422, f"metadata has {len(metadata)} entries for {len(vectors)} items", "length_mismatch")
+    try:
+        ids = await run_in_threadpool(served.add, vectors, body.ids, metadata)
+    except ValueError as error:  # e.g. an id already present: the index refuses and nothing changed
+        raise ServiceError(422, f"index {served.name!r}: {error}", "index_rejected") from error
+    return json_response({"object": "index.add", "index": served.name, "ids": ids.tolist(), "ntotal": served.ntotal})
+
+
+async def delete_from_index(name: str, id: int, request: Request) -> Response:
+    """Remove one id; 404 when it is not in the index."""
+    served = service_of(request).index(name)
+    if not 0 <= id <= 2**63 - 1:
+        raise ServiceError(404, f"id {id} is not in index {served.name!r}", "id_not_found")
+    removed = await run_in_threadpool(served.remove, id)
+    if not removed:
+        raise ServiceError(404, f"id {id} is not in index {served.name!r}", "id_not_found")
+    payload = {"object": "index.delete", "index": served.name, "id": id, "deleted": True, "ntotal": served.ntotal}
+    return json_response(payload)

@@ -1,0 +1,226 @@
+"""Micro-batching, back-pressure, health and load, through real servers running the real MiniLM.
+
+Where a test needs the worker busy at a known moment it wraps the real encoder with a gate (the batch waits
+on an event the test sets), so what is asserted never depends on how fast this machine is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+from test_service_support import SENTENCES, assert_error, build_service, metric_samples, minilm, serve
+
+from service.encoders import TextEncoder
+from service.runtime import BatchingConfig
+
+
+class GatedEncoder(TextEncoder):
+    """The real MiniLM encoder, whose batches wait for ``gate`` (open unless a test closes it)."""
+
+    def __init__(self) -> None:
+        super().__init__(minilm(), "minilm")
+        self.gate, self.entered = threading.Event(), threading.Event()
+        self.gate.set()
+
+    def encode(self, items: list[Any]):
+        self.entered.set()
+        if not self.gate.wait(timeout=60):
+            raise RuntimeError("test gate never opened")
+        return super().encode(items)
+
+
+class WorkerKilled(BaseException):
+    """Not an ``Exception``: the batcher treats it as fatal, as it would a real crash of its thread."""
+
+
+class FaultyEncoder(TextEncoder):
+    """The real encoder, failing on demand: ``boom`` raises an ordinary error, ``die`` kills the worker."""
+
+    def __init__(self) -> None:
+        super().__init__(minilm(), "minilm")
+
+    def encode(self, items: list[Any]):
+        if "boom" in items:
+            raise RuntimeError("model exploded")
+        if "die" in items:
+            raise WorkerKilled("worker killed by the test")
+        return super().encode(items)
+
+
+def reference(texts: list[str]) -> np.ndarray:
+    return minilm().encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll ``condition`` (a state, not a duration) until it holds; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
+
+
+def in_background(function: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    result: list[Any] = []
+    thread = threading.Thread(target=lambda: result.append(function()), daemon=True)
+    thread.start()
+    return thread, result
+
+
+def batch_sizes(metrics_text: str) -> tuple[dict[str, float], float, float]:
+    """Cumulative bucket counts, the number of batches, and the number of items."""
+    buckets = {k: v for k, v in metric_samples(metrics_text, "hsrl_batch_size_bucket").items() if 'model="minilm"' in k}
+    count = metric_samples(metrics_text, "hsrl_batch_size_count")['{model="minilm"}']
+    total = metric_samples(metrics_text, "hsrl_batch_size_sum")['{model="minilm"}']
+    return buckets, count, total
+
+
+def test_concurrent_requests_share_one_batch() -> None:
+    encoder = GatedEncoder()
+    service = build_service(encoders=[encoder], batching=BatchingConfig(max_batch_size=64, max_wait_ms=2))
+    with serve(service) as live:
+        encoder.gate.clear()
+        first, _ = in_background(lambda: httpx.post(f"{live.url}/v1/embeddings", json={"input": "warm"}, timeout=60))
+        assert encoder.entered.wait(30)  # the worker is busy with "warm"; the next requests queue up
+        threads = [
+            in_background(lambda s=s: httpx.post(f"{live.url}/v1/embeddings", json={"input": s}, timeout=60))
+            for s in SENTENCES
+        ]
+        wait_until(lambda: service.batchers["minilm"].health()["queued_items"] == len(SENTENCES))
+        encoder.gate.set()
+        for thread, _ in [(first, None), *threads]:
+            thread.join(60)
+        rows = [result[0].json()["data"][0]["embedding"] for _, result in threads]
+        np.testing.assert_allclose(np.array(rows), reference(SENTENCES), atol=1e-5)
+        buckets, count, total = batch_sizes(httpx.get(f"{live.url}/metrics").text)
+    assert (count, total) == (2, 1 + len(SENTENCES))  # "warm" alone, then all eight together
+    assert buckets['{model="minilm",le="4"}'] == 1 and buckets['{model="minilm",le="8"}'] == 2
+
+
+def test_a_client_batch_larger_than_max_batch_is_split_not_rejected() -> None:
+    texts = [f"{s} ({i})" for i, s in enumerate(SENTENCES * 2)][:13]
+    service = build_service(batching=BatchingConfig(max_batch_size=4, max_wait_ms=1))
+    with serve(service) as live, live.client() as http:
+        response = http.post("/v1/embeddings", json={"input": texts})
+        assert response.status_code == 200
+        assert [d["index"] for d in response.json()["data"]] == list(range(13))
+        rows = np.array([d["embedding"] for d in response.json()["data"]])
+        np.testing.assert_allclose(rows, reference(texts), atol=1e-5)
+        buckets, count, total = batch_sizes(http.get("/metrics").text)
+    assert (count, total) == (4, 13)  # 4 + 4 + 4 + 1
+    assert buckets['{model="minilm",le="4"}'] == count  # no batch above max_batch_size
+
+
+def test_full_queue_answers_429_with_retry_after() -> None:
+    encoder = GatedEncoder()
+    service = build_service(encoders=[encoder], batching=BatchingConfig(max_batch_size=1, max_queue=2))
+    with serve(service) as live:
+        encoder.gate.clear()
+        post = lambda texts: httpx.post(f"{live.url}/v1/embeddings", json={"input": texts}, timeout=60)  # noqa: E731
+        busy, busy_result = in_background(lambda: post("in flight"))
+        assert encoder.entered.wait(30)
+        queued, queued_result = in_background(lambda: post(["queued one", "queued two"]))
+        wait_until(lambda: service.batchers["minilm"].health()["queued_items"] == 2)
+        refused = post("one too many")
+        body = assert_error(refused, 429, "queue_full")
+        assert body["error"]["type"] == "rate_limit_error"
+        assert int(refused.headers["retry-after"]) >= 1
+        encoder.gate.set()
+        busy.join(60)
+        queued.join(60)
+        assert busy_result[0].status_code == 200 and queued_result[0].status_code == 200
+        assert len(queued_result[0].json()["data"]) == 2
+        assert post("after the rush").status_code == 200
+        rejected = metric_samples(httpx.get(f"{live.url}/metrics").text, "hsrl_queue_rejected_total")
+    assert rejected == {'{model="minilm"}': 1.0}
+
+
+def test_health_is_503_when_the_worker_thread_dies() -> None:
+    service = build_service(encoders=[FaultyEncoder()])
+    with serve(service) as live, live.client() as http:
+        assert http.get("/health").status_code == 200
+        assert_error(http.post("/v1/embeddings", json={"input": "die"}), 503, "engine_unavailable")
+        assert not service.batchers["minilm"].alive
+        health = http.get("/health")
+        body = assert_error(health, 503, "engine_unavailable")
+        assert body["status"] == "unavailable" and "WorkerKilled" in body["models"]["minilm"]["reason"]
+        assert_error(http.post("/v1/embeddings", json={"input": "hello"}), 503, "engine_unavailable")
+
+
+def test_health_is_503_while_a_batch_is_wedged_and_recovers() -> None:
+    encoder = GatedEncoder()
+    service = build_service(encoders=[encoder], batching=BatchingConfig(wedge_timeout_s=0.2))
+    with serve(service) as live, live.client() as http:
+        encoder.gate.clear()
+        stuck, result = in_background(lambda: httpx.post(f"{live.url}/v1/embeddings", json={"input": "x"}, timeout=60))
+        assert encoder.entered.wait(30)
+        wait_until(lambda: http.get("/health").status_code == 503)
+        assert "running for" in http.get("/health").json()["models"]["minilm"]["reason"]
+        encoder.gate.set()
+        stuck.join(60)
+        assert result[0].status_code == 200
+        wait_until(lambda: http.get("/health").status_code == 200)
+
+
+def test_a_failing_batch_is_a_json_500_and_the_service_survives() -> None:
+    with serve(build_service(encoders=[FaultyEncoder()])) as live, live.client() as http:
+        body = assert_error(http.post("/v1/embeddings", json={"input": "boom"}), 500, "internal_error")
+        assert "Traceback" not in body["error"]["message"] and "exploded" not in body["error"]["message"]
+        assert http.post("/v1/embeddings", json={"input": "fine"}).status_code == 200
+        assert http.get("/health").status_code == 200
+
+
+def test_bounded_load_no_5xx_no_lost_request_memory_stable() -> None:
+    clients, rounds, time_cap = 32, 3, 120.0
+    service = build_service(batching=BatchingConfig(max_batch_size=32, max_wait_ms=5, max_queue=4096))
+    expected = {n: reference([f"{SENTENCES[j % 8]} #{j}" for j in range(n)]) for n in (1, 2, 3)}
+
+    async def one_client(http: httpx.AsyncClient, client_id: int) -> list[tuple[int, bool]]:
+        outcomes = []
+        for r in range(rounds):
+            n = 1 + (client_id + r) % 3
+            texts = [f"{SENTENCES[j % 8]} #{j}" for j in range(n)]
+            response = await http.post("/v1/embeddings", json={"input": texts})
+            ok = response.status_code == 200 and np.allclose(
+                [d["embedding"] for d in response.json()["data"]], expected[n], atol=1e-5
+            )
+            outcomes.append((response.status_code, ok))
+        return outcomes
+
+    async def wave(url: str) -> list[tuple[int, bool]]:
+        limits = httpx.Limits(max_connections=clients)
+        async with httpx.AsyncClient(base_url=url, timeout=time_cap, limits=limits) as http:
+            waves = await asyncio.wait_for(
+                asyncio.gather(*(one_client(http, c) for c in range(clients))), timeout=time_cap
+            )
+        return [outcome for outcomes in waves for outcome in outcomes]
+
+    process = psutil.Process()
+    with serve(service) as live:
+        warm = asyncio.run(wave(live.url))  # first wave: allocator and thread pools reach their working size
+        rss_after_warm = process.memory_info().rss
+        measured = asyncio.run(wave(live.url))
+        rss_after = process.memory_info().rss
+        served = metric_samples(httpx.get(f"{live.url}/metrics").text, "hsrl_http_requests_total")
+    outcomes = warm + measured
+    assert len(outcomes) == 2 * clients * rounds
+    assert all(status == 200 for status, _ in outcomes), {s for s, _ in outcomes}
+    assert all(ok for _, ok in outcomes)  # every request got its own, correct embeddings back
+    assert served['{method="POST",route="/v1/embeddings",status="200"}'] == 2 * clients * rounds
+    assert rss_after - rss_after_warm < 64 * 2**20, (rss_after_warm, rss_after)
+
+
+@pytest.mark.parametrize("bad", [{"max_batch_size": 0}, {"max_queue": 0}, {"max_wait_ms": -1}])
+def test_batcher_rejects_nonsense_settings(bad: dict[str, float]) -> None:
+    from service.engine import Batcher
+
+    with pytest.raises(ValueError):
+        Batcher("m", lambda items: np.zeros((len(items), 2)), **bad)

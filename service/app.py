@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.auth import api_key_guard
-from service.errors import install_error_handlers
+from service.errors import CatchAll, install_error_handlers
 from service.limits import BodySizeLimit
 from service.metrics import RequestMetrics
 from service.routes import embeddings, ops, search
@@ -49,7 +49,8 @@ def create_app(service: Service) -> FastAPI:
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    # Added last = outermost: the size check runs before parsing, and metrics see every answer, 413s included.
+    # Added last = outermost: the size check runs before parsing; metrics see every answer, 413s and 500s included.
     app.add_middleware(BodySizeLimit, limit=service.limits.max_request_bytes)
+    app.add_middleware(CatchAll)
     app.add_middleware(RequestMetrics, metrics=service.metrics)
     return app

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-__all__ = ["ServiceError", "error_body", "error_response", "install_error_handlers"]
+__all__ = ["CatchAll", "ServiceError", "error_body", "error_response", "install_error_handlers"]
 
 log = logging.getLogger("hsrl.service")
 
@@ -95,6 +95,37 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # The traceback goes to the server log, never to the client.
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal server error", "internal_error")
+
+
+class CatchAll:
+    """Pure ASGI middleware: an unexpected exception becomes the JSON 500 and the connection stays usable.
+
+    Starlette's own last-resort handler sends the 500 and then re-raises, which makes the server drop the
+    keep-alive connection; catching here, below it, answers and ends the request normally.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as error:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"), exc_info=error)
+            if started:  # too late for a clean answer: let the server close the connection
+                raise
+            response = error_response(500, "internal server error", "internal_error")
+            await response(scope, receive, send)
 
 
 def install_error_handlers(app: FastAPI) -> None:

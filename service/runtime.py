@@ -129,6 +129,8 @@ class Service:
             raise ServiceError(429, str(error), "queue_full", headers=retry) from error
         except EngineUnavailableError as error:
             raise ServiceError(503, f"model {encoder.name!r} is unavailable: {error}", "engine_unavailable") from error
+        except Exception as error:  # the model failed on this batch (logged by the worker); the worker lives on
+            raise ServiceError(500, f"model {encoder.name!r} failed on this batch", "inference_error") from error
 
     # ---------------------------------------------------------------- indexes
     def index(self, name: str | None) -> ServedIndex:

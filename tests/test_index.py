@@ -235,8 +235,8 @@ def test_choose_factory_rule() -> None:
     assert choose_factory(128) == "Flat"
     assert choose_factory(128, 999_999) == "Flat"
     assert choose_factory(128, 1_000_000) == "IVF4096_HNSW32,Flat"
-    assert choose_factory(128, 100_000, memory_budget_mb=50) == "Flat"  # 16.8 MB fits
-    assert choose_factory(128, 100_000, memory_budget_mb=10) == "IVF1024_HNSW32,PQ32"  # 7.4 MB
+    assert choose_factory(128, 100_000, memory_budget_mb=60) == "Flat"  # 52.6 MiB fits
+    assert choose_factory(128, 100_000, memory_budget_mb=10) == "IVF1024_HNSW32,PQ32"  # 7.3 MiB (PQ64: 10.4)
     with pytest.raises(ValueError, match="too small for 100000 vectors"):
         choose_factory(128, 100_000, memory_budget_mb=1)
     for factory in ("IVF4096_HNSW32,Flat", "IVF1024_HNSW32,PQ32"):

@@ -54,6 +54,9 @@ class FaultyEncoder(TextEncoder):
             raise WorkerKilled("worker killed by the test")
         return super().encode(items)
 
+    def describe(self) -> dict[str, Any]:
+        raise KeyError("a bug outside any route's own checks")
+
 
 def reference(texts: list[str]) -> np.ndarray:
     return minilm().encode(texts, normalize_embeddings=True, convert_to_numpy=True)
@@ -170,11 +173,14 @@ def test_health_is_503_while_a_batch_is_wedged_and_recovers() -> None:
         wait_until(lambda: http.get("/health").status_code == 200)
 
 
-def test_a_failing_batch_is_a_json_500_and_the_service_survives() -> None:
+def test_failures_are_json_500s_and_the_service_survives() -> None:
     with serve(build_service(encoders=[FaultyEncoder()])) as live, live.client() as http:
-        body = assert_error(http.post("/v1/embeddings", json={"input": "boom"}), 500, "internal_error")
+        body = assert_error(http.post("/v1/embeddings", json={"input": "boom"}), 500, "inference_error")
         assert "Traceback" not in body["error"]["message"] and "exploded" not in body["error"]["message"]
+        # One keep-alive connection throughout: an error must not cost the client its connection.
         assert http.post("/v1/embeddings", json={"input": "fine"}).status_code == 200
+        body = assert_error(http.get("/info"), 500, "internal_error")  # an unexpected bug in a route
+        assert body["error"]["message"] == "internal server error"
         assert http.get("/health").status_code == 200
 
 

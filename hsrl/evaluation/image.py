@@ -83,7 +83,9 @@ def knn_classify(
     has_zero_rows = bool((train.abs().sum(1) == 0).any() or (queries.abs().sum(1) == 0).any())
     if backend == "index" and has_zero_rows:
         raise ValueError("the index needs unit rows, and some features are all zero")
-    if backend in ("auto", "index") and not has_zero_rows:
+    if backend not in ("auto", "index", "torch"):
+        raise ValueError(f"backend must be auto, index or torch, got {backend!r}")
+    if backend != "torch" and not has_zero_rows:
         try:
             from hsrl.index import VectorIndex
         except ImportError:
@@ -98,8 +100,6 @@ def knn_classify(
             votes = F.one_hot(train_labels.cpu()[neighbours], classes).sum(dim=1)
             # argmax returns the first maximum: ties go to the smallest class, as knn_predict.
             return votes.argmax(dim=1), "index"
-    elif backend != "torch":
-        raise ValueError(f"backend must be auto, index or torch, got {backend!r}")
     return knn_predict(train, train_labels.to(train.device), queries, k=k).cpu(), "torch"
 
 

@@ -254,9 +254,10 @@ def verify_embeddings(vectors: np.ndarray, rows: int, where: str) -> np.ndarray:
     if not np.isfinite(array).all():
         raise ValueError(f"{where}: the model returned NaN or infinite values")
     norms = np.linalg.norm(array.astype(np.float64), axis=1)
-    worst = int(np.argmax(np.abs(norms - 1.0))) if rows else 0
-    if rows and abs(norms[worst] - 1.0) > NORM_TOLERANCE:
-        raise ValueError(f"{where}: row {worst} has norm {norms[worst]:.6g}, not 1 (tolerance {NORM_TOLERANCE})")
+    bad = np.flatnonzero(np.abs(norms - 1.0) > NORM_TOLERANCE)
+    if bad.size:
+        row = int(bad[0])
+        raise ValueError(f"{where}: row {row} has norm {norms[row]:.6g}, not 1 (tolerance {NORM_TOLERANCE})")
     return np.ascontiguousarray(array)
 
 

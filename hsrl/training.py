@@ -333,7 +333,8 @@ def _batch_metrics(x: Tensor, y: Tensor) -> dict[str, float]:
 
 
 def _set_epoch(loader: Any, epoch: int, seed: int) -> None:
-    loader.set_epoch(epoch) if hasattr(loader, "set_epoch") else None
+    if hasattr(loader, "set_epoch"):  # Accelerate's loader forwards it to the sampler or dataset
+        loader.set_epoch(epoch)
     generator = getattr(loader, "generator", None)
     if isinstance(generator, torch.Generator):
         generator.manual_seed(seed * 1_000_003 + epoch)

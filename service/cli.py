@@ -52,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--index-mmap", action="store_true", help="memory-map the indexes (read-only: no writes)")
 
     server = parser.add_argument_group("server")
-    server.add_argument("--host", default="127.0.0.1", help="address to bind" + _DEFAULT)
-    server.add_argument("--port", type=int, default=8000, help="port" + _DEFAULT)
+    host, port = os.environ.get("HSRL_HOST", "127.0.0.1"), os.environ.get("HSRL_PORT", "8000")
+    server.add_argument("--host", default=host, help="address to bind (default: $HSRL_HOST or 127.0.0.1)")
+    server.add_argument("--port", type=int, default=port, help="port (default: $HSRL_PORT or 8000)")
     server.add_argument("--api-key", default=None, help="bearer key for writes (default: $HSRL_API_KEY; none = open)")
     server.add_argument("--cors-origin", action="append", default=[], help="allowed origin (repeatable; default off)")
     levels = ["critical", "error", "warning", "info", "debug"]

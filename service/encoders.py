@@ -6,9 +6,7 @@ Each encoder turns a list of items into L2-normalised float32 rows plus a per-it
 
 from __future__ import annotations
 
-import json
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,62 +89,64 @@ class TextEncoder(Encoder):
 
 def load_text_encoder(path: str | Path, *, device: str | None = None, name: str | None = None) -> TextEncoder:
     """Load a sentence-transformers folder (offline) as the service's text encoder."""
-    from sentence_transformers import SentenceTransformer
-
     folder = Path(path)
     if not folder.is_dir():
         raise ValueError(f"text model folder not found: {folder}")
+    from sentence_transformers import SentenceTransformer  # slow to import: only once the folder is there
+
     model = SentenceTransformer(str(folder), device=device)
     return TextEncoder(model, name or folder.name)
 
 
 @dataclass(frozen=True)
 class ImagePreprocessing:
-    """How a decoded image becomes the model's input tensor: resize to ``size``, channels, normalisation."""
+    """How a decoded image becomes the model's input: the recipe of ``hsrl export`` and the evaluation view.
 
-    size: int = 224
+    Convert to ``channels``, resize the shorter side to ``resize`` (bilinear), centre-crop ``size``. With
+    ``mean``/``std`` the array is scaled to [0, 1] and normalised; without them it stays uint8, for models
+    that normalise themselves (every ``hsrl.models.image`` encoder does).
+    """
+
+    size: int
     channels: int = 3
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    resize: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> ImagePreprocessing:
-        """Read the fields an ``hsrl_config.json`` may carry (top level, or under ``preprocessing``/``data``)."""
-        merged: dict[str, Any] = {}
-        for section in (config, config.get("model", {}), config.get("data", {}), config.get("preprocessing", {})):
-            if isinstance(section, dict):
-                merged.update(section)
-        size = merged.get("image_size", merged.get("input_size", merged.get("size", cls.size)))
-        if isinstance(size, (list, tuple)):
-            size = size[-1]
-        channels = int(merged.get("in_channels", merged.get("channels", cls.channels)))
-        default_mean, default_std = (cls.mean, cls.std) if channels == 3 else ((0.5,) * channels, (0.5,) * channels)
-        mean = tuple(float(v) for v in merged.get("mean", default_mean))
-        std = tuple(float(v) for v in merged.get("std", default_std))
-        if len(mean) != channels or len(std) != channels:
-            raise ValueError(f"image config: mean/std need {channels} values, got {mean} / {std}")
-        return cls(size=int(size), channels=channels, mean=mean, std=std)
+    def __post_init__(self) -> None:
+        if self.size < 1 or self.channels not in (1, 3) or (self.resize is not None and self.resize < self.size):
+            raise ValueError(f"bad image preprocessing {self}")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both mean and std, or neither")
 
     def to_array(self, image: Any) -> np.ndarray:
-        """A PIL image to a ``(channels, size, size)`` float32 array, normalised."""
+        """A PIL image to a ``(channels, size, size)`` array: uint8, or float32 normalised."""
         from PIL import Image
 
-        image = image.convert("L" if self.channels == 1 else "RGB").resize((self.size, self.size), Image.BILINEAR)
-        array = np.asarray(image, dtype=np.float32) / 255.0
-        array = array[:, :, None] if array.ndim == 2 else array
-        array = (array - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
-        return np.ascontiguousarray(array.transpose(2, 0, 1))
+        picture = image.convert("L" if self.channels == 1 else "RGB")
+        scale = (self.resize or self.size) / min(picture.size)
+        width, height = max(1, round(picture.width * scale)), max(1, round(picture.height * scale))
+        picture = picture.resize((width, height), Image.Resampling.BILINEAR)
+        left, top = (picture.width - self.size) // 2, (picture.height - self.size) // 2
+        picture = picture.crop((left, top, left + self.size, top + self.size))
+        array = np.asarray(picture, dtype=np.uint8)
+        array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+        if self.mean is None or self.std is None:
+            return np.ascontiguousarray(array)
+        mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
+        std = np.asarray(self.std, dtype=np.float32)[:, None, None]
+        return np.ascontiguousarray((array.astype(np.float32) / 255.0 - mean) / std)
 
 
 class ImageEncoder(Encoder):
-    """A torch image model whose output rows are embeddings; they are L2-normalised here whatever it returns.
+    """A torch image model whose output rows are embeddings (L2-normalised here whatever it returns).
 
     Args:
-        model: an ``nn.Module`` mapping ``(n, c, h, w)`` to ``(n, d)`` (or a tuple/dict whose first/``embedding``
-            entry is that).
+        model: an ``nn.Module`` mapping a ``(n, c, h, w)`` batch (what ``preprocessing`` makes) to ``(n, d)``.
         name: the name clients may pass as ``model``.
-        preprocessing: resize and normalisation.
-        dim: the output dimension; measured with one dummy image when not given.
+        preprocessing: resize, crop and (optionally) normalisation.
+        dim: the output dimension; measured with one blank image when not given.
+        device: where the model runs.
     """
 
     modality = "image"
@@ -156,22 +156,19 @@ class ImageEncoder(Encoder):
     ) -> None:
         import torch
 
-        self.model, self.name, self.preprocessing, self.device = model.eval().to(device), name, preprocessing, device
         self._torch = torch
-        self._lock = threading.Lock()
+        self.model, self.name, self.preprocessing, self.device = model.eval().to(device), name, preprocessing, device
         if dim is None:
-            size, channels = preprocessing.size, preprocessing.channels
-            dim = self._forward(np.zeros((1, channels, size, size), dtype=np.float32)).shape[1]
+            from PIL import Image
+
+            blank = Image.new("RGB", (preprocessing.size, preprocessing.size))
+            dim = self._forward(preprocessing.to_array(blank)[None]).shape[1]
         self.dim = int(dim)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
         with torch.inference_mode():
             output = self.model(torch.from_numpy(batch).to(self.device))
-        if isinstance(output, dict):
-            output = output.get("embedding", next(iter(output.values())))
-        if isinstance(output, (tuple, list)):
-            output = output[0]
         return output.float().reshape(output.shape[0], -1).cpu().numpy()
 
     def encode(self, items: list[Any]) -> Encoded:
@@ -184,19 +181,17 @@ class ImageEncoder(Encoder):
 
 
 def load_image_encoder(path: str | Path, *, device: str | None = None, name: str | None = None) -> ImageEncoder:
-    """Load an image model folder (``model.safetensors`` + ``hsrl_config.json``) through ``hsrl.models.image``."""
+    """Load an image model folder (``model.safetensors`` + ``hsrl_config.json``) with ``hsrl.models.image``."""
     folder = Path(path)
-    config_path = folder / "hsrl_config.json"
-    if not config_path.is_file():
+    if not (folder / "hsrl_config.json").is_file():
         raise ValueError(f"image model folder {folder} has no hsrl_config.json")
     try:
         from hsrl.models import image as image_models
     except ImportError as error:
         raise ValueError(f"image models are not available in this install ({error})") from error
-    loader: Callable[..., Any] = image_models.load
-    loaded = loader(str(folder))
-    model = loaded[0] if isinstance(loaded, tuple) else loaded
-    config = json.loads(config_path.read_text())
-    preprocessing = ImagePreprocessing.from_config(config)
-    dim = config.get("embedding_dim", config.get("dim"))
-    return ImageEncoder(model, name or folder.name, preprocessing, dim=dim, device=device or "cpu")
+    device = device or "cpu"
+    model = image_models.load(folder, map_location=device)
+    recipe = image_models.load_preprocess(folder)
+    # hsrl encoders take uint8 and normalise inside (their Normalize layer), so no mean/std here.
+    preprocessing = ImagePreprocessing(size=recipe.size, channels=recipe.channels, resize=recipe.resize)
+    return ImageEncoder(model, name or folder.name, preprocessing, dim=getattr(model, "dim", None), device=device)

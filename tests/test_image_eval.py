@@ -72,7 +72,7 @@ def test_knn_backends_agree_on_clusters() -> None:
 
 @needs_fashion
 def test_report_has_the_model_a_random_encoder_and_raw_pixels() -> None:
-    torch.manual_seed(0)
+    torch.manual_seed(1)  # the report's random encoder is seeded with 0
     model = small_alexnet(in_channels=1, image_size=28, width=0.1, fc_dim=320, dim=16, mean=(0.286,), std=(0.353,))
     report = evaluate_image_encoder(
         model, "fashion-mnist", train_size=300, test_size=100, pairs=64, linear=LinearProbeConfig.fast(epochs=3)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from test_service_support import (
     blank_png,
     build_service,
     data_uri,
-    image_encoder,
+    image_model_folder,
     make_index,
     metric_samples,
     minilm,
@@ -109,23 +108,29 @@ def test_model_is_chosen_by_modality_or_name(client) -> None:
     models = client.get("/v1/models").json()
     assert {(m["id"], m["modality"], m["dim"]) for m in models["data"]} == {
         ("minilm", "text", 384),
-        ("tiny-cnn", "image", 16),
+        ("alexnet-tiny", "image", 16),
     }
 
 
-def test_images_by_data_uri_and_upload_agree_with_the_model(client) -> None:
-    from PIL import Image
+def test_images_by_data_uri_and_upload_equal_hsrl_export(client, tmp_path: Path) -> None:
+    from hsrl.export import _image_encoder as export_encoder  # the export's own model + preprocessing
 
     images = [png_bytes(seed=1), png_bytes(64, 48, seed=2)]
     by_uri = client.post("/v1/embeddings", json={"input": [data_uri(b) for b in images]})
     assert by_uri.status_code == 200, by_uri.text
-    assert by_uri.json()["model"] == "tiny-cnn"
+    assert by_uri.json()["model"] == "alexnet-tiny"
     uploaded = client.post("/v1/embeddings/upload", files=[("files", (f"{i}.png", b)) for i, b in enumerate(images)])
     assert uploaded.status_code == 200, uploaded.text
-    direct, _ = image_encoder().encode([Image.open(io.BytesIO(b)) for b in images])
-    np.testing.assert_allclose(_rows(by_uri.json()), direct, atol=1e-5)
-    np.testing.assert_allclose(_rows(uploaded.json()), direct, atol=1e-5)
-    np.testing.assert_allclose(np.linalg.norm(direct, axis=1), 1.0, atol=1e-5)
+    # The reference: what `hsrl export` computes for the same files with the same model folder.
+    paths = []
+    for i, data in enumerate(images):
+        (tmp_path / f"{i}.png").write_bytes(data)
+        paths.append(str(tmp_path / f"{i}.png"))
+    exported = export_encoder(image_model_folder(), "cpu")(paths)
+    exported /= np.linalg.norm(exported, axis=1, keepdims=True)
+    np.testing.assert_allclose(_rows(by_uri.json()), exported, atol=1e-5)
+    np.testing.assert_allclose(_rows(uploaded.json()), exported, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(_rows(uploaded.json()), axis=1), 1.0, atol=1e-5)
 
 
 # ------------------------------------------------------------------ search and index writes
@@ -281,7 +286,7 @@ def test_routing_errors_use_the_error_body(client) -> None:
 
 def test_info_describes_models_indexes_and_limits(client) -> None:
     info = client.get("/info").json()
-    assert {m["name"]: m["dim"] for m in info["models"]} == {"minilm": 384, "tiny-cnn": 16}
+    assert {m["name"]: m["dim"] for m in info["models"]} == {"minilm": 384, "alexnet-tiny": 16}
     assert {i["name"] for i in info["indexes"]} == {"docs", "images"}
     assert info["limits"]["max_items"] == 64 and info["auth"] == "api-key" and info["version"]
     health = client.get("/health")
@@ -298,7 +303,7 @@ def test_metrics_count_requests_and_time_each_stage(client) -> None:
     for stage in ("hsrl_queue_wait_seconds", "hsrl_inference_seconds", "hsrl_batch_size"):
         assert metric_samples(text, f"{stage}_count")['{model="minilm"}'] >= 1
     assert metric_samples(text, "hsrl_http_request_duration_seconds_count")['{route="/v1/embeddings"}'] >= 1
-    assert metric_samples(text, "hsrl_queue_items") == {'{model="minilm"}': 0.0, '{model="tiny-cnn"}': 0.0}
+    assert metric_samples(text, "hsrl_queue_items") == {'{model="minilm"}': 0.0, '{model="alexnet-tiny"}': 0.0}
     assert "# TYPE hsrl_batch_size histogram" in text
 
 

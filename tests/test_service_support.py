@@ -1,5 +1,5 @@
 """Shared pieces of the service tests (no tests here): a real uvicorn server on a free loopback port, the
-real all-MiniLM-L6-v2 loaded once per test session, real FAISS indexes, and a small real image model."""
+real all-MiniLM-L6-v2 loaded once per test session, real FAISS indexes, and a small real hsrl image model."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import functools
 import io
 import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -29,7 +30,7 @@ import torch
 import uvicorn
 
 from service.app import create_app
-from service.encoders import ImageEncoder, ImagePreprocessing, TextEncoder
+from service.encoders import ImageEncoder, TextEncoder, load_image_encoder
 from service.indexes import IndexRegistry
 from service.limits import Limits
 from service.runtime import BatchingConfig, Service, ServiceConfig
@@ -59,28 +60,20 @@ def text_encoder(name: str = "minilm") -> TextEncoder:
     return TextEncoder(minilm(), name)
 
 
-class TinyImageNet(torch.nn.Module):
-    """A small real CNN (random weights) mapping 3x32x32 images to 16-d rows."""
+@functools.cache
+def image_model_folder() -> Path:
+    """A real ``hsrl.models.image`` folder: a narrow SmallAlexNet (random weights) for 32 px colour images."""
+    from hsrl.models import image as image_models
 
-    def __init__(self) -> None:
-
-        super().__init__()
-        torch.manual_seed(0)
-        self.features = torch.nn.Sequential(
-            torch.nn.Conv2d(3, 8, 3, stride=2, padding=1),
-            torch.nn.ReLU(),
-            torch.nn.AdaptiveAvgPool2d(2),
-            torch.nn.Flatten(),
-            torch.nn.Linear(32, 16),
-        )
-
-    def forward(self, x: Any) -> Any:
-        return self.features(x)
+    torch.manual_seed(0)
+    model = image_models.small_alexnet(in_channels=3, image_size=32, dim=16, width=0.125, fc_dim=64, resize=36)
+    folder = Path(tempfile.mkdtemp(prefix="hsrl-service-image-model-")) / "alexnet-tiny"
+    image_models.save(model.eval(), folder)
+    return folder
 
 
-def image_encoder(name: str = "tiny-cnn") -> ImageEncoder:
-    preprocessing = ImagePreprocessing(size=32, channels=3, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    return ImageEncoder(TinyImageNet(), name, preprocessing)
+def image_encoder(name: str = "alexnet-tiny") -> ImageEncoder:
+    return load_image_encoder(image_model_folder(), name=name)
 
 
 def make_index(folder: Path, vectors: np.ndarray | None = None, dim: int = 384) -> Path:

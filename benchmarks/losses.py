@@ -330,7 +330,7 @@ class Runner:
             power = 3 if impl == "NTXent" else 2
             predicted = seconds * (n / n0) ** power
             if predicted > limit_s:
-                return f"predicted {predicted:.0f} s a call > {limit_s:.0f} s"
+                return f"predicted {predicted:.3g} s a call > {limit_s:.3g} s"
         return None
 
     def measure(
@@ -633,7 +633,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.quick:
         args.sizes, args.ntxent_sizes, args.block_n = [128, 512], [64], [512]
         args.block_sizes = ["auto", "128", "512"]
-        args.repeats, args.warmup, args.budget = min(args.repeats, 5), 1, 1.0
+        args.repeats, args.warmup, args.budget = min(args.repeats, 5), 1, min(args.budget, 1.0)
     args.script, args.argv = "benchmarks/losses.py", argv
     return args
 

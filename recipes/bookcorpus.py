@@ -3,13 +3,20 @@
     accelerate launch recipes/bookcorpus.py                     # the paper's setting, streamed BookCorpus
     accelerate launch recipes/bookcorpus.py --dataset austen --model minilm --max-steps 60   # make demo
     accelerate launch recipes/bookcorpus.py --dataset my_books/ --loss "contrastive:1,tau=0.1"
+    accelerate launch recipes/bookcorpus.py --dataset austen --encoder gru --loss "quickthought:1"  # Quick-Thought
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 recipes/bookcorpus.py --dataset austen
 
 A sentence and its neighbouring sentences (within ``--context-size``, never across a
-document) are positive pairs. The script reads top to bottom: configuration, data, encoder,
-baseline evaluation of the starting model, ``hsrl.training.fit``, evaluation, and the model
-written as a sentence-transformers folder (``SentenceTransformer(OUTPUT/model)`` opens it)
-with ``OUTPUT/metrics.json``.
+document) are positive pairs. ``--encoder gru`` is the paper's Quick-Thought encoder: sentences
+are encoded by f and their neighbours by g, and at evaluation a sentence is concat(f, g). The
+``quickthought`` objective trains on unshuffled batches of consecutive sentences instead of
+pairs (each sentence must pick out its neighbours in the batch).
+
+The script reads top to bottom: configuration, data, encoder, baseline evaluation of the
+starting model, ``hsrl.training.fit``, evaluation, and the model written as a
+sentence-transformers folder (``SentenceTransformer(OUTPUT/model)`` opens it; a GRU model
+needs ``trust_remote_code=True`` or ``hsrl.models.quickthought.load_encoder``) with
+``OUTPUT/metrics.json``.
 """
 
 from __future__ import annotations
@@ -25,6 +32,15 @@ from hsrl.data.text import SentenceCorpus, SentencePairDataset, austen_splits
 from hsrl.data.text_sources import BookCorpusPairs, load_documents
 from hsrl.evaluation.text import evaluate_text_encoder, format_comparison
 from hsrl.losses import HypersphereLoss
+from hsrl.models.quickthought import (
+    ConsecutiveSentenceDataset,
+    build_gru_encoder,
+    consecutive_collate,
+    consecutive_encoder,
+    gru_pair_collate,
+    gru_pair_encoder,
+    load_encoder,
+)
 from hsrl.models.text import ScratchConfig, build_text_encoder, pair_collate, pair_encoder, save_text_encoder
 from hsrl.training import TrainConfig, TrainingDivergedError, fit, make_dataloader, training_session
 
@@ -34,9 +50,16 @@ class BookCorpusConfig(TrainConfig):
     """Quick-Thought-style pretraining of a text encoder with align/uniform or contrastive losses."""
 
     dataset: str = field(default="bookcorpus", metadata={"help": "bookcorpus (streamed), austen (embedded) or a path"})
+    encoder: Literal["transformer", "gru"] = field(
+        default="transformer", metadata={"help": "transformer, or gru: the paper's Quick-Thought encoder (f and g)"}
+    )
     model: str | None = field(
         default=None, metadata={"help": "starting checkpoint: minilm (packaged), a folder, or none = from scratch"}
     )
+    gru_dim: int = field(
+        default=1200, metadata={"help": "gru: width of each of f and g (paper: 1200); evaluation uses both"}
+    )
+    gru_embedding_dim: int = field(default=300, metadata={"help": "gru: word-embedding width"})
     loss: str = field(
         default="align:0.9,alpha=2 + uniform:0.1,t=5",
         metadata={"help": "objective as the paper writes it (default: its BookCorpus setting, Table 4)"},
@@ -65,6 +88,8 @@ class BookCorpusConfig(TrainConfig):
             raise ValueError("--context-size must be >= 1 and --max-seq-length >= 8")
         if self.model is not None and self.model.lower() == "none":
             self.model = None
+        if self.encoder == "gru" and (self.model is not None or self.gru_dim < 2 or self.gru_dim % 2):
+            raise ValueError("--encoder gru trains from scratch (no --model) and needs an even --gru-dim >= 2")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,14 +97,24 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(config.output_dir)
     try:
         loss = HypersphereLoss(config.loss)
+        # The Quick-Thought objective scores each sentence against a batch of consecutive
+        # sentences, so its views are f(s) and g(s) of the same sentences, not neighbour pairs.
+        names = {term.name for term in loss.objective}
+        consecutive = "quickthought" in names
+        if consecutive and names & {"align", "contrastive"}:
+            raise ValueError("--loss: quickthought trains on consecutive batches (x = f(s), y = g(s) of the same "
+                             "sentences); combine it only with uniform")  # fmt: skip
         if config.dataset == "bookcorpus":
-            train_pairs = BookCorpusPairs()
+            train_pairs = BookCorpusPairs()  # in corpus order: its first sentences are consecutive too
             train_sentences = [train_pairs.first["text"]]
             _, heldout = austen_splits()  # BookCorpus has no held-out split: evaluate on Persuasion
         else:
             train_docs, heldout = load_documents(config.dataset)
-            train_pairs = SentencePairDataset.from_documents(train_docs, context_size=config.context_size)
             train_sentences = SentenceCorpus.from_documents(train_docs).sentences
+            if consecutive:
+                train_pairs = ConsecutiveSentenceDataset(train_sentences)
+            else:
+                train_pairs = SentencePairDataset.from_documents(train_docs, context_size=config.context_size)
             if len(train_pairs) == 0:
                 raise ValueError(f"--dataset {config.dataset}: no neighbour pairs in the training documents")
     except ValueError as error:
@@ -91,16 +126,29 @@ def main(argv: list[str] | None = None) -> int:
                                 4 * config.scratch_hidden, config.vocab_size, config.max_seq_length)  # fmt: skip
         try:
             start = config.model
-            if start is None:  # the main process trains the tokenizer and draws the weights once
+            if config.encoder == "gru":  # the main process trains the tokenizer and draws the weights once
+                start = str(output / "gru-init")
+                if accelerator.is_main_process:
+                    gru = build_gru_encoder(
+                        train_sentences, vocab_size=config.vocab_size, embedding_dim=config.gru_embedding_dim,
+                        hidden_dim=config.gru_dim, max_seq_length=config.max_seq_length,
+                        workdir=output / "gru-tokenizer",
+                    )  # fmt: skip
+                    save_text_encoder(gru, start)
+                accelerator.wait_for_everyone()
+            elif start is None:  # the main process trains the tokenizer and draws the weights once
                 start = str(output / "scratch-init")
                 if accelerator.is_main_process:
                     build_text_encoder(None, sentences=train_sentences, scratch=scratch, workdir=start,
                                        max_seq_length=config.max_seq_length)  # fmt: skip
                 accelerator.wait_for_everyone()
-            encoder = build_text_encoder(
-                start, pooling=config.pooling, projection_dim=config.projection_dim,
-                max_seq_length=config.max_seq_length, device=str(accelerator.device),
-            )  # fmt: skip
+            if config.encoder == "gru":
+                encoder = load_encoder(start, device=str(accelerator.device))
+            else:
+                encoder = build_text_encoder(
+                    start, pooling=config.pooling, projection_dim=config.projection_dim,
+                    max_seq_length=config.max_seq_length, device=str(accelerator.device),
+                )  # fmt: skip
         except (ValueError, OSError) as error:
             accelerator.print(f"error: {error}")
             return 2
@@ -112,10 +160,16 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write_json(output / "baseline_metrics.json", baseline)
         accelerator.wait_for_everyone()
 
-        loader = make_dataloader(train_pairs, config, collate_fn=pair_collate(encoder),
-                                 shuffle=config.pairs == "shuffled")  # fmt: skip
+        if consecutive:  # unshuffled: each batch is one run of consecutive sentences
+            collate, encode = consecutive_collate(encoder), consecutive_encoder(encoder)
+        elif config.encoder == "gru":  # x = f(sentence), y = g(neighbour)
+            collate, encode = gru_pair_collate(encoder), gru_pair_encoder(encoder)
+        else:
+            collate, encode = pair_collate(encoder), pair_encoder(encoder)
+        loader = make_dataloader(train_pairs, config, collate_fn=collate,
+                                 shuffle=config.pairs == "shuffled" and not consecutive)  # fmt: skip
         try:
-            result = fit(encoder, loss, loader, config, accelerator=accelerator, encode=pair_encoder(encoder))
+            result = fit(encoder, loss, loader, config, accelerator=accelerator, encode=encode)
         except (TrainingDivergedError, ValueError) as error:
             accelerator.print(f"error: {error}")
             return 1
@@ -131,10 +185,13 @@ def main(argv: list[str] | None = None) -> int:
                 "baseline": baseline, "trained": trained, "steps": result.steps, "final_loss": result.last_loss,
                 "config": config_to_dict(config),
             })  # fmt: skip
-            start_name = config.model or "random init"
+            start_name = config.model or ("random init (gru)" if config.encoder == "gru" else "random init")
             if baseline:
                 print(format_comparison(baseline, trained, (f"start ({start_name})", f"after {result.steps} steps")))
             print(f"model: {output / 'model'} (SentenceTransformer-compatible); metrics: {output / 'metrics.json'}")
+            if config.encoder == "gru":
+                print("open it with hsrl.models.quickthought.load_encoder(path) "
+                      "or SentenceTransformer(path, trust_remote_code=True)")  # fmt: skip
     return 0
 
 

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 __all__ = ["build_parser", "main"]
@@ -37,11 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve embeddings (OpenAI-compatible /v1/embeddings) and nearest-neighbour search over HTTP.",
     )
     models = parser.add_argument_group("models and indexes (at least one)")
-    models.add_argument("--text-model", metavar="PATH", help="sentence-transformers model folder")
-    models.add_argument("--image-model", metavar="PATH", help="image model folder (safetensors + hsrl_config.json)")
+    models.add_argument("--text-model", metavar="[NAME=]PATH", help="sentence-transformers model folder")
+    models.add_argument("--image-model", metavar="[NAME=]PATH", help="hsrl image model folder")
     models.add_argument(
         "--index",
-        metavar="NAME=PATH",
+        metavar="[NAME=]PATH",
         action="append",
         default=[],
         help="an hsrl.index folder; repeatable; PATH alone names it after the folder",
@@ -75,9 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def named_path(spec: str, flag: str) -> tuple[str | None, Path]:
+    """``NAME=PATH`` or ``PATH`` (name ``None``: the caller names it after the folder)."""
+    name, sep, path = spec.partition("=")
+    if not sep or "/" in name:  # a path that merely contains "="
+        return None, Path(spec)
+    if not name or not path:
+        raise _UsageError(f"{flag} {spec!r}: expected NAME=PATH or PATH")
+    return name, Path(path)
+
+
 def _build_service(args: argparse.Namespace):  # -> service.runtime.Service (imports deferred: --help stays fast)
     from service.encoders import load_image_encoder, load_text_encoder
-    from service.indexes import IndexRegistry, parse_index_spec
+    from service.indexes import IndexRegistry
     from service.limits import Limits
     from service.runtime import BatchingConfig, Service, ServiceConfig
 
@@ -97,13 +108,15 @@ def _build_service(args: argparse.Namespace):  # -> service.runtime.Service (imp
     config = ServiceConfig(limits=limits, batching=batching, api_key=api_key, cors_origins=tuple(args.cors_origin))
     indexes = IndexRegistry()
     for spec in args.index:
-        name, folder = parse_index_spec(spec)
-        indexes.load(name, folder, mmap=args.index_mmap, gpu=args.index_gpu)
+        name, folder = named_path(spec, "--index")
+        indexes.load(name or folder.resolve().name, folder, mmap=args.index_mmap, gpu=args.index_gpu)
     encoders = []
     if args.text_model:
-        encoders.append(load_text_encoder(args.text_model, device=args.device))
+        name, folder = named_path(args.text_model, "--text-model")
+        encoders.append(load_text_encoder(folder, device=args.device, name=name))
     if args.image_model:
-        encoders.append(load_image_encoder(args.image_model, device=args.device))
+        name, folder = named_path(args.image_model, "--image-model")
+        encoders.append(load_image_encoder(folder, device=args.device, name=name))
     return Service(encoders, indexes, config)
 
 
@@ -122,7 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from service.app import create_app
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(service), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    app = create_app(service)
+    # Bounded graceful shutdown: in-flight requests get 30 s, then the workers finish their queues.
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level=args.log_level, access_log=False, timeout_graceful_shutdown=30
+    )
     return 0
 
 

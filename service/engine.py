@@ -134,6 +134,7 @@ class Batcher:
         self.name, self.encode = name, encode
         self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_ms / 1000.0, max_queue
         self.wedge_timeout_s = wedge_timeout_s
+        self._idle_beat_s = min(1.0, wedge_timeout_s / 4)
         self.metrics = metrics or ServiceMetrics()
         self._state = _State()
         self._cond = threading.Condition()
@@ -147,6 +148,7 @@ class Batcher:
         if self._thread is not None and self._thread.is_alive():
             return
         self._state.stopping, self._state.dead_reason = False, None
+        self._state.heartbeat = time.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"hsrl-batcher-{self.name}", daemon=True)
         self._thread.start()
 
@@ -203,11 +205,16 @@ class Batcher:
         now = time.monotonic()
         state = self._state
         busy_for = None if state.busy_since is None else now - state.busy_since
-        wedged = busy_for is not None and busy_for > self.wedge_timeout_s
+        heartbeat_age = now - state.heartbeat
+        # Idle, the worker beats every _idle_beat_s (<= 1 s); a silent worker outside a batch is stuck too.
+        stale = busy_for is None and heartbeat_age > self.wedge_timeout_s + 1.0
+        wedged = (busy_for is not None and busy_for > self.wedge_timeout_s) or stale
         alive = self.alive
         reason = None
         if not alive:
             reason = state.dead_reason or "worker thread is not running"
+        elif stale:
+            reason = f"no heartbeat from the worker for {heartbeat_age:.1f} s"
         elif wedged:
             reason = f"a batch has been running for {busy_for:.1f} s (timeout {self.wedge_timeout_s:g} s)"
         return {
@@ -217,7 +224,7 @@ class Batcher:
             "reason": reason,
             "queued_items": state.queued_items,
             "batch_running_s": None if busy_for is None else round(busy_for, 3),
-            "heartbeat_age_s": round(now - state.heartbeat, 3),
+            "heartbeat_age_s": round(heartbeat_age, 3),
         }
 
     # ---------------------------------------------------------------- worker
@@ -248,7 +255,7 @@ class Batcher:
             while not state.queue:
                 if state.stopping:
                     return None, 0
-                self._cond.wait(timeout=1.0)
+                self._cond.wait(timeout=self._idle_beat_s)
                 state.heartbeat = time.monotonic()
             # Wait for the batch to fill, at most max_wait after the oldest item arrived.
             deadline = state.queue[0].request.enqueued_at + self.max_wait_s
@@ -258,7 +265,9 @@ class Batcher:
                     break
                 self._cond.wait(timeout=remaining)
             parts, size = self._take(self.max_batch_size)
-            state.busy_since = state.heartbeat = time.monotonic()
+            state.heartbeat = time.monotonic()
+            if parts:  # every request taken may have been abandoned: then there is no batch to run
+                state.busy_since = state.heartbeat
             return parts, size
 
     def _take(self, capacity: int) -> tuple[list[_BatchPart], int]:

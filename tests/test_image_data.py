@@ -264,14 +264,16 @@ def _train_tiny(out: Path, encode=encode_views, resume: str | None = None):
     )  # fmt: skip
     with training_session(config) as accelerator:
         model = small_alexnet(in_channels=1, image_size=16, width=0.1, fc_dim=320, dim=8, mean=(0.5,), std=(0.25,))
-        loader = make_view_loader(TwoViewDataset(tiny_source(), TINY_AUGMENT, seed=3), config)
+        views = TwoViewDataset(tiny_source(), TINY_AUGMENT, seed=3)
         loss = HypersphereLoss("align:1,alpha=2 + uniform:1,t=2")
-        return fit(model, loss, loader, config, accelerator=accelerator, encode=encode)
+        result = fit(model, loss, make_view_loader(views, config), config, accelerator=accelerator, encode=encode)
+        return result, views
 
 
 def test_a_run_resumed_mid_epoch_with_workers_ends_with_the_same_weights(tmp_path: Path) -> None:
     # 24 images / batch 6 = 4 steps an epoch, 12 in all; checkpoints at 5 and 10 (epochs 2 and 3).
-    uninterrupted = _train_tiny(tmp_path / "a")
+    uninterrupted, views = _train_tiny(tmp_path / "a")
+    assert views.epoch == 2  # fit's set_epoch reached the dataset (epochs 0, 1, 2)
     calls = {"n": 0}
 
     def dies_at_step_8(model, batch):
@@ -283,7 +285,7 @@ def test_a_run_resumed_mid_epoch_with_workers_ends_with_the_same_weights(tmp_pat
     with pytest.raises(KeyboardInterrupt):
         _train_tiny(tmp_path / "b", encode=dies_at_step_8)
     assert find_latest_checkpoint(tmp_path / "b" / "checkpoints").name == "step-00000005"
-    resumed = _train_tiny(tmp_path / "b", resume="latest")
+    resumed, _ = _train_tiny(tmp_path / "b", resume="latest")
     assert resumed.steps == uninterrupted.steps == 12
     for name, value in uninterrupted.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name

@@ -261,3 +261,16 @@ def test_recipe_bad_loss_is_one_line(tmp_path: Path, small_txt: Path) -> None:
                           env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "the weight of 'uniform' must be a number" in done.stderr.strip().splitlines()[-1]
+
+
+def test_recipe_quickthought_gru_trains_and_reopens(tmp_path: Path, small_txt: Path) -> None:
+    from hsrl.models.text import load_sentence_transformer
+
+    out = tmp_path / "gru"
+    done = run_recipe(["--dataset", str(small_txt), "--output-dir", str(out), "--max-steps", "2", "--encoder", "gru",
+                       "--gru-dim", "16", "--gru-embedding-dim", "8", "--loss", "quickthought:1,tau=0.1",
+                       "--checkpoint-every", "none", *SCRATCH_FLAGS])  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    z = load_sentence_transformer(out / "model").encode(["Anne was there."], normalize_embeddings=False)
+    assert z.shape == (1, 32)  # evaluation vector: f and g concatenated
+    assert np.linalg.norm(z, axis=1) == pytest.approx([1.0], abs=1e-5)

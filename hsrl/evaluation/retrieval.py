@@ -299,14 +299,15 @@ def _parser() -> OneLineArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     queries, corpus = read_items(args.queries, corpus=False), read_items(args.corpus, corpus=True)
-    if args.labels and (queries.labels is None or corpus.labels is None):
-        raise ValueError("--labels needs a label on every query and corpus item")
-    model = _load_model(args.model) if queries.embeddings is None or corpus.embeddings is None else None
-    query_vectors, corpus_vectors = _embed(queries, model, args.batch_size), _embed(corpus, model, args.batch_size)
+    # Every input is checked before the model loads, so a mistake costs no model start-up.
     if args.labels:
+        if queries.labels is None or corpus.labels is None:
+            raise ValueError("--labels needs a label on every query and corpus item")
         relevant = label_relevance(queries.ids, queries.labels, corpus.ids, corpus.labels)
     else:
         relevant = read_qrels(args.qrels)
+    model = _load_model(args.model) if queries.embeddings is None or corpus.embeddings is None else None
+    query_vectors, corpus_vectors = _embed(queries, model, args.batch_size), _embed(corpus, model, args.batch_size)
     metrics = retrieval_metrics(query_vectors, corpus_vectors, queries.ids, corpus.ids, relevant, factory=args.factory)
     if args.labels:
         metrics[f"knn{args.knn_k}_accuracy"] = knn_classification_accuracy(

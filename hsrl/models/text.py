@@ -33,6 +33,7 @@ __all__ = [
     "ScratchConfig",
     "build_text_encoder",
     "encode_texts",
+    "load_sentence_transformer",
     "pair_encoder",
     "resolve_model_path",
     "save_text_encoder",
@@ -159,7 +160,7 @@ def build_text_encoder(
     else:
         path = resolve_model_path(model)
     if (Path(path) / "modules.json").is_file():
-        encoder = SentenceTransformer(path, device=device)
+        encoder = load_sentence_transformer(path, device=device)
         modules = list(encoder)
         # Keep its own modules, minus a final Normalize (re-added after any projection).
         if modules and isinstance(modules[-1], models.Normalize):
@@ -176,6 +177,18 @@ def build_text_encoder(
     encoder = SentenceTransformer(modules=modules, device=device)
     encoder.max_seq_length = max_seq_length
     return encoder
+
+
+def load_sentence_transformer(path: str | os.PathLike[str], *, device: str | None = "cpu") -> Any:
+    """Open any sentence-transformers folder hsrl writes, the Quick-Thought GRU included.
+
+    Plain ``SentenceTransformer(path)`` refuses module classes outside sentence-transformers
+    (such as :class:`hsrl.models.quickthought.QuickThoughtGRU`) unless ``trust_remote_code=True``;
+    this hands it hsrl's own, already imported class instead.
+    """
+    from hsrl.models.quickthought import load_encoder
+
+    return load_encoder(path, device=device)
 
 
 def _drop_unused_pooler(module: Any) -> None:

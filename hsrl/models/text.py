@@ -120,7 +120,7 @@ def _scratch_transformer(sentences: Sequence[str], config: ScratchConfig, folder
         num_attention_heads=config.heads, intermediate_size=config.intermediate,
         max_position_embeddings=max(512, config.max_seq_length),
     )  # fmt: skip
-    BertModel(bert, add_pooling_layer=False).save_pretrained(str(folder))
+    BertModel(bert).save_pretrained(str(folder))
 
 
 def build_text_encoder(
@@ -169,7 +169,7 @@ def build_text_encoder(
         transformer = models.Transformer(path, max_seq_length=max_seq_length)
         width = transformer.get_embedding_dimension()
         modules = [transformer, models.Pooling(width, pooling_mode=pooling)]
-    _drop_unused_pooler(modules[0])
+    _freeze_unused_pooler(modules[0])
     if projection_dim is not None:
         width = _output_width(modules)
         modules.append(models.Dense(width, projection_dim, activation_function=torch.nn.Identity()))
@@ -191,14 +191,17 @@ def load_sentence_transformer(path: str | os.PathLike[str], *, device: str | Non
     return load_encoder(path, device=device)
 
 
-def _drop_unused_pooler(module: Any) -> None:
-    """Remove a BERT-style pooler: sentence embeddings pool the token states and never use it.
+def _freeze_unused_pooler(module: Any) -> None:
+    """Freeze a BERT-style pooler: sentence embeddings pool the token states and never use it.
 
-    Left in place, its parameters get no gradient, which distributed data parallel rejects.
+    Trainable, its parameters get no gradient, which distributed data parallel rejects;
+    frozen, DDP ignores them, and the saved folder still holds them (so reloading it
+    does not report newly initialised weights).
     """
     inner = getattr(module, "auto_model", None) or getattr(module, "model", None)
-    if inner is not None and getattr(inner, "pooler", None) is not None:
-        inner.pooler = None
+    pooler = getattr(inner, "pooler", None) if inner is not None else None
+    if isinstance(pooler, torch.nn.Module):
+        pooler.requires_grad_(False)
 
 
 def _output_width(modules: list[Any]) -> int:

@@ -27,7 +27,7 @@ from torch.utils.data import IterableDataset
 
 from hsrl.data.text import Document, austen_splits, split_sentences
 
-__all__ = ["BookCorpusPairs", "TEXT_SUFFIXES", "load_documents", "read_text_file", "split_heldout"]
+__all__ = ["TEXT_SUFFIXES", "BookCorpusPairs", "load_documents", "read_text_file", "split_heldout"]
 
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".parquet")
 

@@ -21,6 +21,7 @@ needs ``trust_remote_code=True`` or ``hsrl.models.quickthought.load_encoder``) w
 
 from __future__ import annotations
 
+import itertools
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,10 @@ from hsrl.models.quickthought import (
 )
 from hsrl.models.text import ScratchConfig, build_text_encoder, pair_collate, pair_encoder, save_text_encoder
 from hsrl.training import TrainConfig, TrainingDivergedError, fit, make_dataloader, training_session
+
+
+#: Streamed sentences a from-scratch tokenizer is trained on when the data is BookCorpus.
+TOKENIZER_SAMPLE = 200_000
 
 
 @dataclass
@@ -106,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                              "sentences); combine it only with uniform")  # fmt: skip
         if config.dataset == "bookcorpus":
             train_pairs = BookCorpusPairs()  # in corpus order: its first sentences are consecutive too
-            train_sentences = [train_pairs.first["text"]]
+            # A from-scratch tokenizer learns its vocabulary from the start of the stream.
+            train_sentences = [a for a, _ in itertools.islice(train_pairs, TOKENIZER_SAMPLE)]
             _, heldout = austen_splits()  # BookCorpus has no held-out split: evaluate on Persuasion
         else:
             train_docs, heldout = load_documents(config.dataset)

@@ -45,7 +45,6 @@ from hsrl.models.quickthought import (
 from hsrl.models.text import ScratchConfig, build_text_encoder, pair_collate, pair_encoder, save_text_encoder
 from hsrl.training import TrainConfig, TrainingDivergedError, fit, make_dataloader, training_session
 
-
 #: Streamed sentences a from-scratch tokenizer is trained on when the data is BookCorpus.
 TOKENIZER_SAMPLE = 200_000
 

@@ -51,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     placements = ["auto", "never", "shard", "replicate"]
     models.add_argument("--index-gpu", default="auto", choices=placements, help="index placement" + _DEFAULT)
     models.add_argument(
-        "--torch-threads", type=int, default=None, help="torch intra-op threads (default: torch's, one per core)"
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: $OMP_NUM_THREADS, else one per core less one for the HTTP loop)",
     )
     models.add_argument("--index-mmap", action="store_true", help="memory-map the indexes (read-only: no writes)")
 
@@ -89,6 +92,23 @@ def named_path(spec: str, flag: str) -> tuple[str | None, Path]:
     return name, Path(path)
 
 
+def _torch_threads(requested: int | None) -> int | None:
+    """Intra-op threads for the models: the flag, else $OMP_NUM_THREADS (torch reads it), else cores - 1.
+
+    Measured on a 2-core machine: the model in the worker thread ran 2.5x faster with 1 thread than with 2,
+    because the event loop, tokenizer and clients take a core and an OpenMP team stalls at every barrier
+    when one of its threads is descheduled.
+    """
+    if requested is not None:
+        if requested < 1:
+            raise _UsageError(f"--torch-threads must be >= 1, got {requested}")
+        return requested
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - 1)
+
+
 def _build_service(args: argparse.Namespace):  # -> service.runtime.Service (imports deferred: --help stays fast)
     from service.encoders import load_image_encoder, load_text_encoder
     from service.indexes import IndexRegistry
@@ -113,12 +133,11 @@ def _build_service(args: argparse.Namespace):  # -> service.runtime.Service (imp
     for spec in args.index:
         name, folder = named_path(spec, "--index")
         indexes.load(name or folder.resolve().name, folder, mmap=args.index_mmap, gpu=args.index_gpu)
-    if args.torch_threads is not None:
-        if args.torch_threads < 1:
-            raise _UsageError(f"--torch-threads must be >= 1, got {args.torch_threads}")
+    threads = _torch_threads(args.torch_threads)
+    if threads is not None:
         import torch
 
-        torch.set_num_threads(args.torch_threads)
+        torch.set_num_threads(threads)
     encoders = []
     if args.text_model:
         name, folder = named_path(args.text_model, "--text-model")

@@ -178,3 +178,16 @@ def test_models_and_indexes_take_an_optional_name() -> None:
     assert named_path("runs/model", "--text-model") == (None, Path("runs/model"))
     with pytest.raises(Exception, match="expected NAME=PATH"):
         named_path("docs=", "--index")
+
+
+def test_torch_threads_leave_a_core_for_the_http_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.cli import _torch_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cores = len(os.sched_getaffinity(0))
+    assert _torch_threads(None) == max(1, cores - 1)
+    assert _torch_threads(3) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert _torch_threads(None) is None  # torch reads OMP_NUM_THREADS itself
+    with pytest.raises(Exception, match="--torch-threads must be >= 1"):
+        _torch_threads(0)

@@ -440,7 +440,13 @@ def _cell(value: Any) -> Any:
 def write_report(path: Path, title: str, sections: Sequence[tuple[str, str]], ctx: Context, seconds: float) -> Path:
     """A short Markdown report: title, how it was made, then ``(heading, body)`` sections."""
     mode = "quick (tiny settings, for CI)" if ctx.quick else "full"
-    lines = [f"# {title}", "", f"Mode: {mode}; device: {ctx.device}; wall time: {seconds:.0f} s.", ""]
+    lines = [
+        f"# {title}",
+        "",
+        f"Mode: {mode}; device: {ctx.device}; wall time of this invocation: {seconds:.0f} s "
+        "(runs finished earlier are reused, not retrained).",
+        "",
+    ]
     for heading, body in sections:
         lines += [f"## {heading}", "", body.strip(), ""]
     atomic_write_bytes(path, "\n".join(lines).encode())

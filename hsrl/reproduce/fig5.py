@@ -155,11 +155,23 @@ def _reading(rho_align: float, rho_uniform: float, rows: list[dict[str, object]]
             return "undefined (too few or constant values)"
         return "agrees (lower is more accurate)" if rho < 0 else "does not agree (lower is not more accurate)"
 
+    def point(family: str) -> str:
+        found = [r for r in rows if r["family"] == family]
+        if not found:
+            return ""
+        r = found[0]
+        return (
+            f" {family}: L_align {float(r['alignment']):.3f}, L_uniform {float(r['uniformity']):.3f}, "  # type: ignore[arg-type]
+            f"accuracy {float(r['knn5_accuracy']):.4f};"  # type: ignore[arg-type]
+        )
+
     return (
         "The paper: accurate encoders have both low alignment and low uniformity loss. "
         f"Here, alignment vs accuracy: ρ = {rho_align:.2f}, {verdict(rho_align)}; uniformity vs accuracy: "
         f"ρ = {rho_uniform:.2f}, {verdict(rho_uniform)}. The most accurate run is `{best['objective']}` "
-        f"({float(best['knn5_accuracy']):.4f}). Each metric alone need not rank the runs: a collapsed encoder "  # type: ignore[arg-type]
-        "(align only) is perfectly aligned and useless, a uniform-only one is uniform and unaligned; the claim is "
-        "about having both low."
+        f"({float(best['knn5_accuracy']):.4f}: L_align {float(best['alignment']):.3f}, "  # type: ignore[arg-type]
+        f"L_uniform {float(best['uniformity']):.3f}). A rank correlation of one metric at a time can mislead when "  # type: ignore[arg-type]
+        "the runs trade one metric against the other, from well aligned but not uniform to uniform but not "
+        "aligned:" + point("align only") + point("uniform only") + " the claim is about having both low, i.e. "
+        "where on that curve the accurate runs sit (see the figure)."
     )

@@ -565,6 +565,10 @@ class VectorIndex:
         target = Path(path)
         with self._lock:
             target.parent.mkdir(parents=True, exist_ok=True)
+            # A process killed mid-save leaves its temporary copy behind; one writer per index
+            # folder is assumed, so any such leftover is stale.
+            for stale in target.parent.glob(f".tmp-{target.name}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
             try:
                 # self._index is the CPU copy (GPU copies are search mirrors), so it is written as is.

@@ -78,8 +78,8 @@ class IndexRegistry:
 
         if name in self._indexes:
             raise ValueError(f"two indexes named {name!r}")
-        if not Path(folder).is_dir():
-            raise ValueError(f"index folder not found: {folder}")
+        # VectorIndex.load reports a missing folder itself, and falls back to the complete
+        # previous copy when a save died between its two renames: no existence check here.
         served = ServedIndex(name, Path(folder), VectorIndex.load(folder, mmap=mmap, gpu=gpu))
         self._indexes[name] = served
         return served

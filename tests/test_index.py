@@ -341,3 +341,15 @@ def test_cli_search_rejects_bad_queries(data: np.ndarray, tmp_path: Path, capsys
     assert "must be L2-normalised" in capsys.readouterr().err
     assert hsrl_main(["index", "search", "--index", str(tmp_path / "ix"), "--text", "hi"]) == 2
     assert "--text needs --model" in capsys.readouterr().err
+
+
+def test_save_removes_temporary_copies_left_by_a_killed_save(tmp_path: Path) -> None:
+    index = VectorIndex.create(8, "Flat", gpu="never")
+    vectors = np.eye(8, dtype=np.float32)
+    index.add(vectors)
+    leftover = tmp_path / ".tmp-idx-crashed"
+    leftover.mkdir()
+    (leftover / "index.faiss").write_bytes(b"partial")
+    index.save(tmp_path / "idx")
+    assert not leftover.exists()
+    assert VectorIndex.load(tmp_path / "idx").ntotal == 8

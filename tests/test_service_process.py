@@ -112,7 +112,7 @@ def test_sigkill_during_adds_leaves_the_state_before_or_after(tmp_path: Path) ->
     ("args", "message"),
     [
         ([], "nothing to serve"),
-        (["--index", "/does/not/exist"], "index folder not found"),
+        (["--index", "/does/not/exist"], "no index at /does/not/exist"),
         (["--text-model", "/does/not/exist"], "text model folder not found"),
         (["--index", "x", "--bogus"], "unrecognized arguments"),
         (["--index", "x", "--port", "http"], "invalid int value"),

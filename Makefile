@@ -40,8 +40,9 @@ test: setup
 	@echo "==> pytest (fast suite; slow tests: make test-slow)"
 	$(PY) -m pytest
 
+# Long runs live here, outside CI (none are marked yet: pytest's "no tests" exit 5 is not a failure).
 test-slow: setup
-	$(PY) -m pytest -m slow
+	$(PY) -m pytest -m slow || [ $$? -eq 5 ]
 
 # The main job on the embedded default: fine-tune the packaged all-MiniLM-L6-v2 on neighbouring
 # sentences of the Austen novels (Persuasion held out), then print its evaluation against the

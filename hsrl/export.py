@@ -195,9 +195,9 @@ def model_kind(model: str | os.PathLike[str]) -> str:
 def load_encoder(model: str | os.PathLike[str], kind: str, *, batch_size: int, device: str | None) -> EncodeFn:
     """A function mapping a list of texts (or image paths) to float32 rows."""
     if kind == "text":
-        from sentence_transformers import SentenceTransformer  # lazy: heavy import
+        from hsrl.models.text import load_sentence_transformer  # lazy: heavy import
 
-        encoder = SentenceTransformer(str(model), device=device)
+        encoder = load_sentence_transformer(model, device=device)
 
         def encode_texts(texts: list[str]) -> np.ndarray:
             return encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,

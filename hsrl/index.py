@@ -877,9 +877,9 @@ def _query_rows(args: argparse.Namespace, dim: int) -> np.ndarray:
         raise UsageError("hsrl index search: error: --text needs --model (a sentence-transformers folder)")
     if not Path(args.model).is_dir():
         raise ValueError(f"--model {args.model}: no such model folder")
-    from sentence_transformers import SentenceTransformer  # lazy: heavy import, only for text queries
+    from hsrl.models.text import load_sentence_transformer  # lazy: heavy import, only for text queries
 
-    model = SentenceTransformer(str(args.model), device="cpu")
+    model = load_sentence_transformer(args.model, device="cpu")
     return model.encode(args.text, normalize_embeddings=True, convert_to_numpy=True)
 
 

@@ -22,6 +22,7 @@ needs ``trust_remote_code=True`` or ``hsrl.models.quickthought.load_encoder``) w
 from __future__ import annotations
 
 import itertools
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,8 +182,6 @@ def main(argv: list[str] | None = None) -> int:
 
         if accelerator.is_main_process:
             if baseline is None and (output / "baseline_metrics.json").is_file():
-                import json
-
                 baseline = json.loads((output / "baseline_metrics.json").read_text())
             trained = evaluate_text_encoder(result.model, heldout, **evaluate)
             save_text_encoder(result.model, output / "model")

@@ -94,9 +94,9 @@ def load_text_encoder(path: str | Path, *, device: str | None = None, name: str 
     folder = Path(path)
     if not folder.is_dir():
         raise ValueError(f"text model folder not found: {folder}")
-    from sentence_transformers import SentenceTransformer  # slow to import: only once the folder is there
+    from hsrl.models.text import load_sentence_transformer  # slow to import: only once the folder is there
 
-    model = SentenceTransformer(str(folder), device=device)
+    model = load_sentence_transformer(folder, device=device)
     return TextEncoder(model, name or folder.name)
 
 

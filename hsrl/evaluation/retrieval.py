@@ -274,9 +274,9 @@ def _load_model(path: str | None) -> Any:
         return None
     if not Path(path).is_dir():
         raise ValueError(f"--model {path}: no such model folder")
-    from sentence_transformers import SentenceTransformer  # lazy: heavy import
+    from hsrl.models.text import load_sentence_transformer  # lazy: heavy import
 
-    return SentenceTransformer(str(path))
+    return load_sentence_transformer(path, device=None)
 
 
 # --------------------------------------------------------------------------- command line

@@ -286,24 +286,30 @@ def theorem1(
 # --------------------------------------------------------------------------- table
 
 
-def table_bars(summary: Sequence[Mapping[str, object]], path: str | os.PathLike[str], *, title: str = "") -> None:
-    """Mean ± std over seeds of 5-NN accuracy, alignment and uniformity, one bar per encoder.
+#: The image table's panels: (summary key, axis label).
+IMAGE_TABLE_METRICS: tuple[tuple[str, str], ...] = (
+    ("knn5_accuracy", "5-NN test accuracy"),
+    ("alignment", "L_align (α = 2)"),
+    ("uniformity", "L_uniform (t = 2)"),
+)
 
-    ``summary`` rows need ``encoder`` and, per metric ``k`` in (``knn5_accuracy``, ``alignment``,
-    ``uniformity``), ``k_mean`` and ``k_std`` (missing metrics are left blank).
+
+def table_bars(
+    summary: Sequence[Mapping[str, object]],
+    path: str | os.PathLike[str],
+    *,
+    title: str = "",
+    metrics: Sequence[tuple[str, str]] = IMAGE_TABLE_METRICS,
+) -> None:
+    """Mean ± std over seeds of each of ``metrics`` (key, axis label), one panel each, one bar per encoder.
+
+    ``summary`` rows need ``encoder`` and, per metric key ``k``, ``k_mean`` and ``k_std`` (missing metrics are
+    left blank). Panels whose key ends in ``accuracy`` or starts with ``recall``/``mrr`` are zoomed on the bars.
     """
-    figure = Figure(figsize=(13, 4.2), layout="constrained")
-    axes = figure.subplots(1, 3)
+    figure = Figure(figsize=(4.4 * len(metrics), 4.2), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, len(metrics)))
     names = [str(r["encoder"]) for r in summary]
-    for ax, (key, label) in zip(
-        axes,
-        (
-            ("knn5_accuracy", "5-NN test accuracy"),
-            ("alignment", "L_align (α = 2)"),
-            ("uniformity", "L_uniform (t = 2)"),
-        ),
-        strict=True,
-    ):
+    for ax, (key, label) in zip(axes, metrics, strict=True):
         means = [_number(r.get(f"{key}_mean")) for r in summary]
         stds = [_number(r.get(f"{key}_std")) for r in summary]
         x = np.arange(len(names))
@@ -319,8 +325,9 @@ def table_bars(summary: Sequence[Mapping[str, object]], path: str | os.PathLike[
         ax.set_xticks(x, names, rotation=20, ha="right", fontsize=8)
         ax.set_ylabel(label)
         finite = [m for m in means if math.isfinite(m)]
-        if key == "knn5_accuracy" and finite:
-            ax.set_ylim(max(0.0, min(finite) - 0.05), min(1.0, max(finite) + 0.03))
+        if finite and (key.endswith("accuracy") or key.startswith(("recall", "mrr"))):
+            spread = max(finite) - min(finite)
+            ax.set_ylim(max(0.0, min(finite) - max(0.05, spread)), min(1.0, max(finite) + max(0.03, spread / 2)))
         for xi, m, s in zip(x, means, stds, strict=True):
             if math.isfinite(m):
                 ax.annotate(

@@ -29,7 +29,7 @@ from hsrl.configuration import config_to_dict, parse_config
 from hsrl.data.images import TwoViewDataset, augment_defaults, make_view_loader, open_images
 from hsrl.evaluation.image import evaluate_image_encoder, format_report, summary_metrics
 from hsrl.losses import HypersphereLoss
-from hsrl.models.image import DEFAULT_EVAL_LAYERS, build_encoder, save
+from hsrl.models.image import DEFAULT_EVAL_LAYERS, build_encoder, headline_layers, save
 from hsrl.training import TrainConfig, TrainingDivergedError, fit, training_session, write_run_metrics
 
 
@@ -119,9 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         if config.eval:
             layers = list(config.eval_layers or DEFAULT_EVAL_LAYERS[config.encoder])
             # Headline figures: the paper's taps (linear on fc7, k-NN on the output) when evaluated.
-            linear_layer, knn_layer = DEFAULT_EVAL_LAYERS[config.encoder]
-            linear_layer = linear_layer if linear_layer in layers else layers[0]
-            knn_layer = knn_layer if knn_layer in layers else layers[-1]
+            linear_layer, knn_layer = headline_layers(config.encoder, layers)
             try:
                 report = evaluate_image_encoder(
                     result.model, config.dataset, layers=layers,

@@ -68,8 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--log-level", default="info", choices=levels, help="log level" + _DEFAULT)
 
     batching = parser.add_argument_group("micro-batching")
-    batching.add_argument("--max-batch-size", type=int, default=64, help="most items per model call" + _DEFAULT)
+    batching.add_argument("--max-batch-size", type=int, default=32, help="most items per model call" + _DEFAULT)
     batching.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill" + _DEFAULT)
+    batching.add_argument(
+        "--batch-window",
+        type=int,
+        default=256,
+        help="items taken off the queue per round; texts are sorted by length within it" + _DEFAULT,
+    )
     batching.add_argument("--max-queue", type=int, default=1024, help="items waiting before 429" + _DEFAULT)
     batching.add_argument("--wedge-timeout-s", type=float, default=120.0, help="a longer batch: /health 503" + _DEFAULT)
 
@@ -126,7 +132,13 @@ def _build_service(args: argparse.Namespace):  # -> service.runtime.Service (imp
         max_image_pixels=args.max_image_pixels,
         max_k=args.max_k,
     )
-    batching = BatchingConfig(args.max_batch_size, args.max_wait_ms, args.max_queue, args.wedge_timeout_s)
+    batching = BatchingConfig(
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        window=args.batch_window,
+        wedge_timeout_s=args.wedge_timeout_s,
+    )
     api_key = args.api_key or os.environ.get("HSRL_API_KEY") or None
     config = ServiceConfig(limits=limits, batching=batching, api_key=api_key, cors_origins=tuple(args.cors_origin))
     indexes = IndexRegistry()

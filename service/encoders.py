@@ -6,7 +6,7 @@ Each encoder turns a list of items into L2-normalised float32 rows plus a per-it
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,8 @@ class Encoder:
     name: str
     modality: str
     dim: int
+    #: orders items so that a model call holds similar ones (texts: by length, less padding); None: no order
+    sort_key: Callable[[Any], Any] | None = None
 
     def encode(self, items: list[Any]) -> Encoded:  # pragma: no cover - interface
         raise NotImplementedError
@@ -57,6 +59,9 @@ class TextEncoder(Encoder):
 
     def __init__(self, model: Any, name: str, *, sub_batch_size: int = 32) -> None:
         self.model, self.name, self.sub_batch_size = model, name, sub_batch_size
+        # The batcher sorts a window of queued texts by length (as sentence-transformers does within one call)
+        # so that a model call pads its texts to similar lengths: across requests, not only within one.
+        self.sort_key: Callable[[Any], Any] = len
         dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         self.dim = int(dimension())
         self.max_seq_length = int(getattr(model, "max_seq_length", 0) or 0) or None

@@ -1,14 +1,18 @@
 """Dynamic micro-batching: concurrent requests share model batches, run by one worker thread per model.
 
-A request's items are queued as one slice; the worker takes items from the front of the queue until it holds
-``max_batch_size`` or the oldest waiting item has waited ``max_wait_ms``, splitting a slice that does not fit
-(so a client batch larger than ``max_batch_size`` is spread over several model batches, never rejected). The
-model runs in the worker thread, so the event loop keeps accepting requests while it computes; results are
-handed back with ``loop.call_soon_threadsafe``.
+A request's items are queued as one slice. The worker waits until ``max_batch_size`` items are queued or the
+oldest has waited ``max_wait_ms``, then takes up to ``window`` items from the front of the queue (splitting a
+slice that does not fit, so a client batch of any size is spread over several model calls, never rejected).
+With a ``sort_key`` (text: the string's length) the window is sorted by it and cut into model calls of at most
+``max_batch_size`` items: texts of similar length share a call, so little compute goes to padding, across
+requests and not only within one. Each request is answered as soon as its last item is embedded. The model
+runs in the worker thread, so the event loop keeps accepting requests while it computes; results are handed
+back with ``loop.call_soon_threadsafe``.
 
 The queue is bounded in items: :meth:`Batcher.submit` raises :class:`QueueFullError` instead of waiting, which the
-app answers with 429 and ``Retry-After``. The worker records a heartbeat and the start of the batch in flight,
-so :meth:`Batcher.health` can tell a dead or wedged worker from a busy one.
+app answers with 429 and ``Retry-After``. The worker records a heartbeat and the start of the call in flight,
+so :meth:`Batcher.health` can tell a dead or wedged worker from a busy one. A request whose client has gone
+(its handler was cancelled) is marked done, and its items still queued or later in the window are skipped.
 """
 
 from __future__ import annotations
@@ -94,6 +98,14 @@ class _BatchPart:
     offset: int  # where they sit in the batch
 
 
+@dataclass(frozen=True)
+class _Item:
+    """Item ``index`` of ``request``: one row of a model call."""
+
+    request: _Request
+    index: int
+
+
 @dataclass
 class _State:
     queue: deque[_Slice] = field(default_factory=deque)
@@ -110,8 +122,12 @@ class Batcher:
     Args:
         name: the model's name, used in metrics and messages.
         encode: maps a list of items to an ``(n, d)`` float32 array; called only from the worker thread.
-        max_batch_size: most items per model call.
+        max_batch_size: most items per model call; the worker starts as soon as this many are queued.
         max_wait_ms: longest an item waits for its batch to fill before the worker runs a partial batch.
+        window: most items taken off the queue per round (at least ``max_batch_size``). With ``sort_key`` they
+            are sorted and cut into calls of ``max_batch_size``; a larger window wastes less on padding, at the
+            price of new requests waiting for the round in progress.
+        sort_key: orders a window's items (e.g. ``len`` for texts); ``None`` keeps arrival order.
         max_queue: most items waiting (not counting the batch in flight). A request is always admitted into an
             empty queue, so one request larger than ``max_queue`` is still served.
         wedge_timeout_s: a batch running longer than this makes :meth:`health` report the worker as wedged.
@@ -123,16 +139,22 @@ class Batcher:
         name: str,
         encode: EncodeFn,
         *,
-        max_batch_size: int = 64,
+        max_batch_size: int = 32,
         max_wait_ms: float = 5.0,
         max_queue: int = 1024,
+        window: int | None = None,
+        sort_key: Callable[[Any], Any] | None = None,
         wedge_timeout_s: float = 120.0,
         metrics: ServiceMetrics | None = None,
     ) -> None:
+        window = max_batch_size if window is None else window
         if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0 or wedge_timeout_s <= 0:
             raise ValueError("max_batch_size and max_queue must be >= 1, max_wait_ms >= 0, wedge_timeout_s > 0")
+        if window < max_batch_size:
+            raise ValueError(f"window ({window}) must be at least max_batch_size ({max_batch_size})")
         self.name, self.encode = name, encode
         self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_ms / 1000.0, max_queue
+        self.window, self.sort_key = window, sort_key
         self.wedge_timeout_s = wedge_timeout_s
         self._idle_beat_s = min(1.0, wedge_timeout_s / 4)
         self.metrics = metrics or ServiceMetrics()
@@ -229,27 +251,28 @@ class Batcher:
 
     # ---------------------------------------------------------------- worker
     def _run(self) -> None:
-        parts: list[_BatchPart] | None = None
+        in_flight: list[_Item] = []
         try:
             while True:
-                parts, size = self._next_batch()
+                parts, _ = self._next_batch()
                 if parts is None:
                     return
-                if parts:
-                    self._process(parts, size)
-                parts = None
+                for call in self._plan(parts):
+                    in_flight = call
+                    self._process(call)
+                in_flight = []
         except BaseException as error:  # the worker dies: say why, and fail everyone waiting, in flight or queued
             self._state.dead_reason = f"worker thread died: {type(error).__name__}: {error}"
             log.critical("%s", self._state.dead_reason)
             failure = EngineUnavailableError(self._state.dead_reason)
-            for part in parts or ():
-                part.request.resolve(failure)
+            for item in in_flight:
+                item.request.resolve(failure)
             self._fail_queued(failure)
         finally:
             self._state.busy_since = None
 
     def _next_batch(self) -> tuple[list[_BatchPart] | None, int]:
-        """Block until a batch is ready; ``None`` when stopping with an empty queue."""
+        """Block until a window is ready; ``None`` when stopping with an empty queue."""
         state = self._state
         with self._cond:
             while not state.queue:
@@ -257,17 +280,15 @@ class Batcher:
                     return None, 0
                 self._cond.wait(timeout=self._idle_beat_s)
                 state.heartbeat = time.monotonic()
-            # Wait for the batch to fill, at most max_wait after the oldest item arrived.
+            # Wait for one model call's worth of items, at most max_wait after the oldest item arrived.
             deadline = state.queue[0].request.enqueued_at + self.max_wait_s
             while state.queued_items < self.max_batch_size and not state.stopping:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(timeout=remaining)
-            parts, size = self._take(self.max_batch_size)
+            parts, size = self._take(self.window)
             state.heartbeat = time.monotonic()
-            if parts:  # every request taken may have been abandoned: then there is no batch to run
-                state.busy_since = state.heartbeat
             return parts, size
 
     def _take(self, capacity: int) -> tuple[list[_BatchPart], int]:
@@ -291,19 +312,38 @@ class Batcher:
                 piece.start += count
         return parts, size
 
-    def _process(self, parts: list[_BatchPart], size: int) -> None:
-        items = [item for part in parts for item in part.request.items[part.start : part.stop]]
+    def _plan(self, parts: list[_BatchPart]) -> list[list[_Item]]:
+        """Cut a window into model calls of at most ``max_batch_size`` items, sorted by ``sort_key`` if any.
+
+        The sort is stable, so items of equal key keep their arrival order.
+        """
+        items = [_Item(part.request, index) for part in parts for index in range(part.start, part.stop)]
+        if self.sort_key is not None:
+            key = self.sort_key
+            items.sort(key=lambda item: key(item.request.items[item.index]))
+        step = self.max_batch_size
+        return [items[i : i + step] for i in range(0, len(items), step)]
+
+    def _process(self, call: list[_Item]) -> None:
+        """Run one model call and hand each row to its request; skip the items of requests already done."""
+        call = [item for item in call if not item.request.done]  # the client left while the window ran
+        if not call:
+            return
+        size = len(call)
+        inputs = [item.request.items[item.index] for item in call]
+        self._state.busy_since = time.monotonic()
         started = time.perf_counter()
         try:
-            output = self.encode(items)
+            output = self.encode(inputs)
             vectors, tokens = output if isinstance(output, tuple) else (output, np.zeros(size, dtype=np.int64))
             vectors = np.asarray(vectors, dtype=np.float32)
+            tokens = np.asarray(tokens, dtype=np.int64)
             if vectors.ndim != 2 or vectors.shape[0] != size or len(tokens) != size:
                 raise RuntimeError(f"model returned {vectors.shape} rows and {len(tokens)} counts for {size} items")
-        except Exception as error:  # one bad batch fails its requests, not the worker
+        except Exception as error:  # one bad call fails its requests, not the worker
             log.exception("batch of %d failed on %s", size, self.name)
-            for part in parts:
-                part.request.resolve(error)
+            for item in call:
+                item.request.resolve(error)
             return
         finally:
             elapsed = time.perf_counter() - started
@@ -313,17 +353,16 @@ class Batcher:
         self.metrics.inference.observe(elapsed, model=self.name)
         self.metrics.batch_size.observe(size, model=self.name)
         self.metrics.items.inc(size, model=self.name)
-        for part in parts:
-            request = part.request
+        for row, item in enumerate(call):
+            request = item.request
             if request.done:
                 continue
             if request.result is None or request.tokens is None:
                 request.result = np.empty((len(request.items), vectors.shape[1]), dtype=np.float32)
                 request.tokens = np.zeros(len(request.items), dtype=np.int64)
-            rows = slice(part.offset, part.offset + part.stop - part.start)
-            request.result[part.start : part.stop] = vectors[rows]
-            request.tokens[part.start : part.stop] = tokens[rows]
-            request.remaining -= part.stop - part.start
+            request.result[item.index] = vectors[row]
+            request.tokens[item.index] = tokens[row]
+            request.remaining -= 1
             if request.remaining == 0:
                 request.resolve((request.result, request.tokens))
 

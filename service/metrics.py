@@ -210,6 +210,13 @@ class ServiceMetrics:
         )
         self.inference = add(Histogram("hsrl_inference_seconds", "Model time per batch.", ("model",), LATENCY_BUCKETS))
         self.items = add(Counter("hsrl_embedded_items_total", "Items embedded by a model.", ("model",)))
+        self.abandoned = add(
+            Counter(
+                "hsrl_abandoned_requests_total",
+                "Requests whose client disconnected before their embeddings were ready (their work is dropped).",
+                ("model",),
+            )
+        )
         self.index_vectors = add(Gauge("hsrl_index_vectors", "Vectors held by an index.", ("index",)))
 
     def render(self) -> str:

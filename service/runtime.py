@@ -6,15 +6,17 @@ names a modality or an encoder), turns engine failures into HTTP errors, and rep
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib.metadata
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from service.encoders import Encoder
-from service.engine import Batcher, EngineUnavailableError, QueueFullError
+from service.engine import Batcher, Embedded, EngineUnavailableError, QueueFullError
 from service.errors import ServiceError
 from service.indexes import IndexRegistry, ServedIndex
 from service.limits import Limits
@@ -32,11 +34,12 @@ def service_version() -> str:
 
 @dataclass(frozen=True)
 class BatchingConfig:
-    """Micro-batching: see :class:`service.engine.Batcher`."""
+    """Micro-batching: see :class:`service.engine.Batcher` (a window below ``max_batch_size`` is raised to it)."""
 
-    max_batch_size: int = 64
+    max_batch_size: int = 32
     max_wait_ms: float = 5.0
     max_queue: int = 1024
+    window: int = 256
     wedge_timeout_s: float = 120.0
 
 
@@ -78,6 +81,8 @@ class Service:
                 max_batch_size=b.max_batch_size,
                 max_wait_ms=b.max_wait_ms,
                 max_queue=b.max_queue,
+                window=max(b.window, b.max_batch_size),
+                sort_key=encoder.sort_key,
                 wedge_timeout_s=b.wedge_timeout_s,
                 metrics=self.metrics,
             )
@@ -120,10 +125,22 @@ class Service:
     def _by_modality(self, modality: str) -> Encoder | None:
         return next((e for e in self.encoders.values() if e.modality == modality), None)
 
-    async def embed(self, encoder: Encoder, items: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
-        """Rows and token counts for ``items``, through the encoder's batcher; 429/503 when it cannot take them."""
+    async def embed(
+        self,
+        encoder: Encoder,
+        items: Sequence[Any],
+        disconnected: Callable[[], Awaitable[Any]] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and token counts for ``items``, through the encoder's batcher; 429/503 when it cannot take them.
+
+        ``disconnected`` returns once the client has gone away. If that happens first, the request is withdrawn
+        from the batcher (its items still queued are never embedded) and a 499 is raised, which nobody reads.
+        """
         try:
-            return await self.batchers[encoder.name].submit(items)
+            submitted = self.batchers[encoder.name].submit(items)
+            if disconnected is None:
+                return await submitted
+            return await self._unless_disconnected(encoder.name, submitted, disconnected)
         except QueueFullError as error:
             retry = {"Retry-After": str(error.retry_after)}
             raise ServiceError(429, str(error), "queue_full", headers=retry) from error
@@ -131,6 +148,23 @@ class Service:
             raise ServiceError(503, f"model {encoder.name!r} is unavailable: {error}", "engine_unavailable") from error
         except Exception as error:  # the model failed on this batch (logged by the worker); the worker lives on
             raise ServiceError(500, f"model {encoder.name!r} failed on this batch", "inference_error") from error
+
+    async def _unless_disconnected(
+        self, model: str, work: Awaitable[Embedded], disconnected: Callable[[], Awaitable[Any]]
+    ) -> Embedded:
+        task, watcher = asyncio.ensure_future(work), asyncio.ensure_future(disconnected())
+        try:
+            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                return task.result()
+            task.cancel()  # Batcher.submit marks the request done: the worker skips what is left of it
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            self.metrics.abandoned.inc(model=model)
+            raise ServiceError(499, "the client closed the connection", "client_closed")
+        finally:
+            for pending in (task, watcher):
+                pending.cancel()
 
     # ---------------------------------------------------------------- indexes
     def index(self, name: str | None) -> ServedIndex:

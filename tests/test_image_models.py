@@ -15,6 +15,7 @@ from hsrl.models.image import (
     ImagePreprocess,
     SmallAlexNet,
     build_encoder,
+    headline_layers,
     load,
     load_preprocess,
     resnet18,
@@ -127,3 +128,22 @@ def test_compile_option_keeps_the_class_and_the_weight_names(tmp_path: Path) -> 
     reference = small_alexnet(image_size=32, width=0.1, fc_dim=64)
     assert list(compiled.state_dict()) == list(reference.state_dict())
     assert load(save(compiled, tmp_path / "m")).config == compiled.config
+
+
+@pytest.mark.parametrize(
+    ("evaluated", "expected"),
+    [
+        (["fc7", "output"], ("fc7", "output")),  # the paper's taps
+        (["conv5", "fc7", "output"], ("fc7", "output")),
+        (["output"], ("output", "output")),  # fc7 left out: the linear headline falls back, no KeyError
+        (["conv5"], ("conv5", "conv5")),
+        (["conv5", "fc7"], ("fc7", "fc7")),
+    ],
+)
+def test_headline_layers_only_name_layers_that_were_evaluated(evaluated: list[str], expected: tuple) -> None:
+    assert headline_layers("small_alexnet", evaluated) == expected
+
+
+def test_headline_layers_needs_a_layer() -> None:
+    with pytest.raises(ValueError, match="no layers"):
+        headline_layers("resnet18", [])

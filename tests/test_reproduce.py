@@ -23,7 +23,7 @@ from matplotlib.image import imread
 
 from hsrl.cli import main as hsrl_main
 from hsrl.losses import HypersphereLoss, contrastive_loss
-from hsrl.reproduce import EXPERIMENTS, cli_main, common, fig3, fig5, fig8, table, theorem1
+from hsrl.reproduce import EXPERIMENTS, cli_main, common, fig3, fig5, fig8, table, text_table, theorem1
 from hsrl.reproduce.common import EvalSizes, ImageBudget, RunSpec
 
 #: experiment -> (its figure, {csv file: its exact header})
@@ -237,7 +237,38 @@ def test_table_summary_is_mean_and_std_of_the_seeds(quick_outputs: Path) -> None
         assert float(row["knn5_accuracy_mean"]) == pytest.approx(np.mean(accuracy), abs=1e-5)
         assert float(row["knn5_accuracy_std"]) == pytest.approx(np.std(accuracy, ddof=1), abs=1e-5)
     assert {"align+uniform", "contrastive"} <= {r["encoder"] for r in summary}
-    assert "not included" in (quick_outputs / "table" / "report.md").read_text()  # the text part says so
+
+
+def test_table_text_half_runs_the_text_recipe_for_both_objectives_and_every_seed(quick_outputs: Path) -> None:
+    folder = quick_outputs / "table"
+    _, per_seed = read_csv(folder / "table_text_per_seed.csv")
+    _, summary = read_csv(folder / "table_text.csv")
+    assert len(text_table.FULL.seeds) >= 3
+    expected = {(name, seed) for name, _ in text_table.TEXT_ENCODERS for seed in text_table.QUICK.seeds}
+    assert {(r["encoder"], int(r["seed"])) for r in per_seed} == expected
+    for row in summary:
+        runs = [r for r in per_seed if r["encoder"] == row["encoder"]]
+        if not runs:  # the untouched model, measured once
+            assert row["encoder"].startswith("untouched") and int(row["seeds"]) == 1
+            continue
+        recall = [float(r["recall@10"]) for r in runs]
+        assert all(0 <= value <= 1 for value in recall)
+        assert float(row["recall@10_mean"]) == pytest.approx(np.mean(recall), abs=1e-6)
+        assert float(row["recall@10_std"]) == pytest.approx(np.std(recall, ddof=1), abs=1e-6)
+        assert all(float(r["uniform"]) < 0 for r in runs)  # log E exp(-t d²) of unit vectors is below 0
+    # Each run is a real recipe run, its settings hashed into its folder, with the model it trained.
+    runs_dir = folder / "runs"
+    text_runs = sorted(runs_dir.glob("text-*"))
+    assert len(text_runs) == len(expected)
+    for run in text_runs:
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["steps"] == text_table.QUICK.budget.steps
+        assert (run / "model" / "modules.json").is_file()
+    report = (folder / "report.md").read_text()
+    assert "Text: results" in report and "recipes/bookcorpus.py" in report
+    trained_before = len(common.TRAINED_RUNS)
+    assert cli_main(["table", "--quick", "--output-dir", str(folder), "--device", "cpu"]) == 0
+    assert len(common.TRAINED_RUNS) == trained_before  # finished text runs are read back, not retrained
 
 
 # --------------------------------------------------------------------------- skipping and resuming

@@ -122,9 +122,76 @@ def test_a_client_batch_larger_than_max_batch_is_split_not_rejected() -> None:
     assert buckets['{model="minilm",le="4"}'] == count  # no batch above max_batch_size
 
 
+class RecordingEncoder(GatedEncoder):
+    """The gated MiniLM encoder, remembering the texts of every model call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[list[str]] = []
+
+    def encode(self, items: list[Any]):
+        self.calls.append(list(items))
+        return super().encode(items)
+
+
+def test_a_window_is_sorted_by_length_across_requests_and_each_request_keeps_its_order() -> None:
+    encoder = RecordingEncoder()
+    service = build_service(encoders=[encoder], batching=BatchingConfig(max_batch_size=2, max_wait_ms=1, window=16))
+    requests = [
+        [SENTENCES[0] * 3, "Short."],
+        ["Tiny.", SENTENCES[1] * 2, SENTENCES[2]],
+        [SENTENCES[3]],
+    ]
+    with serve(service) as live:
+        encoder.gate.clear()
+        first, _ = in_background(lambda: httpx.post(f"{live.url}/v1/embeddings", json={"input": "warm"}, timeout=60))
+        assert encoder.entered.wait(30)
+        threads = [
+            in_background(lambda t=texts: httpx.post(f"{live.url}/v1/embeddings", json={"input": t}, timeout=60))
+            for texts in requests
+        ]
+        wait_until(lambda: service.batchers["minilm"].health()["queued_items"] == 6)
+        encoder.gate.set()
+        for thread, _ in [(first, None), *threads]:
+            thread.join(60)
+    for (_, result), texts in zip(threads, requests, strict=True):
+        rows = np.array([d["embedding"] for d in result[0].json()["data"]])
+        np.testing.assert_allclose(rows, reference(texts), atol=1e-5)  # rows back in the request's own order
+    windowed = encoder.calls[1:]  # after "warm": one window of all six texts
+    assert [len(call) for call in windowed] == [2, 2, 2]
+    lengths = [len(text) for call in windowed for text in call]
+    assert lengths == sorted(lengths)
+    assert windowed[0] == ["Tiny.", "Short."]  # the two short texts of two different requests share a call
+
+
+def test_a_client_that_disconnects_is_dropped_and_its_texts_are_never_embedded() -> None:
+    encoder = RecordingEncoder()
+    service = build_service(encoders=[encoder], batching=BatchingConfig(max_batch_size=4, max_wait_ms=1))
+    with serve(service) as live:
+        encoder.gate.clear()
+        first, _ = in_background(lambda: httpx.post(f"{live.url}/v1/embeddings", json={"input": "warm"}, timeout=60))
+        assert encoder.entered.wait(30)
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up while its texts wait in the queue
+            httpx.post(f"{live.url}/v1/embeddings", json={"input": ["abandoned one", "abandoned two"]}, timeout=0.5)
+
+        def abandoned() -> float:
+            samples = metric_samples(httpx.get(f"{live.url}/metrics").text, "hsrl_abandoned_requests_total")
+            return samples.get('{model="minilm"}', 0.0)
+
+        wait_until(lambda: abandoned() == 1.0)
+        assert service.batchers["minilm"].health()["queued_items"] == 2  # still queued, but withdrawn
+        encoder.gate.set()
+        first.join(60)
+        after = httpx.post(f"{live.url}/v1/embeddings", json={"input": "after"}, timeout=60)
+        assert after.status_code == 200
+        assert service.batchers["minilm"].health()["queued_items"] == 0
+    embedded = [text for call in encoder.calls for text in call]
+    assert embedded == ["warm", "after"]
+
+
 def test_full_queue_answers_429_with_retry_after() -> None:
     encoder = GatedEncoder()
-    service = build_service(encoders=[encoder], batching=BatchingConfig(max_batch_size=1, max_queue=2))
+    service = build_service(encoders=[encoder], batching=BatchingConfig(max_batch_size=1, max_queue=2, window=1))
     with serve(service) as live:
         encoder.gate.clear()
         post = lambda texts: httpx.post(f"{live.url}/v1/embeddings", json={"input": texts}, timeout=60)  # noqa: E731

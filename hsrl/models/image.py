@@ -53,6 +53,7 @@ __all__ = [
     "ResNetEncoder",
     "SmallAlexNet",
     "build_encoder",
+    "headline_layers",
     "load",
     "load_preprocess",
     "resnet18",
@@ -350,6 +351,19 @@ DEFAULT_EVAL_LAYERS: dict[str, tuple[str, str]] = {
     "resnet18": ("pool", "output"),
     "resnet50": ("pool", "output"),
 }
+
+
+def headline_layers(architecture: str, evaluated: Sequence[str]) -> tuple[str, str]:
+    """The (linear-probe, k-NN) layers a run reports as its headline, among the ``evaluated`` layers.
+
+    The paper's taps (:data:`DEFAULT_EVAL_LAYERS`) when they were evaluated; otherwise the first evaluated
+    layer stands in for the linear tap and the last for the k-NN tap (so ``--eval-layers conv5`` alone reports
+    conv5 for both, rather than failing on a layer that was never computed).
+    """
+    if not evaluated:
+        raise ValueError("no layers were evaluated")
+    linear, knn = DEFAULT_EVAL_LAYERS[architecture]
+    return (linear if linear in evaluated else evaluated[0], knn if knn in evaluated else evaluated[-1])
 
 
 def build_encoder(name: str, *, compile: bool = False, **kwargs: Any) -> ImageEncoder:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import Request
@@ -11,7 +12,7 @@ from pydantic_core import to_json
 from service.runtime import Service
 from service.schemas import ErrorBody
 
-__all__ = ["ERRORS", "json_response", "service_of"]
+__all__ = ["ERRORS", "json_response", "service_of", "until_disconnected"]
 
 #: Error responses documented on every route (they all carry the one error body).
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -34,3 +35,17 @@ def service_of(request: Request) -> Service:
 def json_response(payload: dict[str, Any], status_code: int = 200) -> Response:
     # pydantic-core's serializer is several times faster than json.dumps on thousands of floats.
     return Response(to_json(payload), status_code=status_code, media_type="application/json")
+
+
+def until_disconnected(request: Request) -> Callable[[], Awaitable[None]]:
+    """A coroutine factory that returns once the client of ``request`` has disconnected.
+
+    The body has been read by then, so the next ASGI message the server delivers is ``http.disconnect``: it
+    comes when the client closes the connection (or once the response is sent, when nobody waits any more).
+    """
+
+    async def wait() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    return wait

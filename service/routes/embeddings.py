@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from service.encoders import Encoder
 from service.errors import ServiceError
 from service.images import decode_image, is_data_uri
-from service.routes.common import ERRORS, json_response, service_of
+from service.routes.common import ERRORS, json_response, service_of, until_disconnected
 from service.runtime import Service
 from service.schemas import EmbeddingRequest, EmbeddingResponse
 from service.validation import check_count, check_dimensions, check_texts, decode_data_uris, encode_rows, truncate
@@ -30,13 +30,14 @@ def _modality(items: list[str]) -> str:
 
 
 async def _respond(
+    request: Request,
     service: Service,
     encoder: Encoder,
     items: list,
     encoding_format: str,
     dimensions: int | None,
 ) -> Response:
-    vectors, tokens = await service.embed(encoder, items)
+    vectors, tokens = await service.embed(encoder, items, until_disconnected(request))
     vectors = truncate(vectors, dimensions, encoder.dim)
     rows = encode_rows(vectors, encoding_format)
     used = int(np.sum(tokens))
@@ -68,7 +69,7 @@ async def create_embeddings(body: EmbeddingRequest, request: Request) -> Respons
         inputs: list = items
     else:
         inputs = await run_in_threadpool(decode_data_uris, items, service.limits, "input")
-    return await _respond(service, encoder, inputs, body.encoding_format, body.dimensions)
+    return await _respond(request, service, encoder, inputs, body.encoding_format, body.dimensions)
 
 
 @router.post("/v1/embeddings/upload", response_model=EmbeddingResponse, responses=ERRORS)
@@ -91,7 +92,7 @@ async def upload_embeddings(
         return [decode_image(data, max_pixels=max_pixels, where=f"files[{i}]") for i, data in enumerate(payloads)]
 
     images = await run_in_threadpool(decode_all)
-    return await _respond(service, encoder, images, encoding_format, dimensions)
+    return await _respond(request, service, encoder, images, encoding_format, dimensions)
 
 
 @router.get("/v1/models")

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.errors import ServiceError
 from service.indexes import ServedIndex
-from service.routes.common import ERRORS, json_response, service_of
+from service.routes.common import ERRORS, json_response, service_of, until_disconnected
 from service.runtime import Service
 from service.schemas import AddRequest, AddResponse, DeleteResponse, SearchRequest, SearchResponse
 from service.validation import check_count, check_ids, check_texts, decode_data_uris, unit_vectors
@@ -49,7 +49,7 @@ def _check_model_dim(served: ServedIndex, dim: int, model: str) -> None:
         )
 
 
-async def _query_vector(service: Service, served: ServedIndex, body: SearchRequest) -> np.ndarray:
+async def _query_vector(request: Request, service: Service, served: ServedIndex, body: SearchRequest) -> np.ndarray:
     given = [name for name in ("text", "image", "vector") if getattr(body, name) is not None]
     if len(given) != 1:
         raise ServiceError(422, f"give exactly one of text, image, vector (got {given or 'none'})", "invalid_query")
@@ -63,7 +63,7 @@ async def _query_vector(service: Service, served: ServedIndex, body: SearchReque
         items: list = [body.text]
     else:
         items = await run_in_threadpool(decode_data_uris, [body.image], service.limits, "image")
-    vectors, _ = await service.embed(encoder, items)
+    vectors, _ = await service.embed(encoder, items, until_disconnected(request))
     return vectors
 
 
@@ -73,7 +73,7 @@ async def search(body: SearchRequest, request: Request) -> Response:
     served = service.index(body.index)
     if not 1 <= body.k <= service.limits.max_k:
         raise ServiceError(422, f"k must be between 1 and {service.limits.max_k}, got {body.k}", "invalid_k")
-    query = await _query_vector(service, served, body)
+    query = await _query_vector(request, service, served, body)
     scores, ids, metadata = await run_in_threadpool(served.search, query, body.k)
     found = ids[0] >= 0  # FAISS pads with -1 when the index holds fewer than k vectors
     hits = [

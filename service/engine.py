@@ -251,22 +251,23 @@ class Batcher:
 
     # ---------------------------------------------------------------- worker
     def _run(self) -> None:
-        in_flight: list[_Item] = []
+        window: list[list[_Item]] = []
         try:
             while True:
                 parts, _ = self._next_batch()
                 if parts is None:
                     return
-                for call in self._plan(parts):
-                    in_flight = call
+                window = self._plan(parts)
+                for call in window:
                     self._process(call)
-                in_flight = []
+                window = []
         except BaseException as error:  # the worker dies: say why, and fail everyone waiting, in flight or queued
             self._state.dead_reason = f"worker thread died: {type(error).__name__}: {error}"
             log.critical("%s", self._state.dead_reason)
             failure = EngineUnavailableError(self._state.dead_reason)
-            for item in in_flight:
-                item.request.resolve(failure)
+            for call in window:  # the call that died and the window's calls not run yet (answered ones stay)
+                for item in call:
+                    item.request.resolve(failure)
             self._fail_queued(failure)
         finally:
             self._state.busy_since = None

@@ -225,6 +225,34 @@ def test_health_is_503_when_the_worker_thread_dies() -> None:
         assert_error(http.post("/v1/embeddings", json={"input": "hello"}), 503, "engine_unavailable")
 
 
+def test_when_the_worker_dies_mid_window_every_request_of_the_window_gets_503() -> None:
+    class DiesOnCue(GatedEncoder):
+        def encode(self, items: list[Any]):
+            result = super().encode(items)  # waits for the gate
+            if "die" in items:
+                raise WorkerKilled("worker killed by the test")
+            return result
+
+    encoder = DiesOnCue()
+    service = build_service(encoders=[encoder], batching=BatchingConfig(max_batch_size=1, max_wait_ms=1, window=16))
+    with serve(service) as live:
+        encoder.gate.clear()
+        post = lambda text: httpx.post(f"{live.url}/v1/embeddings", json={"input": text}, timeout=60)  # noqa: E731
+        first, first_result = in_background(lambda: post("warm"))
+        assert encoder.entered.wait(30)
+        # Sorted by length, "die" runs first in the next window; the longer text waits for a later call.
+        dying, dying_result = in_background(lambda: post("die"))
+        later, later_result = in_background(lambda: post("a longer sentence that waits for a later call"))
+        wait_until(lambda: service.batchers["minilm"].health()["queued_items"] == 2)
+        encoder.gate.set()
+        for thread in (first, dying, later):
+            thread.join(60)
+            assert not thread.is_alive()  # nobody hangs
+    assert first_result[0].status_code == 200
+    assert_error(dying_result[0], 503, "engine_unavailable")
+    assert_error(later_result[0], 503, "engine_unavailable")
+
+
 def test_health_is_503_while_a_batch_is_wedged_and_recovers() -> None:
     encoder = GatedEncoder()
     service = build_service(encoders=[encoder], batching=BatchingConfig(wedge_timeout_s=0.2))

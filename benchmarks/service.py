@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sentences-per-cell", type=int, default=384)
     parser.add_argument("--max-batch", type=int, default=32, help="hsrl --max-batch-size (items per model call)")
     parser.add_argument("--batch-window", type=int, default=256, help="hsrl --batch-window (items sorted per round)")
-    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--max-wait-ms", type=float, default=0.0)
     parser.add_argument("--torch-threads", type=int, default=None, help="intra-op threads, the same for every system")
     parser.add_argument("--no-infinity", action="store_true")
     parser.add_argument("--infinity-install-timeout", type=float, default=900)

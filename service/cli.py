@@ -69,7 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     batching = parser.add_argument_group("micro-batching")
     batching.add_argument("--max-batch-size", type=int, default=32, help="most items per model call" + _DEFAULT)
-    batching.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill" + _DEFAULT)
+    batching.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=0.0,
+        help="how long an idle worker waits for a batch to fill (0: start at once; batches form while it is busy)"
+        + _DEFAULT,
+    )
     batching.add_argument(
         "--batch-window",
         type=int,

@@ -140,7 +140,7 @@ class Batcher:
         encode: EncodeFn,
         *,
         max_batch_size: int = 32,
-        max_wait_ms: float = 5.0,
+        max_wait_ms: float = 0.0,
         max_queue: int = 1024,
         window: int | None = None,
         sort_key: Callable[[Any], Any] | None = None,

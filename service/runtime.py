@@ -37,7 +37,7 @@ class BatchingConfig:
     """Micro-batching: see :class:`service.engine.Batcher` (a window below ``max_batch_size`` is raised to it)."""
 
     max_batch_size: int = 32
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 0.0
     max_queue: int = 1024
     window: int = 256
     wedge_timeout_s: float = 120.0

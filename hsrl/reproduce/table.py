@@ -16,6 +16,7 @@ import math
 import shlex
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,27 +163,41 @@ def _setting_text(settings: TableSettings) -> str:
     )
 
 
-def _table_text(summary: list[dict[str, object]]) -> str:
+def _summary_table(summary: list[dict[str, object]], metrics: Sequence[str]) -> str:
     rows = [
-        {"encoder": r["encoder"], "objective": f"`{r['objective']}`", **{m: _cell(r, m) for m in METRICS}}
+        {"encoder": r["encoder"], "objective": f"`{r['objective']}`", **{m: _cell(r, m) for m in metrics}}
         for r in summary
     ]
-    return markdown_table(rows, ["encoder", "objective", *METRICS])
+    return markdown_table(rows, ["encoder", "objective", *metrics])
+
+
+def _table_text(summary: list[dict[str, object]]) -> str:
+    return _summary_table(summary, METRICS)
+
+
+def _difference(summary: list[dict[str, object]], metric: str) -> tuple[float, float, str]:
+    """Align/uniform minus contrastive in the mean of ``metric``, the two stds combined, and the outcome:
+    ``tie`` (|difference| ≤ combined std), ``align+uniform`` or ``contrastive`` (ahead beyond it), or
+    ``unknown`` (one seed: no spread)."""
+    by = {str(r["encoder"]): r for r in summary}
+    au, co = by["align+uniform"], by["contrastive"]
+    diff = float(au[f"{metric}_mean"]) - float(co[f"{metric}_mean"])  # type: ignore[arg-type]
+    spread = math.hypot(float(au[f"{metric}_std"]), float(co[f"{metric}_std"]))  # type: ignore[arg-type]
+    if math.isnan(spread):
+        return diff, spread, "unknown"
+    if abs(diff) <= spread:
+        return diff, spread, "tie"
+    return diff, spread, "align+uniform" if diff > 0 else "contrastive"
 
 
 def _reading(summary: list[dict[str, object]]) -> str:
-    by = {str(r["encoder"]): r for r in summary}
-    au, co = by["align+uniform"], by["contrastive"]
-    diff = float(au["knn5_accuracy_mean"]) - float(co["knn5_accuracy_mean"])  # type: ignore[arg-type]
-    spread = math.hypot(float(au["knn5_accuracy_std"]), float(co["knn5_accuracy_std"]))  # type: ignore[arg-type]
-    if math.isnan(spread):
-        verdict = "too few seeds to judge"
-    elif abs(diff) <= spread:
-        verdict = "within the seed-to-seed spread: a tie, as in the paper (78.89 vs 78.75)"
-    elif diff > 0:
-        verdict = "align/uniform ahead beyond the seed spread, in the paper's direction"
-    else:
-        verdict = "contrastive ahead beyond the seed spread, the opposite of the paper's STL-10 result"
+    diff, spread, outcome = _difference(summary, "knn5_accuracy")
+    verdict = {
+        "unknown": "too few seeds to judge",
+        "tie": "within the seed-to-seed spread: a tie, as in the paper (78.89 vs 78.75)",
+        "align+uniform": "align/uniform ahead beyond the seed spread, in the paper's direction",
+        "contrastive": "contrastive ahead beyond the seed spread, the opposite of the paper's STL-10 result",
+    }[outcome]
     return (
         "The paper (STL-10, output + 5-NN): align/uniform 78.89 %, contrastive 78.75 %. Here align/uniform minus "
         f"contrastive = {diff:+.4f} in 5-NN accuracy (combined std {spread:.4f}): {verdict}."
@@ -212,26 +227,19 @@ def _text_setting(settings: text_table.TextSettings) -> str:
 
 
 def _text_table(summary: list[dict[str, object]]) -> str:
-    keys = [key for key, _ in text_table.TEXT_METRICS]
-    rows = [
-        {"encoder": r["encoder"], "objective": f"`{r['objective']}`", **{k: _cell(r, k) for k in keys}} for r in summary
-    ]
-    return markdown_table(rows, ["encoder", "objective", *keys])
+    return _summary_table(summary, [key for key, _ in text_table.TEXT_METRICS])
 
 
 def _text_reading(summary: list[dict[str, object]]) -> str:
     by = {str(r["encoder"]): r for r in summary}
     au, co = by["align+uniform"], by["contrastive"]
-    diff = float(au["recall@10_mean"]) - float(co["recall@10_mean"])  # type: ignore[arg-type]
-    spread = math.hypot(float(au["recall@10_std"]), float(co["recall@10_std"]))  # type: ignore[arg-type]
-    if math.isnan(spread):
-        verdict = "too few seeds to judge"
-    elif abs(diff) <= spread:
-        verdict = "within the seed-to-seed spread: a tie"
-    elif diff > 0:
-        verdict = "align/uniform ahead beyond the seed spread"
-    else:
-        verdict = "contrastive ahead beyond the seed spread"
+    diff, spread, outcome = _difference(summary, "recall@10")
+    verdict = {
+        "unknown": "too few seeds to judge",
+        "tie": "within the seed-to-seed spread: a tie",
+        "align+uniform": "align/uniform ahead beyond the seed spread",
+        "contrastive": "contrastive ahead beyond the seed spread",
+    }[outcome]
     base = next((r for name, r in by.items() if name.startswith("untouched")), None)
     gain = ""
     if base is not None:

@@ -5,9 +5,11 @@ oldest has waited ``max_wait_ms``, then takes up to ``window`` items from the fr
 slice that does not fit, so a client batch of any size is spread over several model calls, never rejected).
 With a ``sort_key`` (text: the string's length) the window is sorted by it and cut into model calls of at most
 ``max_batch_size`` items: texts of similar length share a call, so little compute goes to padding, across
-requests and not only within one. Each request is answered as soon as its last item is embedded. The model
-runs in the worker thread, so the event loop keeps accepting requests while it computes; results are handed
-back with ``loop.call_soon_threadsafe``.
+requests and not only within one. With a ``call_overhead`` as well, :func:`plan_calls` picks the cut points
+that minimise padding plus per-call cost, so a mixed window becomes a call of short texts and one of long
+ones. The calls then run oldest first (by the longest-waiting item each holds), and each request is answered
+as soon as its last item is embedded. The model runs in the worker thread, so the event loop keeps accepting
+requests while it computes; results are handed back with ``loop.call_soon_threadsafe``.
 
 The queue is bounded in items: :meth:`Batcher.submit` raises :class:`QueueFullError` instead of waiting, which the
 app answers with 429 and ``Retry-After``. The worker records a heartbeat and the start of the call in flight,
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -31,13 +34,40 @@ import numpy as np
 
 from service.metrics import ServiceMetrics
 
-__all__ = ["Batcher", "Embedded", "EngineUnavailableError", "QueueFullError"]
+__all__ = ["Batcher", "Embedded", "EngineUnavailableError", "QueueFullError", "plan_calls"]
 
 log = logging.getLogger("hsrl.service.engine")
 
 #: Maps items to ``(n, d)`` float32 rows, or to ``(rows, per-item token counts)``.
 EncodeFn = Callable[[list[Any]], "np.ndarray | tuple[np.ndarray, np.ndarray]"]
 Embedded = tuple[np.ndarray, np.ndarray]
+
+
+def plan_calls(keys: Sequence[float], max_size: int, overhead: float) -> list[tuple[int, int]]:
+    """Cut items sorted by ``keys`` (ascending) into consecutive model calls of at most ``max_size`` items.
+
+    A call of items ``i..j-1`` costs ``overhead + (j - i) * keys[j - 1]``: every item is padded to the call's
+    longest (its last), plus a fixed cost per call. Dynamic programming over the cut points finds the split of
+    least total cost, so a window of mixed lengths becomes several calls of similar lengths when the padding
+    saved outweighs the extra calls, and one call when it does not. O(n · max_size).
+
+    Returns:
+        ``(start, stop)`` ranges over the sorted items, in order, covering all of them.
+    """
+    n = len(keys)
+    best = [0.0] + [math.inf] * n  # best[j]: least cost of the first j items
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        longest = keys[j - 1]
+        for i in range(max(0, j - max_size), j):
+            cost = best[i] + overhead + (j - i) * longest
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    calls, j = [], n
+    while j > 0:
+        calls.append((cut[j], j))
+        j = cut[j]
+    return calls[::-1]
 
 
 class QueueFullError(Exception):
@@ -128,6 +158,9 @@ class Batcher:
             are sorted and cut into calls of ``max_batch_size``; a larger window wastes less on padding, at the
             price of new requests waiting for the round in progress.
         sort_key: orders a window's items (e.g. ``len`` for texts); ``None`` keeps arrival order.
+        call_overhead: with ``sort_key``, the fixed cost of one model call in ``sort_key`` units (texts: the
+            characters whose compute takes as long as a call's overhead). The sorted window is then cut by
+            :func:`plan_calls` where padding costs more than an extra call; ``None``: calls of ``max_batch_size``.
         max_queue: most items waiting (not counting the batch in flight). A request is always admitted into an
             empty queue, so one request larger than ``max_queue`` is still served.
         wedge_timeout_s: a batch running longer than this makes :meth:`health` report the worker as wedged.
@@ -144,6 +177,7 @@ class Batcher:
         max_queue: int = 1024,
         window: int | None = None,
         sort_key: Callable[[Any], Any] | None = None,
+        call_overhead: float | None = None,
         wedge_timeout_s: float = 120.0,
         metrics: ServiceMetrics | None = None,
     ) -> None:
@@ -154,7 +188,7 @@ class Batcher:
             raise ValueError(f"window ({window}) must be at least max_batch_size ({max_batch_size})")
         self.name, self.encode = name, encode
         self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_ms / 1000.0, max_queue
-        self.window, self.sort_key = window, sort_key
+        self.window, self.sort_key, self.call_overhead = window, sort_key, call_overhead
         self.wedge_timeout_s = wedge_timeout_s
         self._idle_beat_s = min(1.0, wedge_timeout_s / 4)
         self.metrics = metrics or ServiceMetrics()
@@ -314,16 +348,27 @@ class Batcher:
         return parts, size
 
     def _plan(self, parts: list[_BatchPart]) -> list[list[_Item]]:
-        """Cut a window into model calls of at most ``max_batch_size`` items, sorted by ``sort_key`` if any.
+        """Cut a window into model calls of at most ``max_batch_size`` items, sorted by ``sort_key`` if any
+        (and then cut by :func:`plan_calls` when ``call_overhead`` is set).
 
         The sort is stable, so items of equal key keep their arrival order.
         """
         items = [_Item(part.request, index) for part in parts for index in range(part.start, part.stop)]
-        if self.sort_key is not None:
-            key = self.sort_key
-            items.sort(key=lambda item: key(item.request.items[item.index]))
         step = self.max_batch_size
-        return [items[i : i + step] for i in range(0, len(items), step)]
+        if self.sort_key is None:
+            return [items[i : i + step] for i in range(0, len(items), step)]
+        key = self.sort_key
+        keyed = sorted(((key(item.request.items[item.index]), item) for item in items), key=lambda pair: pair[0])
+        items = [item for _, item in keyed]
+        if self.call_overhead is None:
+            return [items[i : i + step] for i in range(0, len(items), step)]
+        ranges = plan_calls([k for k, _ in keyed], step, self.call_overhead)
+        calls = [items[start:stop] for start, stop in ranges]
+        # Run first the call holding the item that has waited longest: length order decides what shares a
+        # call, arrival order decides which call goes first, so no request waits behind a whole window of
+        # newer, shorter texts (this bounds the tail latency).
+        calls.sort(key=lambda call: min(item.request.enqueued_at for item in call))
+        return calls
 
     def _process(self, call: list[_Item]) -> None:
         """Run one model call and hand each row to its request; skip the items of requests already done."""

@@ -83,6 +83,7 @@ class Service:
                 max_queue=b.max_queue,
                 window=max(b.window, b.max_batch_size),
                 sort_key=encoder.sort_key,
+                call_overhead=encoder.call_overhead,
                 wedge_timeout_s=b.wedge_timeout_s,
                 metrics=self.metrics,
             )

@@ -7,6 +7,7 @@ on an event the test sets), so what is asserted never depends on how fast this m
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -16,9 +17,12 @@ import httpx
 import numpy as np
 import psutil
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_service_support import SENTENCES, assert_error, build_service, metric_samples, minilm, serve
 
 from service.encoders import TextEncoder
+from service.engine import plan_calls
 from service.runtime import BatchingConfig
 
 
@@ -134,7 +138,7 @@ class RecordingEncoder(GatedEncoder):
         return super().encode(items)
 
 
-def test_a_window_is_sorted_by_length_across_requests_and_each_request_keeps_its_order() -> None:
+def test_a_window_is_cut_by_length_across_requests_run_oldest_first_and_requests_keep_order() -> None:
     encoder = RecordingEncoder()
     service = build_service(encoders=[encoder], batching=BatchingConfig(max_batch_size=2, max_wait_ms=1, window=16))
     requests = [
@@ -158,10 +162,71 @@ def test_a_window_is_sorted_by_length_across_requests_and_each_request_keeps_its
         rows = np.array([d["embedding"] for d in result[0].json()["data"]])
         np.testing.assert_allclose(rows, reference(texts), atol=1e-5)  # rows back in the request's own order
     windowed = encoder.calls[1:]  # after "warm": one window of all six texts
-    assert [len(call) for call in windowed] == [2, 2, 2]
-    lengths = [len(text) for call in windowed for text in call]
-    assert lengths == sorted(lengths)
-    assert windowed[0] == ["Tiny.", "Short."]  # the two short texts of two different requests share a call
+    # Sorted by length, cut in pairs: texts of similar length share a call, across requests. The calls then run
+    # oldest first: the two holding a text of the first request, then the one holding only later texts.
+    assert windowed == [
+        ["Tiny.", "Short."],  # the two short texts of two different requests share a call
+        [SENTENCES[1] * 2, SENTENCES[0] * 3],
+        [SENTENCES[2], SENTENCES[3]],
+    ]
+
+
+def _plan_cost(keys: list[float], calls: list[tuple[int, int]], overhead: float) -> float:
+    return sum(overhead + (stop - start) * keys[stop - 1] for start, stop in calls)
+
+
+def _all_plans(n: int, max_size: int) -> list[list[tuple[int, int]]]:
+    """Every way to cut n sorted items into consecutive calls of at most max_size (brute force)."""
+    if n == 0:
+        return [[]]
+    return [
+        [*rest, (n - last, n)] for last in range(1, min(max_size, n) + 1) for rest in _all_plans(n - last, max_size)
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    keys=st.lists(st.integers(1, 400), min_size=1, max_size=8).map(sorted),
+    max_size=st.integers(1, 5),
+    overhead=st.floats(0, 1000, allow_nan=False),
+)
+def test_plan_calls_is_the_cheapest_split_into_calls_of_at_most_max_size(
+    keys: list[int], max_size: int, overhead: float
+) -> None:
+    calls = plan_calls(keys, max_size, overhead)
+    assert calls[0][0] == 0 and calls[-1][1] == len(keys)
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(calls))  # consecutive, nothing skipped
+    assert all(0 < stop - start <= max_size for start, stop in calls)
+    cheapest = min(_plan_cost(keys, plan, overhead) for plan in _all_plans(len(keys), max_size))
+    assert _plan_cost(keys, calls, overhead) == pytest.approx(cheapest)
+
+
+def test_plan_calls_splits_only_where_padding_costs_more_than_a_call() -> None:
+    assert plan_calls([10, 10, 10, 10], 32, overhead=200) == [(0, 4)]  # equal lengths: one call
+    assert plan_calls([5, 6, 400, 420], 32, overhead=200) == [(0, 2), (2, 4)]  # short and long apart
+    assert plan_calls([5, 6, 400, 420], 32, overhead=10_000) == [(0, 4)]  # calls too dear to split
+
+
+def test_short_and_long_texts_of_one_window_go_to_separate_calls() -> None:
+    encoder = RecordingEncoder()
+    service = build_service(encoders=[encoder], batching=BatchingConfig(max_batch_size=8, max_wait_ms=1, window=16))
+    long_one, long_two = " ".join(SENTENCES), " ".join(reversed(SENTENCES))  # ~280 characters each
+    with serve(service) as live:
+        encoder.gate.clear()
+        first, _ = in_background(lambda: httpx.post(f"{live.url}/v1/embeddings", json={"input": "warm"}, timeout=60))
+        assert encoder.entered.wait(30)
+        mixed = [long_one, "Short.", long_two, "Tiny."]
+        request, result = in_background(
+            lambda: httpx.post(f"{live.url}/v1/embeddings", json={"input": mixed}, timeout=60)
+        )
+        wait_until(lambda: service.batchers["minilm"].health()["queued_items"] == 4)
+        encoder.gate.set()
+        first.join(60)
+        request.join(60)
+    # One call would pad both short texts to ~280 characters: more compute than a second call costs.
+    assert encoder.calls[1:] == [["Tiny.", "Short."], [long_one, long_two]]
+    rows = np.array([d["embedding"] for d in result[0].json()["data"]])
+    np.testing.assert_allclose(rows, reference(mixed), atol=1e-5)
 
 
 def test_a_client_that_disconnects_is_dropped_and_its_texts_are_never_embedded() -> None:

@@ -150,11 +150,13 @@ def test_a_window_is_cut_by_length_across_requests_run_oldest_first_and_requests
         encoder.gate.clear()
         first, _ = in_background(lambda: httpx.post(f"{live.url}/v1/embeddings", json={"input": "warm"}, timeout=60))
         assert encoder.entered.wait(30)
-        threads = [
-            in_background(lambda t=texts: httpx.post(f"{live.url}/v1/embeddings", json={"input": t}, timeout=60))
-            for texts in requests
-        ]
-        wait_until(lambda: service.batchers["minilm"].health()["queued_items"] == 6)
+        threads, queued = [], 0
+        for texts in requests:  # one after another, so that their arrival order is known
+            threads.append(
+                in_background(lambda t=texts: httpx.post(f"{live.url}/v1/embeddings", json={"input": t}, timeout=60))
+            )
+            queued += len(texts)
+            wait_until(lambda n=queued: service.batchers["minilm"].health()["queued_items"] == n)
         encoder.gate.set()
         for thread, _ in [(first, None), *threads]:
             thread.join(60)

@@ -115,17 +115,11 @@ class _Request:
 
 @dataclass(eq=False)
 class _Slice:
+    """Items ``[start, stop)`` of ``request``: queued, or taken off the queue into a window."""
+
     request: _Request
     start: int
     stop: int
-
-
-@dataclass
-class _BatchPart:
-    request: _Request
-    start: int
-    stop: int  # rows [start, stop) of the request
-    offset: int  # where they sit in the batch
 
 
 @dataclass(frozen=True)
@@ -288,7 +282,7 @@ class Batcher:
         window: list[list[_Item]] = []
         try:
             while True:
-                parts, _ = self._next_batch()
+                parts = self._next_batch()
                 if parts is None:
                     return
                 window = self._plan(parts)
@@ -306,13 +300,13 @@ class Batcher:
         finally:
             self._state.busy_since = None
 
-    def _next_batch(self) -> tuple[list[_BatchPart] | None, int]:
+    def _next_batch(self) -> list[_Slice] | None:
         """Block until a window is ready; ``None`` when stopping with an empty queue."""
         state = self._state
         with self._cond:
             while not state.queue:
                 if state.stopping:
-                    return None, 0
+                    return None
                 self._cond.wait(timeout=self._idle_beat_s)
                 state.heartbeat = time.monotonic()
             # Wait for one model call's worth of items, at most max_wait after the oldest item arrived.
@@ -322,11 +316,11 @@ class Batcher:
                 if remaining <= 0:
                     break
                 self._cond.wait(timeout=remaining)
-            parts, size = self._take(self.window)
+            parts = self._take(self.window)
             state.heartbeat = time.monotonic()
-            return parts, size
+            return parts
 
-    def _take(self, capacity: int) -> tuple[list[_BatchPart], int]:
+    def _take(self, capacity: int) -> list[_Slice]:
         """Pop up to ``capacity`` items off the queue (lock held), splitting the last slice if needed."""
         state, parts, size = self._state, [], 0
         now = time.monotonic()
@@ -337,7 +331,7 @@ class Batcher:
                 state.queue.popleft()
                 state.queued_items -= piece.stop - piece.start
                 continue
-            parts.append(_BatchPart(piece.request, piece.start, piece.start + count, size))
+            parts.append(_Slice(piece.request, piece.start, piece.start + count))
             self.metrics.queue_wait.observe(now - piece.request.enqueued_at, model=self.name)
             size += count
             state.queued_items -= count
@@ -345,9 +339,9 @@ class Batcher:
                 state.queue.popleft()
             else:
                 piece.start += count
-        return parts, size
+        return parts
 
-    def _plan(self, parts: list[_BatchPart]) -> list[list[_Item]]:
+    def _plan(self, parts: list[_Slice]) -> list[list[_Item]]:
         """Cut a window into model calls of at most ``max_batch_size`` items, sorted by ``sort_key`` if any
         (and then cut by :func:`plan_calls` when ``call_overhead`` is set).
 

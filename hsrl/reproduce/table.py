@@ -72,8 +72,7 @@ def run(ctx: Context) -> dict[str, object]:
     """Train (or reuse) every (objective, seed) run; write ``table.png``, two CSVs and ``report.md``."""
     settings = QUICK if ctx.quick else FULL
     start = time.perf_counter()
-    if not text_table.recipe_path().is_file():
-        raise ValueError(f"the text half runs {text_table.recipe_path()}, which is missing: run from a checkout")
+    text_table.require_recipe()  # say so before the image half trains, not after it
     per_seed, summary = [], []
     for name, objective in ENCODERS:
         budget = settings.budget if objective != UNTRAINED else ImageBudget(**{**settings.budget.__dict__, "steps": 0})

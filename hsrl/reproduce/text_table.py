@@ -13,20 +13,30 @@ interrupted one resumes from its last checkpoint (``--resume latest``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
 import math
 import statistics
 import sys
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
 
 from hsrl.reproduce.common import TRAINED_RUNS, Context
 
-__all__ = ["FULL", "QUICK", "TEXT_ENCODERS", "TEXT_METRICS", "TextBudget", "TextSettings", "recipe_path", "run_text"]
+__all__ = [
+    "FULL",
+    "QUICK",
+    "TEXT_ENCODERS",
+    "TEXT_METRICS",
+    "TextBudget",
+    "TextSettings",
+    "recipe_path",
+    "require_recipe",
+    "run_text",
+]
 
 #: (row name, objective). The first two are the comparison (``make demo``'s objectives); the third is the
 #: paper's BookCorpus weighting, which suits GRUs trained from scratch but collapses a pretrained MiniLM (its
@@ -73,10 +83,17 @@ def recipe_path() -> Path:
     return Path(__file__).resolve().parents[2] / "recipes" / "bookcorpus.py"
 
 
-def _load_recipe() -> ModuleType:
+def require_recipe() -> Path:
+    """The recipe's path, or a one-line ``ValueError`` when this install has no ``recipes/`` (not a checkout)."""
     path = recipe_path()
     if not path.is_file():
         raise ValueError(f"the text table runs the text recipe, which is not at {path}: run from a checkout of hsrl")
+    return path
+
+
+@functools.cache  # imported once, and only when a run is left to train
+def _load_recipe() -> ModuleType:
+    path = require_recipe()
     spec = importlib.util.spec_from_file_location("hsrl_recipe_bookcorpus", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -105,9 +122,7 @@ def recipe_arguments(objective: str, budget: TextBudget, seed: int, folder: Path
     return argv
 
 
-def _train_or_reuse(
-    objective: str, budget: TextBudget, seed: int, ctx: Context, recipe: Callable[[], ModuleType]
-) -> dict:
+def _train_or_reuse(objective: str, budget: TextBudget, seed: int, ctx: Context) -> dict:
     family = next(term for term in ("align", "contrastive") if objective.startswith(term))
     folder = ctx.runs_dir / f"text-{family}-seed{seed}-{run_key(objective, budget, seed)}"
     metrics = folder / "metrics.json"
@@ -116,7 +131,7 @@ def _train_or_reuse(
         if any((folder / "checkpoints").glob("*")):
             argv += ["--resume", "latest"]
         ctx.log(f"  text run {folder.name}: training ({budget.steps} steps)")
-        code = recipe().main(argv)
+        code = _load_recipe().main(argv)
         TRAINED_RUNS.append(folder.name)
         if code != 0 or not metrics.is_file():
             raise ValueError(f"the text recipe failed on {folder} (exit {code}); see the lines above")
@@ -126,20 +141,12 @@ def _train_or_reuse(
 def run_text(ctx: Context) -> tuple[list[dict[str, object]], list[dict[str, object]], TextSettings]:
     """Train (or reuse) every (objective, seed) text run; return (summary rows, per-seed rows, settings)."""
     settings = QUICK if ctx.quick else FULL
-    loaded: list[ModuleType] = []
-
-    def recipe() -> ModuleType:  # imported once, and only if something is left to train
-        if not loaded:
-            loaded.append(_load_recipe())
-        return loaded[0]
-
-    if not recipe_path().is_file():  # say so before any training, not after the image half
-        _load_recipe()
+    require_recipe()
     per_seed: list[dict[str, object]] = []
     baselines: list[dict] = []
     for name, objective in TEXT_ENCODERS:
         for seed in settings.seeds:
-            result = _train_or_reuse(objective, settings.budget, seed, ctx, recipe)
+            result = _train_or_reuse(objective, settings.budget, seed, ctx)
             per_seed.append({"encoder": name, "objective": objective, "seed": seed, **_pick(result["trained"])})
             if result.get("baseline"):
                 baselines.append(_pick(result["baseline"]))

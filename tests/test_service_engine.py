@@ -307,8 +307,10 @@ def test_when_the_worker_dies_mid_window_every_request_of_the_window_gets_503() 
         post = lambda text: httpx.post(f"{live.url}/v1/embeddings", json={"input": text}, timeout=60)  # noqa: E731
         first, first_result = in_background(lambda: post("warm"))
         assert encoder.entered.wait(30)
-        # Sorted by length, "die" runs first in the next window; the longer text waits for a later call.
+        # "die" arrives first and is shorter, so its call runs first in the next window (calls of one item,
+        # oldest first); the longer text waits for a later call of the same window.
         dying, dying_result = in_background(lambda: post("die"))
+        wait_until(lambda: service.batchers["minilm"].health()["queued_items"] == 1)
         later, later_result = in_background(lambda: post("a longer sentence that waits for a later call"))
         wait_until(lambda: service.batchers["minilm"].health()["queued_items"] == 2)
         encoder.gate.set()

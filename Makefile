@@ -18,13 +18,15 @@ export TOKENIZERS_PARALLELISM := false
 
 setup: $(STAMP) data
 
-# Re-installs only when pyproject.toml changes. torch 2.14.1 / torchvision 0.29.1 come
-# from this machine's local disk (pip is capped there); no other torch is downloaded.
-$(STAMP): pyproject.toml
-	@echo "==> installing hsrl[dev,service] into $(VENV) (first time: several minutes, ~6 GB)"
+# Re-installs only when pyproject.toml or the constraints change. pyproject.toml states ranges; this machine's exact
+# torch/torchvision (on local disk: pip is capped there) come from the constraints file, so no other torch is fetched.
+CONSTRAINTS := tools/machine-constraints.txt
+EXTRAS := dev,train,serve,cpu
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	@echo "==> installing hsrl[$(EXTRAS)] into $(VENV) (first time: several minutes, ~6 GB)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,service]'
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[$(EXTRAS)]'
 	@touch $@
 
 data:

@@ -47,10 +47,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-import faiss
 import numpy as np
 
 from hsrl.checkpoints import publish_folder
+
+FAISS_HINT = "FAISS is not installed: pip install 'hsrl[cpu]' (or 'hsrl[gpu]' for CUDA 12; never both)"
+
+
+class _MissingFaiss:
+    """Stands in for the ``faiss`` module when neither extra is installed: the module still imports (export and
+    the CLI helpers need no FAISS), and the first real use raises one clear ``ImportError``."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise ImportError(FAISS_HINT)
+
+
+try:
+    import faiss
+except ImportError:  # faiss-cpu / faiss-gpu-cu12 come from the `cpu` / `gpu` extras
+    faiss = _MissingFaiss()
 
 __all__ = [
     "FLAT_LIMIT",
@@ -792,7 +807,7 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str], handler: Any) 
         return int(done.code or 0)
     except UsageError as error:
         print(str(error), file=sys.stderr)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, ImportError) as error:
         print(f"{parser.prog}: error: {_first_line(error)}", file=sys.stderr)
     return 2
 

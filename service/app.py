@@ -8,12 +8,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.auth import api_key_guard
-from service.errors import CatchAll, install_error_handlers
-from service.limits import BodySizeLimit
-from service.metrics import RequestMetrics
-from service.routes import embeddings, ops, search
-from service.runtime import Service, service_version
+from hsrl_service.auth import api_key_guard
+from hsrl_service.errors import CatchAll, install_error_handlers
+from hsrl_service.limits import BodySizeLimit
+from hsrl_service.metrics import RequestMetrics
+from hsrl_service.routes import embeddings, ops, search
+from hsrl_service.runtime import Service, service_version
 
 __all__ = ["create_app"]
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.errors import ServiceError
+from hsrl_service.errors import ServiceError
 
 __all__ = ["api_key_guard"]
 

@@ -121,11 +121,11 @@ def _torch_threads(requested: int | None) -> int | None:
     return max(1, cores - 1)
 
 
-def _build_service(args: argparse.Namespace):  # -> service.runtime.Service (imports deferred: --help stays fast)
-    from service.encoders import load_image_encoder, load_text_encoder
-    from service.indexes import IndexRegistry
-    from service.limits import Limits
-    from service.runtime import BatchingConfig, Service, ServiceConfig
+def _build_service(args: argparse.Namespace):  # -> hsrl_service.runtime.Service (imports deferred: --help stays fast)
+    from hsrl_service.encoders import load_image_encoder, load_text_encoder
+    from hsrl_service.indexes import IndexRegistry
+    from hsrl_service.limits import Limits
+    from hsrl_service.runtime import BatchingConfig, Service, ServiceConfig
 
     if not (args.text_model or args.image_model or args.index):
         raise _UsageError("nothing to serve: give --text-model, --image-model or --index")
@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     import uvicorn
 
-    from service.app import create_app
+    from hsrl_service.app import create_app
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(service)

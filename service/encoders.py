@@ -40,7 +40,7 @@ class Encoder:
     dim: int
     #: orders items so that a model call holds similar ones (texts: by length, less padding); None: no order
     sort_key: Callable[[Any], Any] | None = None
-    #: a model call's fixed cost in ``sort_key`` units, for :func:`service.engine.plan_calls`; None: no planning
+    #: a model call's fixed cost in ``sort_key`` units, for :func:`hsrl_service.engine.plan_calls`; None: no planning
     call_overhead: float | None = None
 
     def encode(self, items: list[Any]) -> Encoded:  # pragma: no cover - interface

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from service.metrics import ServiceMetrics
+from hsrl_service.metrics import ServiceMetrics
 
 __all__ = ["Batcher", "Embedded", "EngineUnavailableError", "QueueFullError", "plan_calls"]
 

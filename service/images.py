@@ -13,7 +13,7 @@ import io
 import re
 from typing import Any
 
-from service.errors import ServiceError
+from hsrl_service.errors import ServiceError
 
 __all__ = ["decode_image", "is_data_uri", "parse_data_uri"]
 

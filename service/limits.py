@@ -13,7 +13,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import error_body
+from hsrl_service.errors import error_body
 
 __all__ = ["BodySizeLimit", "Limits"]
 

@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from service.encoders import Encoder
-from service.engine import Batcher, Embedded, EngineUnavailableError, QueueFullError
-from service.errors import ServiceError
-from service.indexes import IndexRegistry, ServedIndex
-from service.limits import Limits
-from service.metrics import ServiceMetrics
+from hsrl_service.encoders import Encoder
+from hsrl_service.engine import Batcher, Embedded, EngineUnavailableError, QueueFullError
+from hsrl_service.errors import ServiceError
+from hsrl_service.indexes import IndexRegistry, ServedIndex
+from hsrl_service.limits import Limits
+from hsrl_service.metrics import ServiceMetrics
 
 __all__ = ["BatchingConfig", "Service", "ServiceConfig", "service_version"]
 
@@ -34,7 +34,7 @@ def service_version() -> str:
 
 @dataclass(frozen=True)
 class BatchingConfig:
-    """Micro-batching: see :class:`service.engine.Batcher` (a window below ``max_batch_size`` is raised to it)."""
+    """Micro-batching: see :class:`hsrl_service.engine.Batcher` (a window below ``max_batch_size`` is raised to it)."""
 
     max_batch_size: int = 32
     max_wait_ms: float = 0.0

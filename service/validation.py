@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import ServiceError
-from service.images import decode_image, parse_data_uri
-from service.limits import Limits
+from hsrl_service.errors import ServiceError
+from hsrl_service.images import decode_image, parse_data_uri
+from hsrl_service.limits import Limits
 
 __all__ = [
     "check_count",

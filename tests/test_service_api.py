@@ -27,7 +27,7 @@ from test_service_support import (
 )
 
 from hsrl.index import VectorIndex
-from service.limits import Limits
+from hsrl_service.limits import Limits
 
 KEY = "test-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -21,9 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_service_support import SENTENCES, assert_error, build_service, metric_samples, minilm, serve
 
-from service.encoders import TextEncoder
-from service.engine import plan_calls
-from service.runtime import BatchingConfig
+from hsrl_service.encoders import TextEncoder
+from hsrl_service.engine import plan_calls
+from hsrl_service.runtime import BatchingConfig
 
 
 class GatedEncoder(TextEncoder):
@@ -390,7 +390,7 @@ def test_bounded_load_no_5xx_no_lost_request_memory_stable() -> None:
 
 @pytest.mark.parametrize("bad", [{"max_batch_size": 0}, {"max_queue": 0}, {"max_wait_ms": -1}])
 def test_batcher_rejects_nonsense_settings(bad: dict[str, float]) -> None:
-    from service.engine import Batcher
+    from hsrl_service.engine import Batcher
 
     with pytest.raises(ValueError):
         Batcher("m", lambda items: np.zeros((len(items), 2)), **bad)

@@ -23,7 +23,7 @@ import pytest
 from test_service_support import make_index, unit_rows
 
 from hsrl.index import VectorIndex
-from service.cli import build_parser
+from hsrl_service.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "process-test-key"
@@ -171,7 +171,7 @@ def test_hsrl_does_not_import_service() -> None:
 
 
 def test_models_and_indexes_take_an_optional_name() -> None:
-    from service.cli import named_path
+    from hsrl_service.cli import named_path
 
     assert named_path("docs=/data/idx", "--index") == ("docs", Path("/data/idx"))
     assert named_path("/data/a=b/idx", "--index") == (None, Path("/data/a=b/idx"))  # "=" inside a path
@@ -181,7 +181,7 @@ def test_models_and_indexes_take_an_optional_name() -> None:
 
 
 def test_torch_threads_leave_a_core_for_the_http_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.cli import _torch_threads
+    from hsrl_service.cli import _torch_threads
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     cores = len(os.sched_getaffinity(0))

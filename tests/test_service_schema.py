@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_service_support import LiveServer, build_service, make_index, unit_rows
 
-from service.limits import Limits
+from hsrl_service.limits import Limits
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
@@ -29,7 +29,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     folder: Path = make_index(tmp_path_factory.mktemp("schema") / "docs", unit_rows(16))
     limits = Limits(max_request_bytes=256 * 1024, max_items=8, max_text_chars=512, max_k=50)
     service = build_service(image=True, indexes=[("docs", folder)], limits=limits, api_key=KEY)
-    from service.app import create_app
+    from hsrl_service.app import create_app
 
     with LiveServer(create_app(service)) as server:
         yield server

@@ -29,11 +29,11 @@ import httpx
 import torch
 import uvicorn
 
-from service.app import create_app
-from service.encoders import ImageEncoder, TextEncoder, load_image_encoder
-from service.indexes import IndexRegistry
-from service.limits import Limits
-from service.runtime import BatchingConfig, Service, ServiceConfig
+from hsrl_service.app import create_app
+from hsrl_service.encoders import ImageEncoder, TextEncoder, load_image_encoder
+from hsrl_service.indexes import IndexRegistry
+from hsrl_service.limits import Limits
+from hsrl_service.runtime import BatchingConfig, Service, ServiceConfig
 
 SENTENCES = [
     "A man is eating food.",

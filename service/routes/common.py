@@ -9,8 +9,8 @@ from fastapi import Request
 from fastapi.responses import Response
 from pydantic_core import to_json
 
-from service.runtime import Service
-from service.schemas import ErrorBody
+from hsrl_service.runtime import Service
+from hsrl_service.schemas import ErrorBody
 
 __all__ = ["ERRORS", "json_response", "service_of", "until_disconnected"]
 

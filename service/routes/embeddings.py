@@ -10,13 +10,13 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from service.encoders import Encoder
-from service.errors import ServiceError
-from service.images import decode_image, is_data_uri
-from service.routes.common import ERRORS, json_response, service_of, until_disconnected
-from service.runtime import Service
-from service.schemas import EmbeddingRequest, EmbeddingResponse
-from service.validation import check_count, check_dimensions, check_texts, decode_data_uris, encode_rows, truncate
+from hsrl_service.encoders import Encoder
+from hsrl_service.errors import ServiceError
+from hsrl_service.images import decode_image, is_data_uri
+from hsrl_service.routes.common import ERRORS, json_response, service_of, until_disconnected
+from hsrl_service.runtime import Service
+from hsrl_service.schemas import EmbeddingRequest, EmbeddingResponse
+from hsrl_service.validation import check_count, check_dimensions, check_texts, decode_data_uris, encode_rows, truncate
 
 router = APIRouter(tags=["embeddings"])
 

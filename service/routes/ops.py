@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
 
-from service.errors import error_response
-from service.routes.common import json_response, service_of
+from hsrl_service.errors import error_response
+from hsrl_service.routes.common import json_response, service_of
 
 router = APIRouter(tags=["operations"])
 

@@ -10,12 +10,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from service.errors import ServiceError
-from service.indexes import ServedIndex
-from service.routes.common import ERRORS, json_response, service_of, until_disconnected
-from service.runtime import Service
-from service.schemas import AddRequest, AddResponse, DeleteResponse, SearchRequest, SearchResponse
-from service.validation import check_count, check_ids, check_texts, decode_data_uris, unit_vectors
+from hsrl_service.errors import ServiceError
+from hsrl_service.indexes import ServedIndex
+from hsrl_service.routes.common import ERRORS, json_response, service_of, until_disconnected
+from hsrl_service.runtime import Service
+from hsrl_service.schemas import AddRequest, AddResponse, DeleteResponse, SearchRequest, SearchResponse
+from hsrl_service.validation import check_count, check_ids, check_texts, decode_data_uris, unit_vectors
 
 
 def build_router(write_guard: Any) -> APIRouter:

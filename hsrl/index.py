@@ -407,6 +407,11 @@ class VectorIndex:
         self._index.train(rows)
         self._gpu_stale = True
 
+    @property
+    def next_id(self) -> int:
+        """The id the next add without ids starts from (one above the largest id ever stored)."""
+        return int(self._next_id)
+
     def add(
         self,
         vectors: np.ndarray,

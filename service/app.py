@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from hsrl_service.auth import api_key_guard
+from hsrl_service.contract import install_contract
 from hsrl_service.errors import CatchAll, install_error_handlers
 from hsrl_service.limits import BodySizeLimit
 from hsrl_service.metrics import RequestMetrics
-from hsrl_service.routes import embeddings, ops, search
+from hsrl_service.routes import docs, embeddings, ops, search
 from hsrl_service.runtime import Service, service_version
 
 __all__ = ["create_app"]
@@ -34,12 +35,23 @@ def create_app(service: Service) -> FastAPI:
         version=service_version(),
         description="Embeddings on the unit hypersphere (texts and images) and nearest-neighbour search.",
         lifespan=lifespan,
+        # Served below behind the read guard (with an API key they are not public unless --public-reads).
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service
     install_error_handlers(app)
-    app.include_router(embeddings.router)
-    app.include_router(search.build_router(api_key_guard(service.config.api_key)))
+    key = service.config.api_key
+    # Every route but /health and /metrics needs the key; --public-reads leaves only the index writes guarded.
+    reads = [Depends(api_key_guard(None if service.config.public_reads else key))]
+    writes = [Depends(api_key_guard(key))]
+    app.include_router(embeddings.build_router(service), dependencies=reads)
+    app.include_router(search.build_router(reads=reads, writes=writes))
     app.include_router(ops.router)
+    app.include_router(ops.guarded_router, dependencies=reads)
+    app.include_router(docs.build_router(app), dependencies=reads)
+    install_contract(app, service)
     if service.config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

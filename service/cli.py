@@ -62,7 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     host, port = os.environ.get("HSRL_HOST", "127.0.0.1"), os.environ.get("HSRL_PORT", "8000")
     server.add_argument("--host", default=host, help="address to bind (default: $HSRL_HOST or 127.0.0.1)")
     server.add_argument("--port", type=int, default=port, help="port (default: $HSRL_PORT or 8000)")
-    server.add_argument("--api-key", default=None, help="bearer key for writes (default: $HSRL_API_KEY; none = open)")
+    server.add_argument(
+        "--api-key",
+        default=None,
+        help="bearer key required on every route but /health and /metrics (default: $HSRL_API_KEY; none = open)",
+    )
+    server.add_argument(
+        "--public-reads",
+        action="store_true",
+        help="with --api-key: leave reads (embeddings, search, models, info, schema) open; only index writes need it",
+    )
     server.add_argument("--cors-origin", action="append", default=[], help="allowed origin (repeatable; default off)")
     levels = ["critical", "error", "warning", "info", "debug"]
     server.add_argument("--log-level", default="info", choices=levels, help="log level" + _DEFAULT)
@@ -146,7 +155,15 @@ def _build_service(args: argparse.Namespace):  # -> hsrl_service.runtime.Service
         wedge_timeout_s=args.wedge_timeout_s,
     )
     api_key = args.api_key or os.environ.get("HSRL_API_KEY") or None
-    config = ServiceConfig(limits=limits, batching=batching, api_key=api_key, cors_origins=tuple(args.cors_origin))
+    if args.public_reads and not api_key:
+        raise _UsageError("--public-reads needs --api-key (or $HSRL_API_KEY): without a key everything is open")
+    config = ServiceConfig(
+        limits=limits,
+        batching=batching,
+        api_key=api_key,
+        public_reads=args.public_reads,
+        cors_origins=tuple(args.cors_origin),
+    )
     indexes = IndexRegistry()
     for spec in args.index:
         name, folder = named_path(spec, "--index")

@@ -40,6 +40,8 @@ class Encoder:
     dim: int
     #: orders items so that a model call holds similar ones (texts: by length, less padding); None: no order
     sort_key: Callable[[Any], Any] | None = None
+    #: when the model was written (Unix seconds; OpenAI's ``created``): its folder's mtime, else the service's start
+    created: int = 0
     #: a model call's fixed cost in ``sort_key`` units, for :func:`hsrl_service.engine.plan_calls`; None: no planning
     call_overhead: float | None = None
 
@@ -108,7 +110,9 @@ def load_text_encoder(path: str | Path, *, device: str | None = None, name: str 
     from hsrl.models.text import load_sentence_transformer  # slow to import: only once the folder is there
 
     model = load_sentence_transformer(folder, device=device)
-    return TextEncoder(model, name or folder.name)
+    encoder = TextEncoder(model, name or folder.name)
+    encoder.created = int(folder.stat().st_mtime)
+    return encoder
 
 
 @dataclass(frozen=True)
@@ -207,4 +211,6 @@ def load_image_encoder(path: str | Path, *, device: str | None = None, name: str
     recipe = image_models.load_preprocess(folder)
     # hsrl encoders take uint8 and normalise inside (their Normalize layer), so no mean/std here.
     preprocessing = ImagePreprocessing(size=recipe.size, channels=recipe.channels, resize=recipe.resize)
-    return ImageEncoder(model, name or folder.name, preprocessing, dim=getattr(model, "dim", None), device=device)
+    encoder = ImageEncoder(model, name or folder.name, preprocessing, dim=getattr(model, "dim", None), device=device)
+    encoder.created = int(folder.stat().st_mtime)
+    return encoder

@@ -41,17 +41,30 @@ class ServedIndex:
         return scores, ids, metadata
 
     def add(
-        self, vectors: np.ndarray, ids: Sequence[int] | None, metadata: Sequence[dict[str, Any]] | None
+        self,
+        vectors: np.ndarray,
+        ids: Sequence[int | None] | None,
+        metadata: Sequence[dict[str, Any] | None] | None,
     ) -> np.ndarray:
-        """Add, save atomically, and return the ids; on a failed save the vectors are removed again."""
+        """Add, save atomically, and return the ids; on a failed save the vectors are removed again.
+
+        A ``None`` id is assigned: counting up from the index's next id and above every id given in this call.
+        """
         with self.lock:
-            added = np.asarray(self.index.add(vectors, ids=ids, metadata=metadata), dtype=np.int64)
+            chosen = None if ids is None or all(i is None for i in ids) else self._fill_ids(ids)
+            added = np.asarray(self.index.add(vectors, ids=chosen, metadata=metadata), dtype=np.int64)
             try:
                 self.index.save(self.folder)
             except BaseException:
                 self.index.remove(added)
                 raise
             return added
+
+    def _fill_ids(self, ids: Sequence[int | None]) -> list[int]:
+        given = [i for i in ids if i is not None]
+        start = max(int(self.index.next_id), max(given, default=-1) + 1)
+        fresh = iter(range(start, start + len(ids)))
+        return [next(fresh) if i is None else int(i) for i in ids]
 
     def remove(self, id_: int) -> int:
         """Remove one id (0 when it was not there), saving atomically when something changed."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -48,6 +49,8 @@ class ServiceConfig:
     limits: Limits = field(default_factory=Limits)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     api_key: str | None = None
+    #: with an API key: True leaves reads (embeddings, search, models, info, the schema) open, guarding writes only
+    public_reads: bool = False
     cors_origins: tuple[str, ...] = ()
 
 
@@ -71,6 +74,7 @@ class Service:
             if encoder.name in self.encoders or encoder.name in {"text", "image"}:
                 raise ValueError(f"encoder name {encoder.name!r} is taken; pass another name")
             self.encoders[encoder.name] = encoder
+            encoder.created = encoder.created or int(time.time())
         if not self.encoders and not len(self.indexes):
             raise ValueError("nothing to serve: give at least one model or index")
         b = self.config.batching
@@ -182,6 +186,11 @@ class Service:
         engines = {name: batcher.health() for name, batcher in self.batchers.items()}
         return all(state["ok"] for state in engines.values()), {"models": engines, "indexes": self.indexes.names()}
 
+    def _auth(self) -> str:
+        if not self.config.api_key:
+            return "none"
+        return "api-key (writes)" if self.config.public_reads else "api-key"
+
     def info(self) -> dict[str, Any]:
         return {
             "service": "hsrl",
@@ -190,5 +199,5 @@ class Service:
             "indexes": [{"name": s.name, "dim": s.dim, "ntotal": s.ntotal} for s in self.indexes.values()],
             "limits": self.limits.as_dict(),
             "batching": asdict(self.config.batching),
-            "auth": "api-key" if self.config.api_key else "none",
+            "auth": self._auth(),
         }

@@ -16,7 +16,6 @@ from hsrl_service.limits import Limits
 __all__ = [
     "check_count",
     "check_dimensions",
-    "check_ids",
     "check_texts",
     "decode_data_uris",
     "encode_rows",
@@ -24,15 +23,13 @@ __all__ = [
     "unit_vectors",
 ]
 
-_INT64 = (-(2**63), 2**63 - 1)
-
-
 def check_count(items: Sequence[Any], limits: Limits, field: str) -> None:
     if len(items) == 0:
         raise ServiceError(422, f"{field} must not be empty", "empty_input")
     if len(items) > limits.max_items:
+        # 422, not 413: the schema states this limit (maxItems), so it is a validation rule like any other.
         raise ServiceError(
-            413, f"{field} has {len(items)} items (limit {limits.max_items} per request)", "too_many_inputs"
+            422, f"{field} has {len(items)} items (limit {limits.max_items} per request)", "too_many_inputs"
         )
 
 
@@ -43,7 +40,7 @@ def check_texts(texts: Sequence[str], limits: Limits, field: str) -> None:
             raise ServiceError(422, f"{field}[{i}] is empty", "empty_input")
         if len(text) > limits.max_text_chars:
             raise ServiceError(
-                413, f"{field}[{i}] has {len(text)} characters (limit {limits.max_text_chars})", "text_too_long"
+                422, f"{field}[{i}] has {len(text)} characters (limit {limits.max_text_chars})", "text_too_long"
             )
 
 
@@ -74,16 +71,6 @@ def unit_vectors(rows: Sequence[Sequence[float]], dim: int, field: str) -> np.nd
     array /= scale[:, None]
     # Renormalising lets clients send unnormalised vectors; the index compares by inner product = cosine.
     return (array / np.linalg.norm(array, axis=1, keepdims=True)).astype(np.float32)
-
-
-def check_ids(ids: Sequence[int], count: int) -> None:
-    if len(ids) != count:
-        raise ServiceError(422, f"ids has {len(ids)} entries for {count} items", "length_mismatch")
-    for i, id_ in enumerate(ids):
-        if not 0 <= id_ <= _INT64[1]:
-            raise ServiceError(422, f"ids[{i}] = {id_} is outside 0 .. 2^63-1", "invalid_id")
-    if len(set(ids)) != len(ids):
-        raise ServiceError(422, "ids contains duplicates", "duplicate_id")
 
 
 def truncate(vectors: np.ndarray, dimensions: int | None, model_dim: int) -> np.ndarray:

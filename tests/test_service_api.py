@@ -56,6 +56,14 @@ def server(folders: dict[str, Path]) -> Iterator[LiveServer]:
 
 @pytest.fixture()
 def client(server: LiveServer):
+    """A client that sends the API key (every route but /health and /metrics needs it)."""
+    with server.client(headers=AUTH) as http:
+        yield http
+
+
+@pytest.fixture()
+def anonymous(server: LiveServer):
+    """A client with no default ``Authorization`` header."""
     with server.client() as http:
         yield http
 
@@ -97,19 +105,30 @@ def test_dimensions_truncate_and_renormalise(client) -> None:
     body = client.post("/v1/embeddings", json={"input": SENTENCES[:2], "dimensions": 64}).json()
     full = reference(SENTENCES[:2])[:, :64]
     np.testing.assert_allclose(_rows(body), full / np.linalg.norm(full, axis=1, keepdims=True), atol=1e-5)
-    for bad in (0, -1, 385):
-        assert_error(client.post("/v1/embeddings", json={"input": "x", "dimensions": bad}), 422, "invalid_dimensions")
+    for bad in (0, -1):  # below the schema's minimum: pydantic's validation error
+        assert_error(client.post("/v1/embeddings", json={"input": "x", "dimensions": bad}), 422, "invalid_request")
+    assert_error(client.post("/v1/embeddings", json={"input": "x", "dimensions": 385}), 422, "invalid_dimensions")
 
 
 def test_model_is_chosen_by_modality_or_name(client) -> None:
     for model in ("text", "minilm"):
         assert client.post("/v1/embeddings", json={"input": "hi", "model": model}).json()["model"] == "minilm"
-    assert_error(client.post("/v1/embeddings", json={"input": "hi", "model": "gpt-4"}), 404, "model_not_found")
+    # A name the service does not serve (an OpenAI client's default) is answered by the input's modality's model.
+    assert client.post("/v1/embeddings", json={"input": "hi", "model": "text-embedding-3-small"}).json()["model"] == (
+        "minilm"
+    )
+    image = client.post("/v1/embeddings", json={"input": data_uri(png_bytes()), "model": "clip-vit-b-32"}).json()
+    assert image["model"] == "alexnet-tiny"
+    assert_error(client.post("/v1/embeddings", json={"input": data_uri(png_bytes()), "model": "minilm"}), 422,
+                 "wrong_modality")  # fmt: skip
     models = client.get("/v1/models").json()
     assert {(m["id"], m["modality"], m["dim"]) for m in models["data"]} == {
         ("minilm", "text", 384),
         ("alexnet-tiny", "image", 16),
     }
+    assert all(isinstance(m["created"], int) and m["created"] > 1_600_000_000 for m in models["data"])
+    assert client.get("/v1/models/minilm").json() == next(m for m in models["data"] if m["id"] == "minilm")
+    assert_error(client.get("/v1/models/gpt-4"), 404, "model_not_found")
 
 
 def test_images_by_data_uri_and_upload_equal_hsrl_export(client, tmp_path: Path) -> None:
@@ -155,11 +174,11 @@ def test_search_by_vector_matches_exact_search(client, folders) -> None:
 
 def test_search_by_image(client) -> None:
     image = data_uri(png_bytes(seed=5))
-    added = client.post("/index/images/add", json={"vectors": [[1.0] * 16]}, headers=AUTH)
+    added = client.post("/index/images/add", json={"items": [{"vector": [1.0] * 16}]}, headers=AUTH)
     assert added.status_code == 200, added.text
     vector = client.post("/v1/embeddings", json={"input": image}).json()["data"][0]["embedding"]
     add = client.post(
-        "/index/images/add", json={"vectors": [vector], "ids": [77], "metadata": [{"f": "5.png"}]}, headers=AUTH
+        "/index/images/add", json={"items": [{"vector": vector, "id": 77, "metadata": {"f": "5.png"}}]}, headers=AUTH
     )
     assert add.json()["ids"] == [77]
     hit = client.post("/search", json={"index": "images", "image": image, "k": 1}).json()["data"][0]
@@ -168,9 +187,8 @@ def test_search_by_image(client) -> None:
 
 def test_add_texts_then_delete_persists(client, folders) -> None:
     before = client.get("/index/docs").json()["ntotal"]
-    response = client.post(
-        "/index/docs/add", json={"texts": ["Penguins live in Antarctica."], "metadata": [{"src": "t"}]}, headers=AUTH
-    )
+    item = {"text": "Penguins live in Antarctica.", "metadata": {"src": "t"}}
+    response = client.post("/index/docs/add", json={"items": [item]})
     assert response.status_code == 200, response.text
     (new_id,) = response.json()["ids"]
     assert response.json()["ntotal"] == before + 1
@@ -181,8 +199,10 @@ def test_add_texts_then_delete_persists(client, folders) -> None:
     assert deleted.status_code == 200 and deleted.json()["ntotal"] == before
     assert VectorIndex.load(folders["docs"]).ntotal == before
     assert_error(client.delete(f"/index/docs/{new_id}", headers=AUTH), 404, "id_not_found")
-    assert_error(client.post("/index/docs/add", json={"vectors": [unit_rows(1)[0].tolist()], "ids": [0]}, headers=AUTH),
-                 422, "index_rejected")  # fmt: skip
+    taken = {"items": [{"vector": unit_rows(1)[0].tolist(), "id": 0}]}
+    assert_error(client.post("/index/docs/add", json=taken), 409, "id_conflict")
+    twice = {"items": [{"vector": unit_rows(1)[0].tolist(), "id": 500}, {"text": "x", "id": 500}]}
+    assert_error(client.post("/index/docs/add", json=twice), 409, "duplicate_id")
 
 
 def _digest(folder: Path) -> str:
@@ -192,19 +212,52 @@ def _digest(folder: Path) -> str:
 @pytest.mark.parametrize(
     "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}, {"Authorization": f"Basic {KEY}"}]
 )
-def test_writes_without_the_key_are_401_and_change_nothing(client, folders, headers) -> None:
+def test_writes_without_the_key_are_401_and_change_nothing(client, anonymous, folders, headers) -> None:
     before, digest = client.get("/index/docs").json()["ntotal"], _digest(folders["docs"])
     vector = unit_rows(1, seed=3)[0].tolist()
     for response in (
-        client.post("/index/docs/add", json={"vectors": [vector]}, headers=headers),
-        client.post("/index/docs/add", json={"texts": ["x"]}, headers=headers),
-        client.delete("/index/docs/0", headers=headers),
+        anonymous.post("/index/docs/add", json={"items": [{"vector": vector}]}, headers=headers),
+        anonymous.post("/index/docs/add", json={"items": [{"text": "x"}]}, headers=headers),
+        anonymous.delete("/index/docs/0", headers=headers),
     ):
         assert_error(response, 401, "invalid_api_key")
         assert response.headers["www-authenticate"] == "Bearer"
     assert client.get("/index/docs").json()["ntotal"] == before
     assert _digest(folders["docs"]) == digest
-    assert client.post("/search", json={"index": "docs", "vector": vector, "k": 1}).status_code == 200  # reads: open
+
+
+READS = [
+    ("POST", "/v1/embeddings", {"json": {"input": "Anne Elliot"}}),
+    ("POST", "/search", {"json": {"index": "docs", "text": "a letter", "k": 1}}),
+    ("POST", "/v1/embeddings/upload", {"files": {"files": ("a.png", b"x")}}),
+    ("GET", "/v1/models", {}),
+    ("GET", "/v1/models/minilm", {}),
+    ("GET", "/index/docs", {}),
+    ("GET", "/info", {}),
+    ("GET", "/openapi.json", {}),
+    ("GET", "/docs", {}),
+]
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}], ids=["no key", "wrong key"])
+def test_with_a_key_every_route_but_health_and_metrics_is_401(anonymous, client, headers) -> None:
+    for method, path, kwargs in READS:
+        response = anonymous.request(method, path, headers=headers, **kwargs)
+        assert_error(response, 401, "invalid_api_key")
+        assert response.headers["www-authenticate"] == "Bearer"
+    assert anonymous.get("/health", headers=headers).status_code == 200
+    assert anonymous.get("/metrics", headers=headers).status_code == 200
+    assert client.post("/v1/embeddings", json={"input": "Anne Elliot"}).status_code == 200  # with the key
+
+
+def test_public_reads_leaves_only_writes_guarded(folders) -> None:
+    service = build_service(indexes=[("docs", folders["docs"])], limits=LIMITS, api_key=KEY, public_reads=True)
+    with serve(service) as live, live.client() as http:
+        assert http.post("/v1/embeddings", json={"input": "Anne Elliot"}).status_code == 200
+        assert http.post("/search", json={"text": "a letter", "k": 1}).status_code == 200
+        assert http.get("/openapi.json").status_code == 200 and http.get("/info").json()["auth"] == "api-key (writes)"
+        assert_error(http.post("/index/docs/add", json={"items": [{"text": "x"}]}), 401, "invalid_api_key")
+        assert_error(http.delete("/index/docs/0"), 401, "invalid_api_key")
 
 
 # ------------------------------------------------------------------ bad input
@@ -216,10 +269,13 @@ BAD_REQUESTS = {
     "empty string": ("/v1/embeddings", {"input": ""}, 422),
     "blank string in list": ("/v1/embeddings", {"input": ["ok", "   "]}, 422),
     "10 MB string": ("/v1/embeddings", {"input": TEN_MB}, 413),
-    "text over max chars": ("/v1/embeddings", {"input": "word " * 3000}, 413),
-    "too many inputs": ("/v1/embeddings", {"input": ["x"] * 65}, 413),
+    "text over max chars": ("/v1/embeddings", {"input": "word " * 3000}, 422),
+    "too many inputs": ("/v1/embeddings", {"input": ["x"] * 65}, 422),
     "input is a number": ("/v1/embeddings", {"input": 3}, 422),
-    "input is token ids": ("/v1/embeddings", {"input": [1, 2, 3]}, 422),
+    "token id outside the vocabulary": ("/v1/embeddings", {"input": [101, 10**9]}, 422),
+    "negative token id": ("/v1/embeddings", {"input": [[101, -3]]}, 422),
+    "empty token list": ("/v1/embeddings", {"input": [[]]}, 422),
+    "ints and texts mixed": ("/v1/embeddings", {"input": ["x", 5]}, 422),
     "input is null": ("/v1/embeddings", {"input": None}, 422),
     "input missing": ("/v1/embeddings", {"model": "text"}, 422),
     "input is an object": ("/v1/embeddings", {"input": {"a": 1}}, 422),
@@ -246,11 +302,17 @@ BAD_REQUESTS = {
     "no query": ("/search", {"index": "docs", "k": 1}, 422),
     "unknown field": ("/search", {"index": "docs", "vector": VEC, "k": 1, "kk": 2}, 422),
     "invalid JSON": ("/v1/embeddings", '{"input": ', 422),
-    "NaN in added vector": ("/index/docs/add", '{"vectors": [[NaN' + ", 0.1" * 383 + "]]}", 422),
-    "ids/vectors mismatch": ("/index/docs/add", {"vectors": [VEC], "ids": [1, 2]}, 422),
-    "negative id": ("/index/docs/add", {"vectors": [VEC], "ids": [-5]}, 422),
-    "add to unknown index": ("/index/nope/add", {"vectors": [VEC]}, 404),
-    "metadata not objects": ("/index/docs/add", {"vectors": [VEC], "metadata": [3]}, 422),
+    "NaN in added vector": ("/index/docs/add", '{"items": [{"vector": [NaN' + ", 0.1" * 383 + "]}]}", 422),
+    "old parallel-list form": ("/index/docs/add", {"vectors": [VEC], "ids": [1]}, 422),
+    "vector and text in one item": ("/index/docs/add", {"items": [{"vector": VEC, "text": "x"}]}, 422),
+    "empty item": ("/index/docs/add", {"items": [{"id": 3}]}, 422),
+    "negative id": ("/index/docs/add", {"items": [{"vector": VEC, "id": -5}]}, 422),
+    "boolean id": ("/index/docs/add", {"items": [{"vector": VEC, "id": True}]}, 422),
+    "booleans as a vector": ("/search", {"index": "docs", "vector": [True] * 384, "k": 1}, 422),
+    "add to unknown index": ("/index/nope/add", {"items": [{"vector": VEC}]}, 404),
+    "metadata not an object": ("/index/docs/add", {"items": [{"vector": VEC, "metadata": 3}]}, 422),
+    "image modality with a URL": ("/v1/embeddings", {"input": "https://example.com/cat.png", "modality": "image"}, 422),
+    "token ids as image": ("/v1/embeddings", {"input": [101, 102], "modality": "image"}, 422),
 }
 
 
@@ -278,7 +340,10 @@ def test_routing_errors_use_the_error_body(client) -> None:
     assert_error(client.get("/nowhere"), 404, "not_found")
     assert_error(client.put("/search"), 405, "method_not_allowed")
     assert_error(client.get("/index/nope"), 404, "index_not_found")
-    assert_error(client.delete("/index/docs/not-a-number", headers=AUTH), 422)
+    assert_error(client.delete("/index/docs/not-a-number"), 404, "not_found")  # ids are digits only
+    wrong = client.delete("/index/docs/add")  # the add route exists, for POST only
+    assert_error(wrong, 405, "method_not_allowed")
+    assert wrong.headers["allow"] == "POST"
 
 
 # ------------------------------------------------------------------ operations

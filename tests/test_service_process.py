@@ -32,7 +32,8 @@ DIM = 64
 
 
 def _add_payload(first_id: int, count: int) -> dict:
-    return {"vectors": unit_rows(count, DIM, seed=first_id).tolist(), "ids": list(range(first_id, first_id + count))}
+    rows = unit_rows(count, DIM, seed=first_id).tolist()
+    return {"items": [{"vector": row, "id": first_id + i} for i, row in enumerate(rows)]}
 
 
 def free_port() -> int:
@@ -78,7 +79,7 @@ def test_sigkill_during_adds_leaves_the_state_before_or_after(tmp_path: Path) ->
     acknowledged, batch, rng = preloaded, 25, random.Random(0)
     deadline = time.monotonic() + 45  # bounds the number of cycles, not a timing assertion
     for cycle in range(3):
-        with serve_process(folder) as (process, url), httpx.Client(base_url=url, timeout=30) as http:
+        with serve_process(folder) as (process, url), httpx.Client(base_url=url, timeout=30, headers=AUTH) as http:
             assert http.get("/index/docs").json()["ntotal"] == acknowledged  # the restart sees the saved state
             for _ in range(rng.randint(2, 5)):  # some adds that complete
                 response = http.post("/index/docs/add", json=_add_payload(acknowledged, batch), headers=AUTH)
@@ -103,8 +104,8 @@ def test_sigkill_during_adds_leaves_the_state_before_or_after(tmp_path: Path) ->
         if time.monotonic() > deadline:
             break
     with serve_process(folder) as (_, url):  # still writable after the crashes
-        vector = unit_rows(1, DIM, seed=1).tolist()
-        response = httpx.post(f"{url}/index/docs/add", json={"vectors": vector}, headers=AUTH, timeout=30)
+        vector = unit_rows(1, DIM, seed=1)[0].tolist()
+        response = httpx.post(f"{url}/index/docs/add", json={"items": [{"vector": vector}]}, headers=AUTH, timeout=30)
         assert response.status_code == 200 and response.json()["ntotal"] == acknowledged + 1
 
 

@@ -100,6 +100,7 @@ def build_service(
     limits: Limits | None = None,
     batching: BatchingConfig | None = None,
     api_key: str | None = None,
+    public_reads: bool = False,
     cors_origins: tuple[str, ...] = (),
     encoders: Sequence[Any] = (),
 ) -> Service:
@@ -111,6 +112,7 @@ def build_service(
         limits=limits or Limits(),
         batching=batching or BatchingConfig(),
         api_key=api_key,
+        public_reads=public_reads,
         cors_origins=cors_origins,
     )
     return Service(chosen, registry, config)

@@ -12,20 +12,25 @@ from pydantic_core import to_json
 from hsrl_service.runtime import Service
 from hsrl_service.schemas import ErrorBody
 
-__all__ = ["ERRORS", "json_response", "service_of", "until_disconnected"]
+__all__ = ["CONFLICT", "ERRORS", "json_response", "service_of", "until_disconnected"]
 
 #: Error responses documented on every route (they all carry the one error body).
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": description}
     for status, description in {
-        401: "Missing or wrong API key (writes, when a key is configured).",
+        400: "The body could not be parsed (malformed multipart).",
+        401: "Missing or wrong API key (when a key is configured).",
         404: "Unknown model, index or id.",
-        413: "Request, text or image over a limit.",
-        422: "Invalid request.",
+        413: "Request body over the byte limit, or an image over the pixel limit.",
+        422: "Invalid request: it breaks a rule of this schema (types, lengths, limits, exactly-one-of) or "
+        "names something unusable (a wrong vector dimension, an unreadable image, a model of another modality).",
         429: "Queue full; retry after `Retry-After` seconds.",
         503: "The model worker is not running.",
     }.items()
 }
+
+
+CONFLICT: dict[str, Any] = {"model": ErrorBody, "description": "An id is already in the index, or given twice."}
 
 
 def service_of(request: Request) -> Service:

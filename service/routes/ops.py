@@ -1,4 +1,5 @@
-"""Operations: ``GET /health`` (the engine's real state), ``GET /info`` and ``GET /metrics`` (Prometheus)."""
+"""Operations: ``GET /health`` (the engine's real state) and ``GET /metrics`` (Prometheus), open to probes and
+scrapers; ``GET /info``, behind the API key."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
 
 from hsrl_service.errors import error_response
-from hsrl_service.routes.common import json_response, service_of
+from hsrl_service.routes.common import ERRORS, json_response, service_of
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"])  # always open: probes and scrapers carry no key
+guarded_router = APIRouter(tags=["operations"])  # behind the API key like every other route
 
 
 @router.get("/health", responses={503: {"description": "A model worker is dead or wedged."}})
@@ -21,7 +23,7 @@ async def health(request: Request) -> Response:
     return error_response(503, f"unhealthy: {reasons}", "engine_unavailable", status="unavailable", **details)
 
 
-@router.get("/info")
+@guarded_router.get("/info", responses={401: ERRORS[401]})
 async def info(request: Request) -> Response:
     """Models, dimensions, indexes, limits, batching settings and version."""
     return json_response(service_of(request).info())

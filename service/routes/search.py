@@ -3,41 +3,45 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from hsrl_service.errors import ServiceError
 from hsrl_service.indexes import ServedIndex
-from hsrl_service.routes.common import ERRORS, json_response, service_of, until_disconnected
+from hsrl_service.routes.common import CONFLICT, ERRORS, json_response, service_of, until_disconnected
 from hsrl_service.runtime import Service
 from hsrl_service.schemas import AddRequest, AddResponse, DeleteResponse, SearchRequest, SearchResponse
-from hsrl_service.validation import check_count, check_ids, check_texts, decode_data_uris, unit_vectors
+from hsrl_service.validation import check_count, check_texts, decode_data_uris, unit_vectors
 
 
-def build_router(write_guard: Any) -> APIRouter:
-    """The routes, with ``write_guard`` (the API-key dependency) on the writes."""
+def build_router(reads: Sequence[Any], writes: Sequence[Any]) -> APIRouter:
+    """The routes, with the API-key dependencies ``reads`` on search and stats and ``writes`` on the writes."""
     router = APIRouter(tags=["search"])
-    router.add_api_route("/search", search, methods=["POST"], response_model=SearchResponse, responses=ERRORS)
-    router.add_api_route("/index/{name}", index_stats, methods=["GET"], responses=ERRORS)
+    router.add_api_route(
+        "/search", search, methods=["POST"], response_model=SearchResponse, responses=ERRORS, dependencies=reads
+    )
+    router.add_api_route("/index/{name}", index_stats, methods=["GET"], responses=ERRORS, dependencies=reads)
     router.add_api_route(
         "/index/{name}/add",
         add_to_index,
         methods=["POST"],
         response_model=AddResponse,
-        responses=ERRORS,
-        dependencies=[Depends(write_guard)],
+        responses={**ERRORS, 409: CONFLICT},
+        dependencies=writes,
     )
     router.add_api_route(
-        "/index/{name}/{id}",
+        # ``:int``: only digits match, so DELETE /index/{name}/add is 405 (wrong method), not a bad id
+        "/index/{name}/{id:int}",
         delete_from_index,
         methods=["DELETE"],
         response_model=DeleteResponse,
         responses=ERRORS,
-        dependencies=[Depends(write_guard)],
+        dependencies=writes,
     )
     return router
 
@@ -90,42 +94,44 @@ async def index_stats(name: str, request: Request) -> Response:
 
 
 async def add_to_index(name: str, body: AddRequest, request: Request) -> Response:
-    """Add vectors (or texts, embedded here) with optional ids and metadata; saved before the answer."""
+    """Add items (vectors, or texts embedded here) with optional ids and metadata; saved before the answer."""
     service = service_of(request)
     served = service.index(name)
-    if (body.vectors is None) == (body.texts is None):
-        raise ServiceError(422, "give exactly one of vectors, texts", "invalid_add")
-    if body.vectors is not None:
-        check_count(body.vectors, service.limits, "vectors")
-        vectors = unit_vectors(body.vectors, served.dim, "vectors")
-        metadata = body.metadata
-    else:
-        texts = body.texts or []
-        check_texts(texts, service.limits, "texts")
+    items = body.items
+    check_count(items, service.limits, "items")
+    given = [item.id for item in items if item.id is not None]
+    if len(set(given)) != len(given):
+        raise ServiceError(409, "items give the same id twice", "duplicate_id")
+    vectors = np.empty((len(items), served.dim), dtype=np.float32)
+    texts = {i: item.text for i, item in enumerate(items) if item.text is not None}
+    for i, item in enumerate(items):
+        if (item.vector is None) == (item.text is None):
+            raise ServiceError(422, f"items[{i}]: give exactly one of vector, text", "invalid_add")
+        if item.vector is not None:
+            vectors[i] = unit_vectors([item.vector], served.dim, f"items[{i}].vector")[0]
+    if texts:
+        check_texts(list(texts.values()), service.limits, "texts")
         encoder = service.encoder(body.model, "text")
         _check_model_dim(served, encoder.dim, encoder.name)
-        if body.metadata is None:
-            metadata = [{"text": text} for text in texts]
-        elif len(body.metadata) == len(texts):
-            metadata = [{"text": text, **meta} for text, meta in zip(texts, body.metadata, strict=True)]
-        else:
-            metadata = body.metadata  # refused below with the lengths in the message
-        vectors, _ = await service.embed(encoder, texts)
-    if body.ids is not None:
-        check_ids(body.ids, len(vectors))
-    if metadata is not None and len(metadata) != len(vectors):
-        raise ServiceError(422, f"metadata has {len(metadata)} entries for {len(vectors)} items", "length_mismatch")
+        embedded, _ = await service.embed(encoder, list(texts.values()))
+        vectors[list(texts)] = embedded
+    metadata = [
+        ({"text": item.text} if item.text is not None else {}) | (item.metadata or {})
+        if item.text is not None or item.metadata is not None
+        else None
+        for item in items
+    ]
     try:
-        ids = await run_in_threadpool(served.add, vectors, body.ids, metadata)
-    except ValueError as error:  # e.g. an id already present: the index refuses and nothing changed
-        raise ServiceError(422, f"index {served.name!r}: {error}", "index_rejected") from error
+        ids = await run_in_threadpool(served.add, vectors, [item.id for item in items], metadata)
+    except ValueError as error:  # an id already in the index: nothing changed
+        raise ServiceError(409, f"index {served.name!r}: {error}", "id_conflict") from error
     return json_response({"object": "index.add", "index": served.name, "ids": ids.tolist(), "ntotal": served.ntotal})
 
 
 async def delete_from_index(name: str, id: int, request: Request) -> Response:
     """Remove one id; 404 when it is not in the index."""
     served = service_of(request).index(name)
-    if not 0 <= id <= 2**63 - 1:
+    if not 0 <= id <= 2**63 - 1:  # unreachable through the route (digits only), kept for direct callers
         raise ServiceError(404, f"id {id} is not in index {served.name!r}", "id_not_found")
     removed = await run_in_threadpool(served.remove, id)
     if not removed:

@@ -13,14 +13,18 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "CHECKPOINT_PATTERN",
+    "apply_umask_tree",
     "atomic_write_bytes",
     "atomic_write_json",
+    "current_umask",
+    "default_mode",
     "find_latest_checkpoint",
     "fsync_tree",
     "list_checkpoints",
@@ -41,12 +45,49 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux reports it (``os.umask`` alone must set one)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)  # elsewhere: read it by setting it, then put it back at once
+    os.umask(old)
+    return old
+
+
+def default_mode(*, folder: bool) -> int:
+    """What ``open``/``mkdir`` would give under the user's umask (0644 / 0755 under 022); mkstemp and mkdtemp
+    give owner-only 0600 / 0700, which would make a container running as another uid unable to read the files."""
+    return (0o777 if folder else 0o666) & ~current_umask()
+
+
+def apply_umask_tree(root: Path) -> None:
+    """Give ``root`` and everything under it the umask's default modes (executables keep their x bits)."""
+    folder_mode, file_mode = default_mode(folder=True), default_mode(folder=False)
+    os.chmod(root, folder_mode)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(Path(folder) / name, folder_mode)
+        for name in files:
+            path = Path(folder) / name
+            executable = path.stat().st_mode & stat.S_IXUSR
+            os.chmod(path, folder_mode if executable else file_mode)
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
+
+    The file gets the mode a plain ``open`` would (the user's umask), not mkstemp's owner-only mode.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.fchmod(fd, default_mode(folder=False))
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -75,7 +116,12 @@ def fsync_tree(root: Path) -> None:
 
 
 def publish_folder(tmp: Path, target: Path) -> None:
-    """Flush the finished folder ``tmp`` to disk and rename it to ``target`` (atomically)."""
+    """Flush the finished folder ``tmp`` to disk and rename it to ``target`` (atomically).
+
+    Everything in it gets the mode ``open``/``mkdir`` would give under the user's umask: ``tmp`` may come from
+    ``mkdtemp`` (0700) and some writers create owner-only files (safetensors' ``save_file``: 0600).
+    """
+    apply_umask_tree(tmp)
     fsync_tree(tmp)
     if target.exists():
         # Only reached when re-saving the same step: move the old one aside first,

@@ -4,6 +4,10 @@ A recipe's configuration is a dataclass whose fields carry their help text in
 ``field(metadata={"help": ...})``. :func:`parse_config` turns it into an
 ``argparse`` parser, so ``--help`` documents every field, and bad values end in
 argparse's one-line error instead of a traceback.
+
+Every recipe also takes ``--config FILE.json|.yaml``: the file is read by
+``transformers.HfArgumentParser`` (unknown keys are refused), its values become the
+defaults, and flags given on the command line override them.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import dataclasses
 import types
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = ["add_dataclass_arguments", "config_to_dict", "parse_config"]
@@ -76,18 +81,54 @@ def parse_config(cls: type[C], argv: Sequence[str] | None = None, description: s
     becomes argparse's one-line usage error (exit status 2).
     """
     parser = argparse.ArgumentParser(description=description or (cls.__doc__ or "").strip().splitlines()[0])
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="a .json or .yaml file of these options (flags given here override it)")  # fmt: skip
     add_dataclass_arguments(parser, cls)
-    namespace = parser.parse_args(argv)
-    values = vars(namespace)
+    config_file = parser.parse_known_args(argv)[0].config
+    if config_file is not None:
+        try:
+            parser.set_defaults(**_read_config_file(cls, config_file))
+        except (ValueError, OSError) as error:
+            parser.error(f"--config {config_file}: {_first_line(error)}")
+    values = vars(parser.parse_args(argv))
+    values.pop("config")
+    try:
+        return cls(**_tuples(cls, values))
+    except ValueError as error:
+        parser.error(str(error))
+        raise  # unreachable: parser.error exits
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _tuples(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Lists for tuple-typed fields become tuples (argparse and JSON both give lists)."""
     hints = typing.get_type_hints(cls)
     for name, value in values.items():
         if isinstance(value, list) and typing.get_origin(_unwrap_optional(hints[name])[0]) is tuple:
             values[name] = tuple(value)
-    try:
-        return cls(**values)
-    except ValueError as error:
-        parser.error(str(error))
-        raise  # unreachable: parser.error exits
+    return values
+
+
+def _read_config_file(cls: type, path: str) -> dict[str, Any]:
+    """The file's values, checked by ``HfArgumentParser`` (and by ``cls.__post_init__``): ``{field: value}``."""
+    from transformers import HfArgumentParser
+
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError("no such file")
+    reader = HfArgumentParser(cls)  # type: ignore[arg-type]
+    suffix = file.suffix.lower()
+    if suffix == ".json":
+        (config,) = reader.parse_json_file(file)
+    elif suffix in {".yaml", ".yml"}:
+        (config,) = reader.parse_yaml_file(file)
+    else:
+        raise ValueError("expected a .json, .yaml or .yml file")
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(cls) if f.init}
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

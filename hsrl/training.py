@@ -29,6 +29,7 @@ import json
 import math
 import os
 import shutil
+import time
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sized
 from dataclasses import dataclass, field
@@ -37,11 +38,12 @@ from typing import Any, Literal
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, broadcast, set_seed
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from hsrl.budget import PROVISIONAL_STEPS, StepPlanner
 from hsrl.checkpoints import (
     STATE_FILE,
     atomic_write_json,
@@ -54,6 +56,7 @@ from hsrl.checkpoints import (
 )
 from hsrl.configuration import config_to_dict
 from hsrl.distributed import destroy_process_group, gather_with_grad
+from hsrl.gradcache import backward_chunks, check_cacheable, embed_chunks, split_batch
 from hsrl.losses import align_loss, uniform_loss
 
 __all__ = [
@@ -82,6 +85,16 @@ class TrainConfig:
     )
     epochs: int = field(default=1, metadata={"help": "passes over the data (ignored when --max-steps is set)"})
     max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps"})
+    time_budget_min: float | None = field(
+        default=None,
+        metadata={"help": "train for this many minutes of wall clock, with the LR schedule planned for the budget "
+                          "from the measured step time (instead of --max-steps/--epochs)"},
+    )  # fmt: skip
+    cache_chunk_size: int | None = field(
+        default=None,
+        metadata={"help": "gradient caching: embed each batch in chunks of this many examples, so a large batch "
+                          "fits in memory; the loss and gradients are those of the whole batch"},
+    )  # fmt: skip
     optimizer: Literal["sgd", "adam", "adamw"] = field(default="adamw", metadata={"help": "optimizer"})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
@@ -143,6 +156,19 @@ class TrainConfig:
             raise ValueError(f"--betas needs two numbers in [0, 1), got {self.betas}")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ValueError(f"--max-grad-norm must be > 0, got {self.max_grad_norm}")
+        if self.time_budget_min is not None:
+            if not (isinstance(self.time_budget_min, int | float) and math.isfinite(self.time_budget_min)
+                    and self.time_budget_min > 0):  # fmt: skip
+                raise ValueError(f"--time-budget-min must be a number of minutes > 0, got {self.time_budget_min}")
+            if self.max_steps is not None:
+                raise ValueError("--time-budget-min and --max-steps both set: give one (the budget plans the "
+                                 "number of steps and the LR schedule itself)")  # fmt: skip
+        if self.cache_chunk_size is not None:
+            if self.cache_chunk_size < 1:
+                raise ValueError(f"--cache-chunk-size must be >= 1, got {self.cache_chunk_size}")
+            if self.cache_chunk_size > self.batch_size:
+                raise ValueError(f"--cache-chunk-size {self.cache_chunk_size} is larger than --batch-size "
+                                 f"{self.batch_size}: a chunk is part of one process's batch")  # fmt: skip
 
 
 class TrainingDivergedError(RuntimeError):
@@ -156,9 +182,12 @@ class TrainerState:
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0  # batches of `epoch` already trained on
+    train_seconds: float = 0.0  # wall clock spent in the loop so far, over every resumed piece
+    planned_steps: int = 0  # the step count a time budget planned (0: not planned yet)
 
-    def as_dict(self) -> dict[str, int]:
-        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+    def as_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "train_seconds": self.train_seconds, "planned_steps": self.planned_steps}  # fmt: skip
 
 
 @dataclass
@@ -168,6 +197,7 @@ class FitResult:
     last_loss: float
     history: list[dict[str, float]]
     checkpoint: Path | None
+    train_seconds: float = 0.0  # wall clock in the loop, resumed pieces included
 
 
 # --------------------------------------------------------------------------- data
@@ -409,15 +439,19 @@ def fit(
         checkpoints.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(checkpoints)
 
+    if config.cache_chunk_size:
+        check_cacheable(model)
     optimizer = build_optimizer(model, config)
     model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
     try:
         steps_per_epoch: int | None = len(dataloader)
     except TypeError:  # an iterable dataset without a length
         steps_per_epoch = None
-    if config.max_steps is None and steps_per_epoch is None:
-        raise ValueError("this dataset has no length: set --max-steps")
+    if config.max_steps is None and steps_per_epoch is None and config.time_budget_min is None:
+        raise ValueError("this dataset has no length: set --max-steps or --time-budget-min")
     total_steps = config.max_steps or config.epochs * int(steps_per_epoch or 0)
+    if config.time_budget_min is not None:
+        total_steps = PROVISIONAL_STEPS
     if total_steps < 1 or steps_per_epoch == 0:
         raise ValueError(
             f"no full batch of {config.batch_size} x {accelerator.num_processes} processes in the data; "
@@ -436,13 +470,18 @@ def fit(
         accelerator.load_state(str(resume_from))
         state = TrainerState(**read_trainer_state(resume_from))
         accelerator.print(f"resumed from {resume_from} (step {state.step}, epoch {state.epoch})")
+    planner = None
+    if config.time_budget_min is not None:
+        planner = StepPlanner(config.time_budget_min * 60, start_step=state.step, planned=state.planned_steps)
+        if state.planned_steps:  # a resumed budgeted run keeps the schedule it had planned
+            total_steps = schedule.total_steps = state.planned_steps
 
     if config.log_with != "none":
         accelerator.init_trackers("hsrl", config=config_to_dict(config))
     log_path = output / "train_log.jsonl"
     history: list[dict[str, float]] = []
     bar = tqdm(
-        total=total_steps,
+        total=None if total_steps == PROVISIONAL_STEPS else total_steps,
         initial=state.step,
         desc="train",
         dynamic_ncols=True,
@@ -450,9 +489,11 @@ def fit(
     )
     last_loss = float("nan")
     last_checkpoint = resume_from
+    clock = _TrainingClock(state.train_seconds)
 
     model.train()
-    while state.step < total_steps:
+    out_of_time = False
+    while state.step < total_steps and not out_of_time:
         _set_epoch(dataloader, state.epoch, config.seed)
         loader = dataloader
         if state.batch_in_epoch:
@@ -460,18 +501,12 @@ def fit(
         finished_epoch, seen_batch = True, False
         for batch in loader:
             seen_batch = True
-            x, y = encode(model, batch)
-            x, y = gather_with_grad(x.float()), gather_with_grad(y.float())
-            if not bool(torch.isfinite(x.detach()).all() & torch.isfinite(y.detach()).all()):
+            try:
+                terms, x, y = _train_step(model, batch, loss_fn, optimizer, accelerator, config, encode, state.step + 1,
+                                          checkpoints)  # fmt: skip
+            except TrainingDivergedError:
                 bar.close()
-                raise _diverged("the embeddings", state.step + 1, checkpoints)
-            terms = loss_fn.terms(x, y) if hasattr(loss_fn, "terms") else {"loss": loss_fn(x, y)}
-            loss = terms["loss"]
-            if not torch.isfinite(loss.detach()):
-                bar.close()
-                raise _diverged(f"the loss ({float(loss)})", state.step + 1, checkpoints)
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
+                raise
             if config.max_grad_norm is not None:
                 accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             lr_used = scheduler.get_last_lr()[0]
@@ -479,15 +514,23 @@ def fit(
             scheduler.step()
             state.step += 1
             state.batch_in_epoch += 1
-            last_loss = float(loss.detach())
+            state.train_seconds = clock.elapsed()
+            last_loss = float(terms["loss"].detach())
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr_used:.2e}", epoch=state.epoch)
 
+            if planner is not None:
+                plan, out_of_time = _agree_on_plan(planner, state, accelerator)
+                if plan:
+                    total_steps = schedule.total_steps = state.planned_steps = plan
+                    bar.total = plan
+                    bar.refresh()
             logs: dict[str, float] = {}
-            if state.step % config.log_every == 0 or state.step == total_steps:
+            last_step = state.step >= total_steps or out_of_time
+            if state.step % config.log_every == 0 or last_step:
                 logs.update({f"train/{k}": float(v.detach()) for k, v in terms.items()})
                 logs["train/lr"] = lr_used
-            if state.step % config.metrics_every == 0 or state.step == total_steps:
+            if state.step % config.metrics_every == 0 or last_step:
                 logs.update({f"batch/{k}": v for k, v in _batch_metrics(x, y).items()})
             if logs:
                 logs.update({"step": state.step, "epoch": state.epoch})
@@ -499,7 +542,7 @@ def fit(
 
             if config.checkpoint_every and state.step % config.checkpoint_every == 0:
                 last_checkpoint = _save_checkpoint(accelerator, state, checkpoints, config.keep_checkpoints)
-            if state.step >= total_steps:
+            if last_step:
                 finished_epoch = False
                 break
         if not seen_batch and state.batch_in_epoch == 0:
@@ -508,11 +551,88 @@ def fit(
             state.epoch += 1
             state.batch_in_epoch = 0
     bar.close()
+    if planner is not None:
+        accelerator.print(f"time budget: {state.step} steps in {state.train_seconds / 60:.1f} of "
+                          f"{config.time_budget_min:g} min")  # fmt: skip
 
     if config.checkpoint_every and (last_checkpoint is None or not last_checkpoint.name.endswith(f"{state.step:08d}")):
         last_checkpoint = _save_checkpoint(accelerator, state, checkpoints, config.keep_checkpoints)
     accelerator.wait_for_everyone()
-    return FitResult(accelerator.unwrap_model(model), state.step, last_loss, history, last_checkpoint)
+    return FitResult(
+        accelerator.unwrap_model(model), state.step, last_loss, history, last_checkpoint, state.train_seconds
+    )
+
+
+class _TrainingClock:
+    """Seconds of training so far: what earlier pieces of the run spent plus this piece's time."""
+
+    def __init__(self, before: float) -> None:
+        self.before, self.start = before, time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+
+def _agree_on_plan(planner: StepPlanner, state: TrainerState, accelerator: Accelerator) -> tuple[int, bool]:
+    """The main process's plan and stop decision, shared by every process (clocks differ a little).
+
+    Returns:
+        ``(new planned step count or 0, whether the budget is spent)``.
+    """
+    plan = planner.observe(state.step, state.train_seconds) or 0
+    decision = torch.tensor([plan, int(planner.exhausted(state.train_seconds))], dtype=torch.long)
+    if accelerator.num_processes > 1:
+        decision = broadcast(decision.to(accelerator.device), from_process=0).cpu()
+        planner.planned = int(decision[0]) or planner.planned
+    return int(decision[0]), bool(decision[1])
+
+
+def _train_step(
+    model: nn.Module,
+    batch: Any,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    optimizer: torch.optim.Optimizer,
+    accelerator: Accelerator,
+    config: TrainConfig,
+    encode: Callable[[nn.Module, Any], tuple[Tensor, Tensor]],
+    step: int,
+    checkpoints: Path,
+) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """Forward, global-batch loss and backward of one step; gradients are left in the model.
+
+    With ``--cache-chunk-size`` the batch is embedded in chunks with no graph, the loss's
+    gradient with respect to the embeddings is computed once, and each chunk is embedded
+    again with a graph to back-propagate it (:mod:`hsrl.gradcache`): same loss, same
+    gradients, the activation memory of one chunk.
+
+    Returns:
+        ``(terms, x, y)``: the loss and its parts, and the global batch's embeddings.
+    """
+    chunks: list[Any] = []
+    if config.cache_chunk_size:
+        chunks = split_batch(batch, config.cache_chunk_size)
+        x_local, y_local, states = embed_chunks(model, encode, chunks)
+        x_local.requires_grad_(True)
+        y_local.requires_grad_(True)
+    else:
+        x_local, y_local = encode(model, batch)
+    x, y = gather_with_grad(x_local.float()), gather_with_grad(y_local.float())
+    if not bool(torch.isfinite(x.detach()).all() & torch.isfinite(y.detach()).all()):
+        raise _diverged("the embeddings", step, checkpoints)
+    terms = loss_fn.terms(x, y) if hasattr(loss_fn, "terms") else {"loss": loss_fn(x, y)}
+    loss = terms["loss"]
+    if not torch.isfinite(loss.detach()):
+        raise _diverged(f"the loss ({float(loss)})", step, checkpoints)
+    optimizer.zero_grad(set_to_none=True)
+    if not config.cache_chunk_size:
+        accelerator.backward(loss)
+        return terms, x, y
+    # fp16 training scales the loss so that small gradients survive; the cached gradient
+    # enters the backward in place of the loss, so it carries the scale instead.
+    scale = accelerator.scaler.get_scale() if accelerator.scaler is not None else 1.0
+    grad_x, grad_y = torch.autograd.grad(loss * scale, [x_local, y_local])
+    backward_chunks(model, encode, chunks, states, grad_x, grad_y, no_sync=lambda: accelerator.no_sync(model))
+    return terms, x.detach(), y.detach()
 
 
 def write_run_metrics(path: str | os.PathLike[str], metrics: Mapping[str, Any]) -> None:

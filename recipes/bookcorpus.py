@@ -32,7 +32,14 @@ from hsrl.checkpoints import atomic_write_json
 from hsrl.configuration import config_to_dict, parse_config
 from hsrl.data.text import SentenceCorpus, SentencePairDataset, austen_splits
 from hsrl.data.text_sources import BookCorpusPairs, load_documents
-from hsrl.evaluation.text import evaluate_text_encoder, format_comparison
+from hsrl.evaluation.text import (
+    eval_set_name,
+    evaluate_text_encoder,
+    format_comparison,
+    format_summary,
+    load_eval_documents,
+    summary_block,
+)
 from hsrl.losses import HypersphereLoss
 from hsrl.models.quickthought import (
     ConsecutiveSentenceDataset,
@@ -43,7 +50,14 @@ from hsrl.models.quickthought import (
     gru_pair_encoder,
     load_encoder,
 )
-from hsrl.models.text import ScratchConfig, build_text_encoder, pair_collate, pair_encoder, save_text_encoder
+from hsrl.models.text import (
+    ScratchConfig,
+    build_text_encoder,
+    pair_collate,
+    pair_encoder,
+    save_text_encoder,
+    set_dropout,
+)
 from hsrl.training import TrainConfig, TrainingDivergedError, fit, make_dataloader, training_session
 
 #: Streamed sentences a from-scratch tokenizer is trained on when the data is BookCorpus.
@@ -82,6 +96,14 @@ class BookCorpusConfig(TrainConfig):
     eval_max_sentences: int | None = field(
         default=None, metadata={"help": "evaluate on the first N held-out sentences"}
     )
+    eval_dataset: str = field(
+        default="factbook",
+        metadata={"help": "other evaluation sets, comma-separated: factbook (embedded, another domain), a path, "
+                          "or none"},
+    )  # fmt: skip
+    dropout: float | None = field(
+        default=None, metadata={"help": "set every dropout probability of the encoder (default: the model's own)"}
+    )
     optimizer: Literal["sgd", "adam", "adamw"] = field(default="adam", metadata={"help": "optimizer (paper: Adam)"})
     lr: float = field(default=5e-4, metadata={"help": "learning rate (paper: 5e-4)"})
     batch_size: int = field(default=400, metadata={"help": "pairs per process and step (paper: 400)"})
@@ -95,6 +117,11 @@ class BookCorpusConfig(TrainConfig):
             self.model = None
         if self.encoder == "gru" and (self.model is not None or self.gru_dim < 2 or self.gru_dim % 2):
             raise ValueError("--encoder gru trains from scratch (no --model) and needs an even --gru-dim >= 2")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.cache_chunk_size and (self.encoder == "gru" or self.pairs == "consecutive"):
+            raise ValueError("--cache-chunk-size works with --encoder transformer on shuffled pairs; the GRU and "
+                             "consecutive batches are not split into chunks")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         if consecutive and names & {"align", "contrastive"}:
             raise ValueError("--loss: quickthought trains on consecutive batches (x = f(s), y = g(s) of the same "
                              "sentences); combine it only with uniform")  # fmt: skip
+        if consecutive and config.cache_chunk_size:
+            raise ValueError("--cache-chunk-size: the quickthought objective trains on consecutive batches, which "
+                             "are not split into chunks; drop --cache-chunk-size")  # fmt: skip
+        eval_names = [n.strip() for n in config.eval_dataset.split(",") if n.strip() and n.strip() != "none"]
+        eval_sets = {eval_set_name(name): load_eval_documents(name) for name in eval_names}
         if config.dataset == "bookcorpus":
             train_pairs = BookCorpusPairs()  # in corpus order: its first sentences are consecutive too
             # A from-scratch tokenizer learns its vocabulary from the start of the stream.
@@ -158,8 +190,11 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, OSError) as error:
             accelerator.print(f"error: {error}")
             return 2
+        if config.dropout is not None:
+            set_dropout(encoder, config.dropout)
 
-        evaluate = dict(attribution=config.dataset == "austen", max_sentences=config.eval_max_sentences)
+        evaluate = dict(attribution=config.dataset == "austen", max_sentences=config.eval_max_sentences,
+                        eval_sets=eval_sets)  # fmt: skip
         baseline = None
         if accelerator.is_main_process and not config.resume:
             baseline = evaluate_text_encoder(encoder, heldout, **evaluate)
@@ -185,13 +220,16 @@ def main(argv: list[str] | None = None) -> int:
                 baseline = json.loads((output / "baseline_metrics.json").read_text())
             trained = evaluate_text_encoder(result.model, heldout, **evaluate)
             save_text_encoder(result.model, output / "model")
+            summary = summary_block(baseline, trained, list(eval_sets), steps=result.steps,
+                                    train_seconds=result.train_seconds)  # fmt: skip
             atomic_write_json(output / "metrics.json", {
-                "baseline": baseline, "trained": trained, "steps": result.steps, "final_loss": result.last_loss,
-                "config": config_to_dict(config),
+                "summary": summary, "baseline": baseline, "trained": trained, "steps": result.steps,
+                "final_loss": result.last_loss, "config": config_to_dict(config),
             })  # fmt: skip
             start_name = config.model or ("random init (gru)" if config.encoder == "gru" else "random init")
             if baseline:
                 print(format_comparison(baseline, trained, (f"start ({start_name})", f"after {result.steps} steps")))
+            print(format_summary(summary))
             print(f"model: {output / 'model'} (SentenceTransformer-compatible); metrics: {output / 'metrics.json'}")
             if config.encoder == "gru":
                 print("open it with hsrl.models.quickthought.load_encoder(path) "

@@ -43,6 +43,7 @@ def fit_config(output_dir: Path, per_process_batch: int) -> TrainConfig:
         lr=0.5,
         momentum=0.9,
         checkpoint_every=None,
+        log_every=1,
         log_with="none",
         progress=False,
         seed=3,

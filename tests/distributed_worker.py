@@ -5,7 +5,8 @@
 
 Writes, from process 0, ``OUT_DIR/result.pt`` with: the loss and the DDP-averaged
 parameter gradients of one step on a global batch split unevenly over the
-processes, and the weights after a few ``fit`` steps.
+processes, and the weights after a few ``fit`` steps, plain and with gradient caching
+(``--cache-chunk-size 2``: each process embeds its 4 rows in two chunks).
 """
 
 from __future__ import annotations
@@ -50,12 +51,26 @@ def main(out: Path) -> None:
             config,
             accelerator=accelerator,
         )
+        cached_config = fit_config(out / "cached", per_process_batch=4)
+        cached_config.cache_chunk_size = 2
+        torch.manual_seed(config.seed)
+        cached = fit(
+            TinyEncoder(),
+            HypersphereLoss(OBJECTIVE),
+            make_dataloader(pair_dataset(), cached_config),
+            cached_config,
+            accelerator=accelerator,
+        )
         if accelerator.is_main_process:
             weights = {k: v.detach().clone() for k, v in result.model.state_dict().items()}
+            cached_weights = {k: v.detach().clone() for k, v in cached.model.state_dict().items()}
             torch.save(
                 {
                     **step,
                     "weights": weights,
+                    "cached_weights": cached_weights,
+                    "cached_losses": [h["train/loss"] for h in cached.history if "train/loss" in h],
+                    "losses": [h["train/loss"] for h in result.history if "train/loss" in h],
                     "steps": result.steps,
                     "distributed_type": str(accelerator.distributed_type),
                 },

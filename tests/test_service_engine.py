@@ -109,7 +109,7 @@ def test_concurrent_requests_share_one_batch() -> None:
         np.testing.assert_allclose(np.array(rows), reference(SENTENCES), atol=1e-5)
         buckets, count, total = batch_sizes(httpx.get(f"{live.url}/metrics").text)
     assert (count, total) == (2, 1 + len(SENTENCES))  # "warm" alone, then all eight together
-    assert buckets['{model="minilm",le="4"}'] == 1 and buckets['{model="minilm",le="8"}'] == 2
+    assert buckets['{le="4.0",model="minilm"}'] == 1 and buckets['{le="8.0",model="minilm"}'] == 2
 
 
 def test_a_client_batch_larger_than_max_batch_is_split_not_rejected() -> None:
@@ -123,7 +123,7 @@ def test_a_client_batch_larger_than_max_batch_is_split_not_rejected() -> None:
         np.testing.assert_allclose(rows, reference(texts), atol=1e-5)
         buckets, count, total = batch_sizes(http.get("/metrics").text)
     assert (count, total) == (4, 13)  # 4 + 4 + 4 + 1
-    assert buckets['{model="minilm",le="4"}'] == count  # no batch above max_batch_size
+    assert buckets['{le="4.0",model="minilm"}'] == count  # no batch above max_batch_size
 
 
 class RecordingEncoder(GatedEncoder):

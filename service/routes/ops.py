@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
 
 from hsrl_service.errors import error_response
+from hsrl_service.metrics import CONTENT_TYPE
 from hsrl_service.routes.common import ERRORS, json_response, service_of
 
 router = APIRouter(tags=["operations"])  # always open: probes and scrapers carry no key
@@ -32,5 +33,4 @@ async def info(request: Request) -> Response:
 @router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition."""
-    text = service_of(request).metrics.render()
-    return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+    return PlainTextResponse(service_of(request).metrics.render(), media_type=CONTENT_TYPE)

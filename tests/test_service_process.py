@@ -147,7 +147,10 @@ def test_the_dockerfile_runs_hsrl_serve_with_flags_it_accepts() -> None:
     assert any(op == "EXPOSE" and arg == "8000" for op, arg in instructions)
     assert instructions[0] == ("ARG", "BASE_IMAGE=python:3.11-slim") and ("FROM", "${BASE_IMAGE}") in instructions
     runs = " ".join(arg for op, arg in instructions if op == "RUN")
-    assert '".[service]"' in runs and "FAISS_PACKAGE" in runs
+    assert '".[serve]"' in runs and '"${FAISS_PACKAGE}"' in runs and "uninstall -y faiss" not in runs
+    assert "cp -r" in runs and "/models/text" in runs  # the packaged MiniLM is the default model
+    healthcheck = next(arg for op, arg in instructions if op == "HEALTHCHECK")
+    assert "HSRL_PORT" in healthcheck and "8000/health" not in healthcheck
     copied = [name for arg in (a for op, a in instructions if op == "COPY") for name in arg.split()[:-1]]
     assert all((ROOT / name).exists() for name in copied), copied
     ignore = (ROOT / ".dockerignore").read_text()

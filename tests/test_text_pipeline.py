@@ -172,9 +172,15 @@ def test_neighbour_retrieval_on_hand_checkable_embeddings() -> None:
 
 
 def test_format_comparison_marks_improvements_in_the_right_direction() -> None:
-    table = format_comparison({"align": 1.0, "recall@10": 0.2}, {"align": 0.5, "recall@10": 0.1}, ("a", "b"))
+    table = format_comparison(
+        {"align": 1.0, "recall@10": 0.2, "factbook_uniform": -3.0, "factbook_recall@10": 0.4},
+        {"align": 0.5, "recall@10": 0.1, "factbook_uniform": -2.0, "factbook_recall@10": 0.5},
+        ("a", "b"),
+    )
     assert "| align | 1.0000 | 0.5000 | -0.5000 ✓ |" in table
-    assert "| recall@10 | 0.2000 | 0.1000 | -0.1000 |" in table
+    assert "| recall@10 | 0.2000 | 0.1000 | -0.1000 (0.50×) |" in table
+    assert "| factbook_uniform | -3.0000 | -2.0000 | +1.0000 |" in table  # a loss that rose: worse
+    assert "| factbook_recall@10 | 0.4000 | 0.5000 | +0.1000 (1.25×) ✓ |" in table
 
 
 def test_senteval_on_separable_synthetic_task(tmp_path: Path) -> None:
@@ -274,3 +280,19 @@ def test_recipe_quickthought_gru_trains_and_reopens(tmp_path: Path, small_txt: P
     z = load_sentence_transformer(out / "model").encode(["Anne was there."], normalize_embeddings=False)
     assert z.shape == (1, 32)  # evaluation vector: f and g concatenated
     assert np.linalg.norm(z, axis=1) == pytest.approx([1.0], abs=1e-5)
+
+
+def test_two_from_scratch_runs_with_one_seed_save_identical_weights(tmp_path: Path, small_txt: Path) -> None:
+    """Two processes train the tokenizer (hash-map order differs between them) and the model."""
+    from safetensors.torch import load_file
+
+    for name in ("a", "b"):
+        done = run_recipe(["--dataset", str(small_txt), "--output-dir", str(tmp_path / name), "--max-steps", "2",
+                           "--seed", "5", "--checkpoint-every", "none", "--eval-dataset", "none",
+                           *SCRATCH_FLAGS])  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+    vocab = [json.loads((tmp_path / n / "model" / "tokenizer.json").read_text())["model"]["vocab"] for n in "ab"]
+    assert vocab[0] == vocab[1] and len(vocab[0]) > 100
+    a, b = (load_file(tmp_path / n / "model" / "model.safetensors") for n in "ab")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -86,17 +86,23 @@ def resolve_model_path(name: str) -> str:
 
 
 def train_wordpiece_tokenizer(sentences: Iterable[str], vocab_size: int, output_dir: str | os.PathLike[str]) -> None:
-    """Train a lower-cased BERT WordPiece tokenizer on ``sentences`` and save it (offline)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """Train a lower-cased BERT WordPiece tokenizer on ``sentences`` and save it (offline).
+
+    Deterministic: the same sentences give the same vocabulary with the same ids.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
+    from hsrl.models.wordpiece import learn_wordpiece_vocabulary, word_counts
+
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    # Our own merge loop, not tokenizers' WordPieceTrainer: its ties (and so its ids) change
+    # from run to run, and a from-scratch model must be reproducible from its seed.
+    vocab = learn_wordpiece_vocabulary(word_counts(sentences), vocab_size, specials, min_frequency=2)
+    tokenizer = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, min_frequency=2)
-    tokenizer.train_from_iterator(sentences, trainer=trainer)
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",

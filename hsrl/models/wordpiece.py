@@ -22,6 +22,7 @@ hundreds of thousands of sentences takes seconds.
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 
@@ -71,7 +72,7 @@ def learn_wordpiece_vocabulary(
     pair_count: defaultdict[tuple[str, str], int] = defaultdict(int)
     where: defaultdict[tuple[str, str], set[int]] = defaultdict(set)
     for index, spelling in enumerate(spellings):
-        for pair in zip(spelling, spelling[1:], strict=False):
+        for pair in itertools.pairwise(spelling):
             pair_count[pair] += freq[index]
             where[pair].add(index)
     heap = [(-count, pair) for pair, count in pair_count.items()]
@@ -90,7 +91,7 @@ def learn_wordpiece_vocabulary(
         changed: set[tuple[str, str]] = set()
         for index in sorted(where.pop(pair, ())):
             spelling = spellings[index]
-            for old in zip(spelling, spelling[1:], strict=False):
+            for old in itertools.pairwise(spelling):
                 pair_count[old] -= freq[index]
                 changed.add(old)
             merged: list[str] = []
@@ -103,7 +104,7 @@ def learn_wordpiece_vocabulary(
                     merged.append(spelling[i])
                     i += 1
             spellings[index] = merged
-            for new in zip(merged, merged[1:], strict=False):
+            for new in itertools.pairwise(merged):
                 pair_count[new] += freq[index]
                 where[new].add(index)
                 changed.add(new)

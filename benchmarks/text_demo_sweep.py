@@ -31,10 +31,9 @@ CONFIGS: dict[str, list[str]] = {
                                          "--batch-size", "32", "--max-steps", "60"],
     "a1+u1, lr 3e-5, 100x64": ["--loss", "align:1,alpha=2 + uniform:1,t=2", "--lr", "3e-5"],
     "a3+u1, lr 3e-5, 100x64": ["--loss", "align:3,alpha=2 + uniform:1,t=2", "--lr", "3e-5"],
-    "a3+u1, lr 1e-4, 100x64": ["--loss", "align:3,alpha=2 + uniform:1,t=2", "--lr", "1e-4"],
     "a2+u1 t=5, lr 1e-4, 100x64": ["--loss", "align:2,alpha=2 + uniform:1,t=5", "--lr", "1e-4"],
-    "a3+u1, lr 1e-4, context 2": ["--loss", "align:3,alpha=2 + uniform:1,t=2", "--lr", "1e-4",
-                                  "--context-size", "2"],
+    "a2+u1, lr 3e-5, 100x64": ["--loss", "align:2,alpha=2 + uniform:1,t=2", "--lr", "3e-5"],
+    "a1.5+u1, lr 3e-5, 100x64": ["--loss", "align:1.5,alpha=2 + uniform:1,t=2", "--lr", "3e-5"],
     "contrastive tau=0.05, lr 3e-5, 100x64": ["--loss", "contrastive:1,tau=0.05", "--lr", "3e-5"],
     "contrastive tau=0.05, lr 1e-4, 100x64": ["--loss", "contrastive:1,tau=0.05", "--lr", "1e-4"],
 }
@@ -43,7 +42,7 @@ COMMON = ["--dataset", "austen", "--model", "minilm", "--batch-size", "64", "--m
 
 
 def run(name: str, flags: list[str], runs_dir: Path, extra: list[str]) -> dict:
-    folder = runs_dir / name.replace(" ", "_").replace(",", "").replace("=", "").replace("+", "_")
+    folder = runs_dir / "".join(c if c.isalnum() or c in ".-" else "_" for c in name)
     metrics = folder / "metrics.json"
     if not metrics.is_file():
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",

@@ -10,7 +10,9 @@ total number of steps in advance, so :class:`StepPlanner` measures the step time
   plan is ``planned = step + floor(remaining_seconds / seconds_per_step)``;
 * the plan is revised at every further 10% of the budget with the step time measured so far,
   so slow checkpoints or a busy machine do not leave the schedule unfinished;
-* the run stops at the planned step, or at once when the budget is spent, whichever is first.
+* the run stops at the planned step, or at once when the budget is spent, whichever is first;
+* a resumed run starts from the plan its average step time gives for the remaining budget
+  (which may be larger than when it was saved), then revises as above.
 
 Until the first plan the schedule runs against a provisional, very long horizon, so the LR
 follows its warm-up and then stays near its peak (a cosine at progress ~0).
@@ -33,13 +35,11 @@ class StepPlanner:
 
     Args:
         budget_seconds: the whole budget, over every resumed piece of the run.
-        start_step: the step this piece starts from (0, or a checkpoint's).
         min_window_fraction: the calibration window's least share of the budget.
         revise_every: revise the plan each time this share of the budget has passed.
     """
 
     budget_seconds: float
-    start_step: int = 0
     min_window_fraction: float = 0.01
     revise_every: float = 0.1
     planned: int = 0
@@ -49,6 +49,17 @@ class StepPlanner:
     def __post_init__(self) -> None:
         if not (self.budget_seconds > 0 and math.isfinite(self.budget_seconds)):
             raise ValueError(f"the time budget must be > 0 seconds, got {self.budget_seconds}")
+
+    def resume(self, step: int, elapsed: float) -> int:
+        """The plan for a run resumed at ``step`` after ``elapsed`` seconds, from its average step time.
+
+        The budget may have grown since the checkpoint (a longer run continued), so the
+        saved plan is not reused; the first revision refines this estimate.
+        """
+        if step > 0 and elapsed > 0:
+            per_step = elapsed / step
+            self.planned = step + max(0, math.floor((self.budget_seconds - elapsed) / per_step))
+        return self.planned
 
     def exhausted(self, elapsed: float) -> bool:
         """True when ``elapsed`` seconds of training have used up the budget."""

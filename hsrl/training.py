@@ -472,9 +472,9 @@ def fit(
         accelerator.print(f"resumed from {resume_from} (step {state.step}, epoch {state.epoch})")
     planner = None
     if config.time_budget_min is not None:
-        planner = StepPlanner(config.time_budget_min * 60, start_step=state.step, planned=state.planned_steps)
-        if state.planned_steps:  # a resumed budgeted run keeps the schedule it had planned
-            total_steps = schedule.total_steps = state.planned_steps
+        planner = StepPlanner(config.time_budget_min * 60)
+        if state.step:  # resumed: plan the rest of the budget from the run's average step time
+            total_steps = schedule.total_steps = state.planned_steps = planner.resume(state.step, state.train_seconds)
 
     if config.log_with != "none":
         accelerator.init_trackers("hsrl", config=config_to_dict(config))
@@ -552,7 +552,7 @@ def fit(
             state.batch_in_epoch = 0
     bar.close()
     if planner is not None:
-        accelerator.print(f"time budget: {state.step} steps in {state.train_seconds / 60:.1f} of "
+        accelerator.print(f"time budget: {state.step} steps in {state.train_seconds / 60:.2f} of "
                           f"{config.time_budget_min:g} min")  # fmt: skip
 
     if config.checkpoint_every and (last_checkpoint is None or not last_checkpoint.name.endswith(f"{state.step:08d}")):

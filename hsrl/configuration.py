@@ -77,8 +77,9 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 def parse_config(cls: type[C], argv: Sequence[str] | None = None, description: str | None = None) -> C:
     """Parse ``argv`` into an instance of the dataclass ``cls``.
 
-    Values are validated by ``cls.__post_init__`` if it has one; its ``ValueError``
-    becomes argparse's one-line usage error (exit status 2).
+    Values are validated by ``cls.__post_init__`` if it has one, then by each field's
+    ``metadata["check"]`` callable; their ``ValueError`` becomes argparse's one-line usage
+    error (exit status 2).
     """
     parser = argparse.ArgumentParser(description=description or (cls.__doc__ or "").strip().splitlines()[0])
     parser.add_argument("--config", metavar="FILE", default=None,
@@ -93,10 +94,20 @@ def parse_config(cls: type[C], argv: Sequence[str] | None = None, description: s
     values = vars(parser.parse_args(argv))
     values.pop("config")
     try:
-        return cls(**_tuples(cls, values))
+        config = cls(**_tuples(cls, values))
+        _run_field_checks(config)
     except ValueError as error:
         parser.error(str(error))
         raise  # unreachable: parser.error exits
+    return config
+
+
+def _run_field_checks(config: Any) -> None:
+    """Call each field's ``metadata["check"](value)`` (e.g. ``--push-to-hub``: a valid id, not offline)."""
+    for f in dataclasses.fields(config):
+        check = f.metadata.get("check")
+        if check is not None:
+            check(getattr(config, f.name))
 
 
 def _first_line(error: BaseException) -> str:

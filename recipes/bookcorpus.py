@@ -40,6 +40,7 @@ from hsrl.evaluation.text import (
     load_eval_documents,
     summary_block,
 )
+from hsrl.hub import publish_run, push_to_hub_field
 from hsrl.losses import HypersphereLoss
 from hsrl.models.quickthought import (
     ConsecutiveSentenceDataset,
@@ -108,6 +109,7 @@ class BookCorpusConfig(TrainConfig):
     lr: float = field(default=5e-4, metadata={"help": "learning rate (paper: 5e-4)"})
     batch_size: int = field(default=400, metadata={"help": "pairs per process and step (paper: 400)"})
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "clip gradients to this norm"})
+    push_to_hub: str | None = push_to_hub_field()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -234,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             if config.encoder == "gru":
                 print("open it with hsrl.models.quickthought.load_encoder(path) "
                       "or SentenceTransformer(path, trust_remote_code=True)")  # fmt: skip
+            return publish_run(output, kind="text", push_to_hub=config.push_to_hub)  # card; upload if asked
     return 0
 
 

@@ -26,6 +26,7 @@ from hsrl.checkpoints import atomic_write_json
 from hsrl.configuration import config_to_dict, parse_config
 from hsrl.data.images import random_views, read_fashion_mnist
 from hsrl.evaluation.knn import knn_accuracy
+from hsrl.hub import publish_run, push_to_hub_field
 from hsrl.losses import HypersphereLoss
 from hsrl.metrics import alignment, uniformity
 from hsrl.training import TrainConfig, TrainingDivergedError, fit, make_dataloader, training_session
@@ -48,6 +49,16 @@ class QuickstartConfig(TrainConfig):
     checkpoint_every: int | None = field(default=200, metadata={"help": "checkpoint every N steps"})
     eval_train_size: int = field(default=60000, metadata={"help": "training images used as the 5-NN memory bank"})
     eval_test_size: int = field(default=10000, metadata={"help": "test images classified by 5-NN"})
+    push_to_hub: str | None = push_to_hub_field()
+
+USAGE = """```python
+from safetensors.torch import load_file
+from quickstart import SmallCNN   # recipes/quickstart.py of hsrl
+
+model = SmallCNN(dim=64).eval()
+model.load_state_dict(load_file("model.safetensors"))
+embeddings = model(uint8_images)   # (N, 1, 28, 28) uint8 in, L2-normalised (N, dim) out
+```"""
 
 
 class SmallCNN(nn.Module):
@@ -127,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write_json(Path(config.output_dir) / "metrics.json", {**metrics, "config": config_to_dict(config)})
             for name, value in metrics.items():
                 print(f"{name:32s} {value:.4f}")
+            return publish_run(config.output_dir, kind="image", push_to_hub=config.push_to_hub,
+                               dataset="fashion-mnist", usage=USAGE.replace("dim=64", f"dim={config.dim}"))
     return 0
 
 

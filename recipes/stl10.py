@@ -28,6 +28,7 @@ from typing import Literal
 from hsrl.configuration import config_to_dict, parse_config
 from hsrl.data.images import TwoViewDataset, augment_defaults, make_view_loader, open_images
 from hsrl.evaluation.image import evaluate_image_encoder, format_report, summary_metrics
+from hsrl.hub import publish_run, push_to_hub_field
 from hsrl.losses import HypersphereLoss
 from hsrl.models.image import DEFAULT_EVAL_LAYERS, build_encoder, headline_layers, save
 from hsrl.training import TrainConfig, TrainingDivergedError, fit, training_session, write_run_metrics
@@ -70,6 +71,7 @@ class STL10Config(TrainConfig):
     linear_protocol: Literal["paper", "fast", "none"] = field(
         default="paper", metadata={"help": "linear probe: the paper's 100 epochs, a fast 20, or none"}
     )
+    push_to_hub: str | None = push_to_hub_field()
     lr_from_batch: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
@@ -147,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             print(format_report(report))
         write_run_metrics(output / "metrics.json", {**metrics, "config": config_to_dict(config)})
         print(f"model: {output / 'model'}  metrics: {output / 'metrics.json'}")
+        return publish_run(output, kind="image", push_to_hub=config.push_to_hub)
     return 0
 
 

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).parent))
+from hub_standin import HubStandIn
+
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 LAUNCH = [ACCELERATE, "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
@@ -17,9 +20,10 @@ LAUNCH = [ACCELERATE, "launch", "--num_processes", "1", "--num_machines", "1", "
 OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
-def launch(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*LAUNCH, str(ROOT / "recipes" / script), *args], env=OFFLINE, capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT)  # fmt: skip
+def launch(script: str, *args: str, timeout: int = 600, env: dict[str, str] | None = None
+           ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    return subprocess.run([*LAUNCH, str(ROOT / "recipes" / script), *args], env=env or OFFLINE,
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)  # fmt: skip
 
 
 QUICK = ["--batch-size", "64", "--eval-train-size", "2000", "--eval-test-size", "400", "--log-with", "none",
@@ -27,11 +31,32 @@ QUICK = ["--batch-size", "64", "--eval-train-size", "2000", "--eval-test-size", 
 
 
 @pytest.fixture(scope="module")
-def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def quickstart_hub(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, HubStandIn]:
+    """One short run that also pushes its model to a stand-in Hub on loopback (real huggingface_hub client)."""
     out = tmp_path_factory.mktemp("quickstart")
-    done = launch("quickstart.py", "--output-dir", str(out), "--max-steps", "5", *QUICK)
+    with HubStandIn() as hub:
+        online = {**OFFLINE, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_standin",
+                  "HF_HUB_DISABLE_TELEMETRY": "1"}  # fmt: skip
+        done = launch("quickstart.py", "--output-dir", str(out), "--max-steps", "5", *QUICK,
+                      "--push-to-hub", "someone/quickstart", env=online)  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    return out
+    return out, hub
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(quickstart_hub: tuple[Path, HubStandIn]) -> Path:
+    return quickstart_hub[0]
+
+
+def test_quickstart_writes_a_filled_card_and_pushes_the_model_folder(quickstart_hub: tuple[Path, HubStandIn]) -> None:
+    out, hub = quickstart_hub
+    card = (out / "model" / "README.md").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "`align:1,alpha=2 + uniform:1,t=2`" in card and "zalando-datasets/fashion_mnist" in card
+    assert f"| `knn5_accuracy` | {metrics['knn5_accuracy']:.4f} |" in card and "2005.10242" in card
+    sent = hub.files["someone/quickstart"]
+    assert set(sent) == {"README.md", "model.safetensors", "hsrl_config.json"}
+    assert all(sent[name] == (out / "model" / name).read_bytes() for name in sent)
 
 
 def test_quickstart_trains_evaluates_and_saves(quickstart_run: Path) -> None:

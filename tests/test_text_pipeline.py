@@ -249,6 +249,9 @@ def test_recipe_from_scratch_trains_evaluates_saves_and_resumes(tmp_path: Path, 
     assert metrics["steps"] == 4 and {"align", "uniform", "recall@1", "mrr@10"} <= set(metrics["trained"])
     z = SentenceTransformer(str(out / "model"), device="cpu").encode(["Anne was there."])
     assert np.linalg.norm(z, axis=1) == pytest.approx([1.0], abs=1e-5)
+    card = (out / "model" / "README.md").read_text()  # the card filled from this run, not the generic one
+    assert "`align:0.9,alpha=2 + uniform:0.1,t=5`" in card and "random initialisation" in card
+    assert f"| `recall@10` | {metrics['summary']['recall@10']:.4f} |" in card and "2005.10242" in card
 
 
 def test_recipe_on_two_cpu_processes(tmp_path: Path, small_txt: Path) -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 
@@ -92,3 +94,13 @@ class HubStandIn:
                 self._send(404, {"error": f"not served by the stand-in: {self.path}"})
 
         return Handler
+
+
+def cache_snapshot(cache_dir: Path, repo_id: str, source: Path, revision: str = "0" * 39 + "1") -> Path:
+    """Put ``source``'s files into a Hugging Face cache as ``repo_id`` at ``main`` (the hub's on-disk layout:
+    ``models--ORG--NAME/snapshots/REVISION/...`` and ``refs/main``), as a download would have left them."""
+    repo = cache_dir / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(source, repo / "snapshots" / revision)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    return repo / "snapshots" / revision

@@ -147,3 +147,37 @@ def test_headline_layers_only_name_layers_that_were_evaluated(evaluated: list[st
 def test_headline_layers_needs_a_layer() -> None:
     with pytest.raises(ValueError, match="no layers"):
         headline_layers("resnet18", [])
+
+
+def test_a_folder_saved_either_way_opens_both_ways(tmp_path: Path) -> None:
+    from hsrl.models.image import ImageEncoder, ResNetEncoder
+
+    model = small_alexnet(in_channels=1, image_size=28, dim=16, width=0.1).eval()
+    x = images(3, 1, 28)
+    save(model, tmp_path / "saved")
+    model.save_pretrained(tmp_path / "pretrained")  # PyTorchModelHubMixin
+    assert {CONFIG_FILE, WEIGHTS_FILE} <= {p.name for p in (tmp_path / "pretrained").iterdir()}
+    for folder in ("saved", "pretrained"):
+        for opened in (load(tmp_path / folder), ImageEncoder.from_pretrained(tmp_path / folder),
+                       SmallAlexNet.from_pretrained(tmp_path / folder)):  # fmt: skip
+            assert isinstance(opened, SmallAlexNet) and not opened.training
+            assert torch.equal(opened(x), model(x)), folder
+    assert load_preprocess(tmp_path / "pretrained") == model.preprocess
+    with pytest.raises(ValueError, match="holds a small_alexnet encoder, not a ResNetEncoder"):
+        ResNetEncoder.from_pretrained(tmp_path / "saved")
+
+
+def test_from_pretrained_takes_a_hub_id_from_the_local_cache_offline(tmp_path: Path) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from hub_standin import cache_snapshot
+
+    from hsrl.models.image import ImageEncoder
+
+    model = resnet18(in_channels=3, image_size=32, dim=8, hidden_dim=16).eval()
+    save(model, tmp_path / "model")
+    cache_snapshot(tmp_path / "cache", "someone/tiny-resnet", tmp_path / "model")
+    opened = ImageEncoder.from_pretrained("someone/tiny-resnet", cache_dir=tmp_path / "cache", local_files_only=True)
+    x = images(2, 3, 32)
+    assert opened.architecture == "resnet18" and torch.equal(opened(x), model(x))

@@ -20,6 +20,11 @@ A model folder holds ``model.safetensors`` and ``hsrl_config.json``::
     model = load("runs/stl10/model")          # the same architecture and weights, in eval mode
     pre = load_preprocess("runs/stl10/model")  # ImagePreprocess(size=64, channels=3, mean=..., std=...)
 
+Every encoder is also a ``huggingface_hub.PyTorchModelHubMixin``: ``model.save_pretrained(folder)`` writes
+the same two files (plus the mixin's ``config.json`` and a card), ``ImageEncoder.from_pretrained(folder or
+"org/name")`` rebuilds any architecture from ``hsrl_config.json`` (a folder from :func:`save` too), and
+``model.push_to_hub("org/name")`` uploads it.
+
 ``hsrl_config.json`` is plain JSON: ``{"format": "hsrl-image-encoder", "architecture": "small_alexnet",
 "kwargs": {...}, "preprocess": {"size", "channels", "mean", "std", "resize"}, "dim", "layers"}``. To embed
 an image elsewhere: resize its shorter side to ``resize``, centre-crop ``size``, convert to ``channels``,
@@ -38,10 +43,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from hsrl.checkpoints import publish_folder
+from hsrl.checkpoints import default_mode, publish_folder
 
 __all__ = [
     "CONFIG_FILE",
@@ -107,11 +113,15 @@ class Normalize(nn.Module):
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
-class ImageEncoder(nn.Module):
+class ImageEncoder(
+    nn.Module, PyTorchModelHubMixin, library_name="hsrl", paper_url="https://arxiv.org/abs/2005.10242",
+    pipeline_tag="image-feature-extraction", tags=["hsrl", "alignment-uniformity"],
+):  # fmt: skip
     """Base: ``forward(x)`` is the L2-normalised output; ``forward_features(x, layer)`` any tap.
 
     Subclasses set ``layers`` (tap names, the last is ``"output"``), ``config`` (the constructor's
-    keyword arguments, JSON-able) and ``preprocess``.
+    keyword arguments, JSON-able) and ``preprocess``. ``save_pretrained``/``from_pretrained``/
+    ``push_to_hub`` (``PyTorchModelHubMixin``) read and write hsrl's folder contract.
     """
 
     layers: tuple[str, ...] = ("output",)
@@ -144,6 +154,47 @@ class ImageEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_features(x, "output")
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """The mixin's hook: hsrl's ``model.safetensors`` + ``hsrl_config.json``, so :func:`load` opens it."""
+        _write_files(self, Path(save_directory))
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | Path, *, force_download: bool = False,
+        token: str | bool | None = None, cache_dir: str | Path | None = None, local_files_only: bool = False,
+        revision: str | None = None, map_location: str = "cpu", **model_kwargs: Any,
+    ) -> ImageEncoder:  # fmt: skip
+        """A folder or Hub repository (``org/name``) with hsrl's two files, as the mixin's ``from_pretrained``.
+
+        ``hsrl_config.json`` alone describes the encoder, so the mixin's ``config.json`` is neither needed
+        nor read (a folder from :func:`save` has none). Offline, a Hub id comes from the local cache.
+        """
+        return cls._from_pretrained(
+            model_id=str(pretrained_model_name_or_path), revision=revision, cache_dir=cache_dir,
+            force_download=force_download, local_files_only=local_files_only, token=token, map_location=map_location,
+        )  # fmt: skip
+
+    @classmethod
+    def _from_pretrained(
+        cls, *, model_id: str, revision: str | None, cache_dir: str | Path | None, force_download: bool,
+        local_files_only: bool, token: str | bool | None, map_location: str = "cpu", strict: bool = False,
+        **model_kwargs: Any,
+    ) -> ImageEncoder:  # fmt: skip
+        """The mixin's hook: a local folder or a Hub repository holding hsrl's two files, rebuilt by :func:`load`
+        (whatever the architecture; ``model_kwargs`` from the mixin's ``config.json`` are not needed)."""
+        folder = model_id
+        if not os.path.isdir(model_id):
+            from huggingface_hub import snapshot_download
+
+            folder = snapshot_download(
+                repo_id=model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
+                local_files_only=local_files_only, token=token, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE],
+            )  # fmt: skip
+        model = load(folder, map_location=map_location)
+        if not isinstance(model, cls):
+            raise ValueError(f"{model_id} holds a {model.architecture} encoder, not a {cls.__name__}")
+        return model
 
 
 def _common_config(
@@ -398,8 +449,15 @@ def save(model: nn.Module, folder: str | os.PathLike[str]) -> Path:
     tmp = target.parent / f".tmp-{target.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    _write_files(encoder, tmp)
+    publish_folder(tmp, target)
+    return target
+
+
+def _write_files(encoder: ImageEncoder, folder: Path) -> None:
+    """``model.safetensors`` and ``hsrl_config.json`` of ``encoder`` into the existing ``folder``."""
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
     config = {
         "format": FORMAT,
         "version": 1,
@@ -409,9 +467,9 @@ def save(model: nn.Module, folder: str | os.PathLike[str]) -> Path:
         "dim": encoder.dim,
         "layers": list(encoder.layers),
     }
-    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    publish_folder(tmp, target)
-    return target
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        os.chmod(folder / name, default_mode(folder=False))  # the user's umask, not safetensors' 0600
 
 
 def _read_config(folder: str | os.PathLike[str]) -> dict[str, Any]:

@@ -180,6 +180,16 @@ def _fingerprint(source: Path) -> str:
 # --------------------------------------------------------------------------- models
 
 
+def local_model(model: str | os.PathLike[str]) -> Path:
+    """``model`` itself when it exists, else a Hub id (``org/name``) resolved to its cached snapshot folder
+    (downloaded unless ``HF_HUB_OFFLINE=1``; offline and uncached is a one-line ``ValueError``)."""
+    if Path(model).exists():
+        return Path(model)
+    from hsrl.models.text import resolve_model_path  # lazy: heavy import
+
+    return Path(resolve_model_path(str(model)))
+
+
 def model_kind(model: str | os.PathLike[str]) -> str:
     """``"image"`` for a folder with ``hsrl_config.json``, ``"text"`` for a sentence-transformers folder."""
     folder = Path(model)
@@ -354,7 +364,7 @@ def export_embeddings(
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-    model_path, dataset_path, out = Path(model), Path(dataset), Path(output)
+    model_path, dataset_path, out = local_model(model), Path(dataset), Path(output)
     kind = model_kind(model_path)
     records = read_dataset(dataset_path)
     if records.kind != kind:

@@ -895,11 +895,10 @@ def _query_rows(args: argparse.Namespace, dim: int) -> np.ndarray:
         return _load_vectors(args.vectors)[0]
     if not args.model:
         raise UsageError("hsrl index search: error: --text needs --model (a sentence-transformers folder)")
-    if not Path(args.model).is_dir():
-        raise ValueError(f"--model {args.model}: no such model folder")
-    from hsrl.models.text import load_sentence_transformer  # lazy: heavy import, only for text queries
+    from hsrl.models.text import load_sentence_transformer, resolve_model_path  # lazy: heavy, text queries only
 
-    model = load_sentence_transformer(args.model, device="cpu")
+    folder = args.model if Path(args.model).is_dir() else resolve_model_path(args.model)  # a Hub id too
+    model = load_sentence_transformer(folder, device="cpu")
     return model.encode(args.text, normalize_embeddings=True, convert_to_numpy=True)
 
 

@@ -106,7 +106,10 @@ def load_text_encoder(path: str | Path, *, device: str | None = None, name: str 
     """Load a sentence-transformers folder (offline) as the service's text encoder."""
     folder = Path(path)
     if not folder.is_dir():
-        raise ValueError(f"text model folder not found: {folder}")
+        from hsrl.models.text import resolve_model_path
+
+        # A Hub id (org/name): from the Hugging Face cache, downloaded first unless HF_HUB_OFFLINE=1.
+        name, folder = name or str(path), Path(resolve_model_path(str(path)))
     from hsrl.models.text import load_sentence_transformer  # slow to import: only once the folder is there
 
     model = load_sentence_transformer(folder, device=device)

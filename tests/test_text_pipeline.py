@@ -299,3 +299,27 @@ def test_two_from_scratch_runs_with_one_seed_save_identical_weights(tmp_path: Pa
     a, b = (load_file(tmp_path / n / "model" / "model.safetensors") for n in "ab")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_recipe_under_a_time_budget_stops_saves_and_evaluates(tmp_path: Path, small_txt: Path) -> None:
+    out = tmp_path / "budget"
+    done = run_recipe(["--dataset", str(small_txt), "--output-dir", str(out), "--time-budget-min", "0.05",
+                       "--checkpoint-every", "none", "--eval-dataset", "factbook", "--eval-max-sentences", "200",
+                       *SCRATCH_FLAGS])  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "time budget:" in done.stdout
+    summary = json.loads((out / "metrics.json").read_text())["summary"]
+    assert summary["steps"] >= 1 and summary["train_seconds"] >= 0.8 * 3.0
+    for key in ("recall@10", "align", "uniform", "factbook_recall@10", "factbook_align", "factbook_uniform"):
+        assert key in summary and f"baseline_{key}" in summary
+    assert (out / "model" / "modules.json").is_file()
+    assert "| factbook_recall@10 |" in done.stdout  # the summary table is printed
+
+
+def test_recipe_refuses_a_budget_with_max_steps_in_one_line(tmp_path: Path, small_txt: Path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "recipes" / "bookcorpus.py"), "--dataset", str(small_txt),
+                           "--time-budget-min", "5", "--max-steps", "10", "--output-dir", str(tmp_path)],
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--time-budget-min and --max-steps both set" in done.stderr.strip().splitlines()[-1]

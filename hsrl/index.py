@@ -14,7 +14,7 @@ Index types are ``faiss.index_factory`` strings (``"Flat"``, ``"IVF1024,Flat"``,
 
 A saved index is a folder: ``index.faiss``, ``metadata.jsonl`` (one ``{"id", "metadata"}`` per line, only ids
 that have metadata) and ``index.json`` (format version, dim, factory, count, next id, search parameters,
-measured recall). It is written into a temporary sibling, fsynced and renamed, so a crash leaves the previous
+measured recall, and the tuning record of :func:`tune_search_parameters`). It is written into a temporary sibling, fsynced and renamed, so a crash leaves the previous
 folder or the new one, never a mix. ``VectorIndex.load(path, mmap=True)`` maps the codes read-only.
 
 GPU: when ``faiss.get_num_gpus() > 0`` and ``gpu != "never"``, searches run on a copy on all GPUs (replicas or
@@ -74,6 +74,7 @@ __all__ = [
     "OneLineArgumentParser",
     "VectorIndex",
     "build_index",
+    "check_tuning_targets",
     "check_unit_rows",
     "choose_factory",
     "cli_main",
@@ -81,6 +82,8 @@ __all__ = [
     "measure_recall",
     "plan_placement",
     "recall_at_k",
+    "tune_search_parameters",
+    "tuning_candidates",
     "use_gpu_for_search",
 ]
 
@@ -285,6 +288,130 @@ def measure_recall(index: VectorIndex, queries: np.ndarray, k: int, exact: np.nd
             "seconds": seconds}  # fmt: skip
 
 
+# --------------------------------------------------------------------------- tuning (autofaiss-style)
+
+#: ``efSearch`` values tried stop at this power of two (beyond it HNSW search is slower than exact search).
+MAX_EF_SEARCH = 2**15
+#: Single-query searches timed per candidate value for the ms/query figure.
+TIMING_QUERIES = 100
+
+
+def check_tuning_targets(
+    target_recall: float | None,
+    max_query_ms: float | None,
+    names: tuple[str, str] = ("target_recall", "max_query_ms"),
+) -> None:
+    """``ValueError`` unless at most one target is given, with ``0 < target_recall ≤ 1`` or ``max_query_ms > 0``.
+
+    ``names`` are how the two are called in the message (the CLI passes its flags).
+    """
+    recall_name, ms_name = names
+    if target_recall is not None and max_query_ms is not None:
+        raise ValueError(f"give {recall_name} or {ms_name}, not both")
+    if target_recall is not None and not (math.isfinite(target_recall) and 0 < target_recall <= 1):
+        raise ValueError(f"{recall_name} must be in (0, 1], got {target_recall:g}")
+    if max_query_ms is not None and not (math.isfinite(max_query_ms) and max_query_ms > 0):
+        raise ValueError(f"{ms_name} must be a number of milliseconds > 0, got {max_query_ms:g}")
+
+
+def tuning_candidates(index: VectorIndex) -> tuple[str | None, list[int]]:
+    """The search parameter of ``index`` and the values tuning tries, in increasing cost.
+
+    IVF: ``nprobe ∈ {1, 2, 4, ..., nlist}`` (``nlist`` itself last when it is not a power of two).
+    HNSW: ``efSearch ∈ {2^a ≥ 16, ...}`` up to the first power of two ≥ ``ntotal`` (at most 2^15).
+    Other types (``Flat``) have nothing to tune: ``(None, [])``.
+    """
+    ivf = faiss.try_extract_index_ivf(index._index)
+    if ivf is not None:
+        nlist = int(ivf.nlist)
+        values = [2**i for i in range(nlist.bit_length()) if 2**i <= nlist]
+        return "nprobe", values + ([nlist] if values[-1] != nlist else [])
+    if _is_hnsw(index._index):
+        top = min(MAX_EF_SEARCH, 2 ** max(4, (max(index.ntotal, 1) - 1).bit_length()))
+        return "efSearch", [2**i for i in range(4, top.bit_length())]
+    return None, []
+
+
+def _ms_per_query(index: VectorIndex, queries: np.ndarray, k: int) -> float:
+    """Mean wall time of one-query searches (the latency a caller sees), over the first queries, in ms."""
+    rows = queries[:TIMING_QUERIES]
+    start = time.perf_counter()
+    for row in rows:
+        index.search(row[None, :], k)
+    return (time.perf_counter() - start) * 1000 / max(1, len(rows))
+
+
+def tune_search_parameters(
+    index: VectorIndex,
+    queries: np.ndarray,
+    exact_ids: np.ndarray,
+    k: int,
+    *,
+    target_recall: float | None = None,
+    max_query_ms: float | None = None,
+) -> dict[str, Any]:
+    """Choose ``nprobe`` (IVF) or ``efSearch`` (HNSW) for a recall or latency target, as autofaiss does.
+
+    The values of :func:`tuning_candidates` are tried in increasing order; each gets its recall@k
+    (:func:`recall_at_k` of ``index.search(queries, k)`` against ``exact_ids``) and its ms/query (mean of
+    single-query searches over the first 100 queries). The choice is
+
+    - ``target_recall = R``: the first (fastest) value with ``recall ≥ R``; if none reaches it, the value
+      with the highest recall (``met: false``). A higher ``R`` therefore never chooses a smaller value.
+    - ``max_query_ms = T``: among the values with ``ms/query ≤ T``, the one with the highest recall (the
+      smaller on ties); the search stops at the first value over ``T``. If even the first is over ``T``,
+      it is chosen (``met: false``).
+
+    Use queries held out from training (not the vectors k-means saw): their recall is what new queries get.
+    The chosen value is set on ``index``; with nothing to tune (``Flat``) the index is only measured.
+
+    Args:
+        index: A filled index (its search parameters are changed).
+        queries: ``(q, d)`` unit rows.
+        exact_ids: Their exact top-k ids ``(q, ≥k)`` (e.g. from :func:`exact_search`).
+        k: Neighbours per query for recall@k.
+        target_recall: Recall@k to reach, in ``(0, 1]``.
+        max_query_ms: Milliseconds per query not to exceed, ``> 0``.
+
+    Returns:
+        ``{"parameter", "value", "recall", "ms_per_query", "k", "queries", "target_recall",
+        "max_query_ms", "met", "tried": [{"value", "recall", "ms_per_query"}, ...]}``.
+    """
+    check_tuning_targets(target_recall, max_query_ms)
+    if target_recall is None and max_query_ms is None:
+        raise ValueError("tuning needs target_recall or max_query_ms")
+    k = _check_positive_int(k, "k")
+    queries = check_unit_rows(queries, index.dim, "queries")
+    exact_ids = np.asarray(exact_ids)
+    if len(queries) == 0 or exact_ids.shape[0] != len(queries):
+        raise ValueError(f"tuning needs queries with their exact ids, got {len(queries)} and {exact_ids.shape[0]}")
+    parameter, values = tuning_candidates(index)
+    tried: list[dict[str, Any]] = []
+    for value in values or [None]:
+        if parameter is not None:
+            index.set_search_parameters(**{parameter: value})
+        recall = recall_at_k(index.search(queries, k)[1], exact_ids, k)
+        tried.append({"value": value, "recall": recall, "ms_per_query": _ms_per_query(index, queries, k)})
+        if target_recall is not None and recall >= target_recall:
+            break
+        if max_query_ms is not None and tried[-1]["ms_per_query"] > max_query_ms:
+            break
+        if recall >= 1.0:  # larger values cost more and cannot find more
+            break
+    if target_recall is not None:
+        met = tried[-1]["recall"] >= target_recall
+        best = tried[-1] if met else max(tried, key=lambda t: t["recall"])  # max: the first of equal recalls
+    else:
+        under = [t for t in tried if t["ms_per_query"] <= max_query_ms]
+        met = bool(under)
+        best = max(under, key=lambda t: t["recall"]) if under else tried[0]
+    if parameter is not None:
+        index.set_search_parameters(**{parameter: best["value"]})
+    return {"parameter": parameter, "value": best["value"], "recall": best["recall"],
+            "ms_per_query": best["ms_per_query"], "k": k, "queries": len(queries), "target_recall": target_recall,
+            "max_query_ms": max_query_ms, "met": met, "tried": tried}  # fmt: skip
+
+
 # --------------------------------------------------------------------------- the index
 
 
@@ -306,6 +433,7 @@ class VectorIndex:
         gpu: str | bool = "auto",
         search_parameters: dict[str, int] | None = None,
         measured_recall: dict[str, Any] | None = None,
+        tuning: dict[str, Any] | None = None,
     ) -> None:
         self._index = index
         self._factory = factory
@@ -315,6 +443,8 @@ class VectorIndex:
         self._lock = threading.RLock()
         self._search_parameters: dict[str, int] = {}
         self.measured_recall = measured_recall
+        #: What :func:`tune_search_parameters` chose and measured (saved in ``index.json``), or ``None``.
+        self.tuning = tuning
         # A bool is accepted too (True: "auto", False: "never"), as a command-line switch would give it.
         mode = {True: "auto", False: "never"}.get(gpu, gpu) if isinstance(gpu, bool) else gpu
         self._placement = plan_placement(mode, faiss.get_num_gpus(), factory)
@@ -590,6 +720,7 @@ class VectorIndex:
                 "with_metadata": len(self._metadata),
                 "search_parameters": dict(self._search_parameters),
                 "measured_recall": self.measured_recall,
+                "tuning": self.tuning,
             }
 
     # ----------------------------------------------------------------- persistence
@@ -644,7 +775,7 @@ class VectorIndex:
         metadata = _read_metadata(folder / METADATA_FILE, origin=path)
         return cls(index, factory, metadata=metadata, next_id=int(info.get("next_id", 0)), read_only=mmap, gpu=gpu,
                    search_parameters=info.get("search_parameters") or None,
-                   measured_recall=info.get("measured_recall"))  # fmt: skip
+                   measured_recall=info.get("measured_recall"), tuning=info.get("tuning"))  # fmt: skip
 
     # ----------------------------------------------------------------- helpers
 
@@ -786,20 +917,40 @@ def build_index(
     recall_k: int = 10,
     recall_queries: int = 1000,
     seed: int = 0,
+    target_recall: float | None = None,
+    max_query_ms: float | None = None,
+    tuning_queries: np.ndarray | None = None,
 ) -> VectorIndex:
     """Create, fill and — for every non-exact index — measure recall@k on a sample of the data as queries.
 
     The recall (:func:`measure_recall` against exact search over ``vectors``) is kept in
     ``index.measured_recall``, reported by ``stats()`` and saved with the index.
+
+    With ``target_recall`` or ``max_query_ms`` the search parameter is tuned
+    (:func:`tune_search_parameters`) on held-out queries: ``tuning_queries`` when given, else
+    ``recall_queries`` rows of the data that an IVF/PQ index is then *not* trained on (they are still
+    added). The choice is kept in ``index.tuning`` and its parameter in the saved search parameters.
     """
+    check_tuning_targets(target_recall, max_query_ms)
+    tune = target_recall is not None or max_query_ms is not None
     rows = check_unit_rows(vectors, np.asarray(vectors).shape[-1])
     index = VectorIndex.create(rows.shape[1], factory, num_vectors_hint=rows.shape[0],
                                memory_budget_mb=memory_budget_mb, gpu=gpu)  # fmt: skip
+    n = rows.shape[0]
+    sample = np.random.default_rng(seed).choice(n, min(recall_queries, n), replace=False)
+    queries = rows[sample] if tuning_queries is None else check_unit_rows(tuning_queries, index.dim, "queries")
+    if tune and tuning_queries is None and not index.is_trained:
+        held_out = np.zeros(n, dtype=bool)
+        held_out[sample] = True
+        if (~held_out).sum() >= _min_training_vectors(index._index):
+            index.train(rows[~held_out])  # queries k-means never saw, as new queries will be
     stored = index.add(rows, ids, metadata)
-    if index.factory != "Flat" and rows.shape[0]:
-        sample = np.random.default_rng(seed).choice(rows.shape[0], min(recall_queries, rows.shape[0]), replace=False)
-        exact = stored[exact_search(rows, rows[sample], recall_k)[1]]
-        index.measured_recall = measure_recall(index, rows[sample], recall_k, exact=exact)
+    if (index.factory != "Flat" or tune) and n and len(queries):
+        exact = stored[exact_search(rows, queries, recall_k)[1]]
+        if tune:
+            index.tuning = tune_search_parameters(index, queries, exact, recall_k, target_recall=target_recall,
+                                                  max_query_ms=max_query_ms)  # fmt: skip
+        index.measured_recall = measure_recall(index, queries, recall_k, exact=exact)
     return index
 
 
@@ -859,6 +1010,13 @@ def _parser() -> OneLineArgumentParser:
     build.add_argument("--recall-k", type=int, default=10, help="k of the recall measured for non-exact indexes")
     build.add_argument("--recall-queries", type=int, default=1000, help="data rows used as recall queries")
     _search_parameter_flags(build)
+    build.add_argument("--target-recall", type=float, default=None,
+                       help="tune nprobe/efSearch: fastest value with recall@k ≥ R on held-out queries")  # fmt: skip
+    build.add_argument("--max-query-ms", type=float, default=None,
+                       help="tune nprobe/efSearch: the most accurate value whose ms/query is ≤ T")  # fmt: skip
+    build.add_argument("--tune-queries", default=None,
+                       help=".npy of held-out query rows for tuning (default: --recall-queries data rows, "
+                       "kept out of IVF/PQ training)")  # fmt: skip
     search = commands.add_parser("search", help="k nearest neighbours of query vectors or a text")
     search.add_argument("--index", required=True)
     search.add_argument("--vectors", help=".npy of (q, d) unit query rows")
@@ -890,11 +1048,28 @@ def _apply_search_flags(index: VectorIndex, args: argparse.Namespace) -> None:
     index.set_search_parameters(**{name: value for name, value in chosen.items() if value is not None})
 
 
+def _check_tuning_flags(args: argparse.Namespace) -> None:
+    prog = "hsrl index build: error:"
+    try:
+        check_tuning_targets(args.target_recall, args.max_query_ms, names=("--target-recall", "--max-query-ms"))
+    except ValueError as error:
+        raise UsageError(f"{prog} {error}") from None
+    tuning = args.target_recall is not None or args.max_query_ms is not None
+    if tuning and (args.nprobe is not None or args.ef_search is not None):
+        raise UsageError(f"{prog} --nprobe/--ef-search fix what --target-recall/--max-query-ms tune: give one")
+    if args.tune_queries is not None and not tuning:
+        raise UsageError(f"{prog} --tune-queries needs --target-recall or --max-query-ms")
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
+    _check_tuning_flags(args)
     vectors, ids, metadata = _load_vectors(args.input)
+    queries = None if args.tune_queries is None else _load_vectors(args.tune_queries)[0]
     start = time.perf_counter()
     index = build_index(vectors, ids, metadata, factory=args.factory, memory_budget_mb=args.memory_budget_mb,
-                        gpu=args.gpu, recall_k=args.recall_k, recall_queries=args.recall_queries)  # fmt: skip
+                        gpu=args.gpu, recall_k=args.recall_k, recall_queries=args.recall_queries,
+                        target_recall=args.target_recall, max_query_ms=args.max_query_ms,
+                        tuning_queries=queries)  # fmt: skip
     _apply_search_flags(index, args)
     seconds = time.perf_counter() - start
     index.save(args.output)

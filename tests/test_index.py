@@ -21,6 +21,7 @@ from hsrl.index import (
     measure_recall,
     plan_placement,
     recall_at_k,
+    tune_search_parameters,
     use_gpu_for_search,
 )
 
@@ -364,3 +365,111 @@ def test_auto_caps_nlist_and_pq_bits_by_the_training_set(capfd: pytest.CaptureFi
     assert index.factory == "IVF64_HNSW32,PQ32x6"
     err = capfd.readouterr().err
     assert "please provide at least" not in err and "WARNING" not in err
+
+
+# --------------------------------------------------------------------------- tuning nprobe / efSearch
+
+
+@pytest.fixture(scope="module")
+def ivf_for_tuning() -> tuple[VectorIndex, np.ndarray, np.ndarray]:
+    rows = unit(3000, seed=1)
+    index = VectorIndex.create(DIM, "IVF64,Flat", gpu="never")
+    index.add(rows)
+    queries = unit(300, seed=2)  # fresh vectors: held out from the k-means training by construction
+    return index, queries, exact_search(rows, queries, 10)[1]
+
+
+def test_tuned_nprobe_meets_the_target_on_held_out_queries() -> None:
+    rows, tuning_queries, check_queries = unit(3000, seed=1), unit(300, seed=2), unit(300, seed=3)
+    index = build_index(rows, factory="IVF64,Flat", gpu="never", target_recall=0.9, tuning_queries=tuning_queries)
+    chosen = index.tuning
+    assert chosen["parameter"] == "nprobe" and chosen["met"] and chosen["recall"] >= 0.9
+    assert index.search_parameters == {"nprobe": chosen["value"]}
+    tried = {t["value"]: t["recall"] for t in chosen["tried"]}
+    assert list(tried) == [2**i for i in range(chosen["value"].bit_length())]  # powers of two up to the choice
+    assert all(recall < 0.9 for value, recall in tried.items() if value < chosen["value"])  # the smallest that meets
+    # Queries the tuning never saw get about the same recall (300 queries: a few hundredths of noise).
+    fresh = recall_at_k(index.search(check_queries, 10)[1], exact_search(rows, check_queries, 10)[1], 10)
+    assert fresh >= 0.85
+
+
+def test_data_queries_are_kept_out_of_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows, trained_on = unit(3000, seed=1), []
+    original = VectorIndex.train
+    monkeypatch.setattr(VectorIndex, "train", lambda self, v: (trained_on.append(v), original(self, v))[1])
+    index = build_index(rows, factory="IVF32,Flat", gpu="never", target_recall=0.8, recall_queries=200)
+    (training,) = trained_on
+    assert len(training) == 2800 and index.tuning["queries"] == 200 and index.tuning["met"]
+    held_out = {row.tobytes() for row in rows} - {row.tobytes() for row in training}
+    assert len(held_out) == 200
+
+
+def test_a_higher_target_never_gives_a_smaller_value(
+    ivf_for_tuning: tuple[VectorIndex, np.ndarray, np.ndarray],
+) -> None:
+    index, queries, exact = ivf_for_tuning
+    chosen = [tune_search_parameters(index, queries, exact, 10, target_recall=target)["value"]
+              for target in (0.2, 0.5, 0.8, 0.9, 0.95, 0.99, 1.0)]  # fmt: skip
+    assert chosen == sorted(chosen) and chosen[0] < chosen[-1] <= 64
+
+
+def test_hnsw_tunes_ef_search() -> None:
+    rows, queries = unit(2000, seed=4), unit(200, seed=5)
+    index = build_index(rows, factory="HNSW8", gpu="never", target_recall=0.95, tuning_queries=queries, recall_k=10)
+    assert index.tuning["parameter"] == "efSearch" and index.tuning["recall"] >= 0.95
+    assert index.search_parameters == {"efSearch": index.tuning["value"]} and index.tuning["value"] >= 16
+
+
+def test_max_query_ms_chooses_a_value_and_records_it(tmp_path: Path) -> None:
+    index = build_index(unit(2000, seed=6), factory="IVF32,Flat", gpu="never", max_query_ms=1000.0, recall_queries=100)
+    chosen = index.tuning
+    assert chosen["parameter"] == "nprobe" and chosen["max_query_ms"] == 1000.0 and chosen["target_recall"] is None
+    assert chosen["value"] in {t["value"] for t in chosen["tried"]} and chosen["ms_per_query"] > 0
+    index.save(tmp_path / "ix")
+    info = json.loads((tmp_path / "ix" / "index.json").read_text())
+    assert info["tuning"]["value"] == chosen["value"] and info["search_parameters"] == {"nprobe": chosen["value"]}
+
+
+def test_flat_has_nothing_to_tune() -> None:
+    index = build_index(unit(500), factory="Flat", gpu="never", target_recall=0.99, recall_queries=50)
+    assert index.tuning["parameter"] is None and index.tuning["recall"] == 1.0 and index.search_parameters == {}
+
+
+def test_cli_tuned_parameter_is_saved_and_applied_on_load(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    np.save(tmp_path / "data.npy", unit(3000, seed=1))
+    np.save(tmp_path / "queries.npy", unit(200, seed=2))
+    out = tmp_path / "ix"
+    assert hsrl_main(["index", "build", "--input", str(tmp_path / "data.npy"), "--output", str(out),
+                      "--factory", "IVF64,Flat", "--target-recall", "0.9",
+                      "--tune-queries", str(tmp_path / "queries.npy")]) == 0  # fmt: skip
+    built = json.loads(capsys.readouterr().out)
+    value = built["tuning"]["value"]
+    assert built["tuning"]["recall"] >= 0.9 and built["search_parameters"] == {"nprobe": value} and value > 1
+    assert json.loads((out / "index.json").read_text())["tuning"]["value"] == value
+    loaded = VectorIndex.load(out, gpu="never")
+    assert loaded.search_parameters == {"nprobe": value} and loaded.tuning == built["tuning"]
+    assert faiss.extract_index_ivf(loaded._index).nprobe == value  # applied to FAISS, not only remembered
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--target-recall", "0"], "--target-recall must be in (0, 1], got 0"),
+        (["--target-recall", "1.5"], "--target-recall must be in (0, 1], got 1.5"),
+        (["--target-recall", "nan"], "--target-recall must be in (0, 1], got nan"),
+        (["--max-query-ms", "0"], "--max-query-ms must be a number of milliseconds > 0, got 0"),
+        (["--max-query-ms", "-2"], "--max-query-ms must be a number of milliseconds > 0, got -2"),
+        (["--target-recall", "0.9", "--max-query-ms", "2"], "give --target-recall or --max-query-ms, not both"),
+        (["--target-recall", "0.9", "--nprobe", "4"], "--nprobe/--ef-search fix what"),
+        (["--tune-queries", "q.npy"], "--tune-queries needs --target-recall or --max-query-ms"),
+    ],
+)
+def test_cli_bad_tuning_values_are_one_line(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    np.save(tmp_path / "data.npy", unit(100))
+    argv = ["index", "build", "--input", str(tmp_path / "data.npy"), "--output", str(tmp_path / "ix"), *flags]
+    assert hsrl_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and err[0].startswith("hsrl index build: error:")
+    assert not (tmp_path / "ix").exists()

@@ -145,3 +145,51 @@ def test_offline_hub_id_in_the_cache_loads_from_it(tmp_path: Path) -> None:
     assert shard.shape == (2, 384)
     with pytest.raises(ValueError, match="no such folder, and not a Hub id"):
         resolve_model_path("no/such/deep/path")
+
+
+@pytest.fixture
+def empty_offline_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """HF_HUB_OFFLINE=1 with an empty Hugging Face cache of this test's own (read when a model is resolved)."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["eval", "text", "--model", "someone/not-downloaded"], "--model"),
+        (["eval", "text", "--model", "minilm", "--baseline", "someone/not-downloaded"], "--baseline"),
+        (["eval", "image", "--model", "someone/not-downloaded", "--dataset", "fashion-mnist"], "--model"),
+    ],
+)
+def test_eval_offline_hub_id_not_in_the_cache_is_one_line_and_exit_2(
+    argv: list[str], flag: str, empty_offline_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hsrl.cli import main as hsrl_main
+
+    assert hsrl_main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    expected = f"{flag} someone/not-downloaded: someone/not-downloaded is not in the local Hugging Face cache and "
+    assert len(lines) == 1 and expected + "HF_HUB_OFFLINE=1" in lines[0] and captured.out == ""
+
+
+def test_eval_image_opens_a_hub_id_from_the_cache_offline(empty_offline_cache: Path, tmp_path: Path) -> None:
+    import torch
+
+    from hsrl.evaluation.image import open_image_model
+    from hsrl.models.image import resnet18, save
+
+    model = resnet18(in_channels=1, image_size=28, dim=8, hidden_dim=16).eval()
+    save(model, tmp_path / "model")
+    cache_snapshot(empty_offline_cache, "someone/tiny-resnet", tmp_path / "model")
+    opened = open_image_model("someone/tiny-resnet")
+    x = torch.rand(2, 1, 28, 28)
+    assert opened.architecture == "resnet18" and torch.equal(opened(x), model(x))
+    with pytest.raises((ValueError, FileNotFoundError), match="not an hsrl image model folder"):
+        open_image_model(str(tmp_path / "no" / "such"))  # not org/name: the folder message, as before

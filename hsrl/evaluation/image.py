@@ -54,6 +54,7 @@ __all__ = [
     "extract_features",
     "format_report",
     "knn_classify",
+    "open_image_model",
     "summary_metrics",
 ]
 
@@ -291,12 +292,45 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cli_main(argv: Sequence[str]) -> int:
-    """``hsrl eval image``: k-NN, linear probe and alignment/uniformity of a saved image encoder."""
+def open_image_model(name: str, map_location: str | torch.device = "cpu") -> ImageEncoder:
+    """An image encoder from a local folder or a Hub id (``org/name``), as ``hsrl.models.text.resolve_model_path``
+    takes text models: a path that exists, or a name that is not ``org/name``, is a folder
+    (:func:`hsrl.models.image.load`); otherwise ``org/name`` goes through :meth:`ImageEncoder.from_pretrained`
+    (the Hugging Face cache, downloading first unless the user set ``HF_HUB_OFFLINE=1``, read when called).
+
+    Raises:
+        ValueError: one line saying what is missing and what to do instead (``FileNotFoundError`` from
+            :func:`~hsrl.models.image.load` for a folder without weights, as before).
+    """
     from hsrl.models.image import load
 
+    parts = name.split("/")
+    if Path(name).exists() or len(parts) != 2 or not all(parts) or name.startswith((".", "~")):
+        return load(name, map_location=map_location)  # a folder; a missing one is load's "not an hsrl image model"
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+
+    from hsrl.hub import hub_offline
+
+    offline = hub_offline()
+    try:
+        return ImageEncoder.from_pretrained(name, local_files_only=offline, map_location=str(map_location))
+    except HFValidationError as error:
+        raise ValueError(f"--model {name}: not a valid Hub id ({str(error).splitlines()[0]})") from None
+    except LocalEntryNotFoundError:
+        if offline:
+            raise ValueError(f"--model {name}: {name} is not in the local Hugging Face cache and "
+                             "HF_HUB_OFFLINE=1; download it once online (unset HF_HUB_OFFLINE) or pass a local "
+                             "folder") from None  # fmt: skip
+        raise ValueError(f"--model {name}: cannot reach the Hugging Face Hub and it is not cached") from None
+    except HfHubHTTPError as error:
+        raise ValueError(f"--model {name}: not found on the Hugging Face Hub ({str(error).splitlines()[0]})") from None
+
+
+def cli_main(argv: Sequence[str]) -> int:
+    """``hsrl eval image``: k-NN, linear probe and alignment/uniformity of a saved image encoder."""
     parser = argparse.ArgumentParser(prog="hsrl eval image", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="an image model folder (model.safetensors + hsrl_config.json)")
+    parser.add_argument("--model", required=True, help="an image model folder (model.safetensors + "
+                        "hsrl_config.json) or a Hub id org/name (HF_HUB_OFFLINE=1: the local cache only)")  # fmt: skip
     parser.add_argument("--dataset", required=True, help="stl10, cifar10, cifar100, fashion-mnist, imagefolder:PATH, "
                         "hf:NAME or a local 🤗 dataset folder")  # fmt: skip
     parser.add_argument("--layer", action="append", help="layer to evaluate (repeatable; default: the paper's two)")
@@ -322,7 +356,7 @@ def cli_main(argv: Sequence[str]) -> int:
         if args.k < 1 or (args.linear_epochs is not None and args.linear_epochs < 1):
             raise ValueError("--k and --linear-epochs must be >= 1")
         device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        model = load(args.model, map_location=device)
+        model = open_image_model(args.model, map_location=device)
         linear = None
         if args.linear_protocol != "none":
             make = LinearProbeConfig.paper if args.linear_protocol == "paper" else LinearProbeConfig.fast

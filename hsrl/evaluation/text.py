@@ -305,10 +305,11 @@ def format_comparison(baseline: dict[str, float], trained: dict[str, float], nam
 def cli_main(argv: Sequence[str]) -> int:
     """``hsrl eval text``: metrics of ``--model`` (and ``--baseline``) on held-out text."""
     from hsrl.data.text_sources import load_documents
-    from hsrl.models.text import build_text_encoder
+    from hsrl.models.text import build_text_encoder, resolve_model_path
 
     parser = argparse.ArgumentParser(prog="hsrl eval text", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="sentence-transformers folder or packaged name (minilm)")
+    parser.add_argument("--model", required=True, help="sentence-transformers folder, packaged name (minilm) or "
+                        "Hub id org/name (HF_HUB_OFFLINE=1: the local cache only)")  # fmt: skip
     parser.add_argument("--baseline", help="a second model evaluated in the same run, e.g. the starting checkpoint")
     parser.add_argument("--dataset", default="austen", help="austen or a local .txt/.jsonl/.parquet path")
     parser.add_argument(
@@ -320,12 +321,19 @@ def cli_main(argv: Sequence[str]) -> int:
     parser.add_argument("--output", help="write the metrics as JSON here")
     args = parser.parse_args(list(argv))
     try:
+        # Models first: a Hub id missing offline is one line before any corpus is read.
+        folders = {}
+        for role, name in (("baseline", args.baseline), ("model", args.model)):
+            try:
+                folders[role] = resolve_model_path(name) if name else None
+            except ValueError as error:  # resolve_model_path names --model; say which flag it was
+                raise ValueError(str(error).replace("--model", f"--{role}", 1)) from None
         _, heldout = load_documents(args.dataset)
         eval_sets = {eval_set_name(name): load_eval_documents(name) for name in args.eval_dataset}
         results = {}
-        for role, name in (("baseline", args.baseline), ("model", args.model)):
-            if name:
-                encoder = build_text_encoder(name)
+        for role, folder in folders.items():
+            if folder:
+                encoder = build_text_encoder(folder)
                 results[role] = evaluate_text_encoder(
                     encoder, heldout, attribution=args.dataset == "austen", senteval_dir=args.senteval,
                     max_sentences=args.max_sentences, eval_sets=eval_sets,

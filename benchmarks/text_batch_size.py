@@ -99,7 +99,7 @@ def memory(batches: list[int], output: Path) -> None:
             "",
             f"Command: `python benchmarks/text_batch_size.py memory` ({time.strftime('%Y-%m-%d')}, 2 CPU cores). "
             "Peak resident memory of a fresh process that loads the model and the corpus and runs one step "
-            "(it includes the model, the Austen corpus and Python: a 64-pair plain step peaks at 2.6 GiB).",
+            "(the model, the Austen corpus and Python included).",
             "",
             "| global batch (pairs) | cache chunk | peak RSS (GiB) | step + set-up s |",
             "| --- | --- | --- | --- |",

@@ -12,7 +12,9 @@ Inputs: a ``.txt`` file (one text per line; blank lines skipped), ``.jsonl`` (``
 and ``"label"``), ``.parquet`` (the same columns), or a folder of images (with an image model folder; a
 sub-folder name is the image's label). The model is a sentence-transformers folder (text) or a folder with
 ``hsrl_config.json`` (image, rebuilt by ``hsrl.models.image.load``). Records without an ``id`` get their
-position in the dataset.
+position in the dataset. Text files are read through 🤗 ``datasets`` (``load_dataset("text"|"json"|"parquet",
+data_files=..., streaming=True)``): one pass checks them and keeps only ids and labels, and each shard's texts
+are streamed again when it is encoded, so a large file is never held in memory.
 
 Every file is written atomically and a shard's ``.done`` marker last, so a killed export resumes with the
 first unfinished shard when rerun with the same arguments (a different model, dataset or shard size in the
@@ -27,10 +29,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import itertools
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,12 +64,27 @@ def shard_files(output: Path, shard: int) -> tuple[Path, Path, Path]:
 
 @dataclass
 class Records:
-    """A dataset's items in order: texts (``kind="text"``) or image file paths (``kind="image"``)."""
+    """A dataset's items in order: texts (``kind="text"``) or image file paths (``kind="image"``).
+
+    ``items`` is ``None`` for a text file read through 🤗 ``datasets``: its texts are streamed again, shard by
+    shard, by :meth:`iter_items` (only ids and labels are held), so a large file never sits in memory.
+    """
 
     kind: str
-    items: list[str]
-    ids: list[Any]
+    items: list[str] | None
+    ids: Sequence[Any]
     labels: list[Any] | None
+    stream: Callable[[], Iterator[str]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def iter_items(self) -> Iterator[str]:
+        """The items in dataset order (streamed from the file when ``items`` is ``None``)."""
+        if self.items is not None:
+            return iter(self.items)
+        assert self.stream is not None
+        return self.stream()
 
     @property
     def column(self) -> str:
@@ -80,17 +98,73 @@ def read_dataset(path: str | os.PathLike[str]) -> Records:
         records = _read_image_folder(source)
     elif not source.exists():
         raise ValueError(f"dataset {source}: no such file or folder")
-    elif source.suffix == ".txt":
-        records = _read_txt(source)
-    elif source.suffix == ".jsonl":
-        records = _read_jsonl(source)
-    elif source.suffix == ".parquet":
-        records = _read_parquet(source)
+    elif source.suffix in DATASETS_BUILDERS:
+        records = _stream_records(source)
     else:
         raise ValueError(f"dataset {source}: expected .txt, .jsonl, .parquet or an image folder")
-    if not records.items:
+    if not len(records):
         raise ValueError(f"dataset {source} holds no records")
     return records
+
+
+#: 🤗 ``datasets`` packaged builders for local files (read with ``streaming=True``: no Arrow cache is written,
+#: and nothing at all beside the user's file; its lock files go to ``HF_DATASETS_CACHE``).
+DATASETS_BUILDERS = {".txt": "text", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def _rows(source: Path) -> Iterator[dict[str, Any]]:
+    """The file's rows, streamed by ``datasets.load_dataset(builder, data_files=..., streaming=True)``."""
+    from datasets import load_dataset
+
+    columns = {}
+    if source.suffix == ".parquet":  # read only the columns hsrl uses
+        names = pq.read_schema(source).names
+        columns = {"columns": [c for c in ("text", "id", "label") if c in names]}
+    yield from load_dataset(DATASETS_BUILDERS[source.suffix], data_files=str(source), split="train",
+                            streaming=True, **columns)  # fmt: skip
+
+
+def _texts(source: Path) -> Iterator[str]:
+    """The texts of ``source`` in order, streamed (``.txt``: stripped lines, blank lines skipped)."""
+    for row in _rows(source):
+        text = row["text"]
+        if source.suffix == ".txt":
+            text = text.strip()
+            if not text:
+                continue
+        yield text
+
+
+def _stream_records(source: Path) -> Records:
+    """One streamed pass that checks every row and keeps only ids and labels; the texts are streamed again
+    when a shard is encoded.
+
+    Anything the stream cannot read or a row without a string ``text`` is handed to the exact in-memory
+    reader (``_read_txt``/``_read_jsonl``/``_read_parquet``), which raises hsrl's one-line message: ``datasets``
+    reports a bad UTF-8 byte by its offset in a 10 MB chunk and bad JSON through pyarrow with no line number,
+    so only a line-by-line reader can name the line. That reader also accepts what pyarrow refuses (an ``id``
+    column of mixed types, made text), so such a file is read in memory as before.
+    """
+    count, ids, labels = 0, [], []
+    try:
+        for row in _rows(source):
+            text = row.get("text")
+            if not isinstance(text, str):
+                raise ValueError("no text")
+            if source.suffix == ".txt":
+                count += bool(text.strip())
+                continue
+            ids.append(row.get("id"))
+            labels.append(row.get("label"))
+            count += 1
+    except Exception:  # UnicodeDecodeError, ArrowInvalid, DatasetGenerationError, ...: the exact reader says it
+        return {".txt": _read_txt, ".jsonl": _read_jsonl, ".parquet": _read_parquet}[source.suffix](source)
+    if source.suffix == ".txt":
+        return Records("text", None, range(count), None, stream=lambda: _texts(source))
+    ids = _optional_values(source, ids, "id") or range(count)
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"dataset {source}: ids are not unique")
+    return Records("text", None, ids, _optional_values(source, labels, "label"), stream=lambda: _texts(source))
 
 
 def _read_text(source: Path) -> str:
@@ -138,14 +212,15 @@ def _read_parquet(source: Path) -> Records:
 
 def _records_from_rows(source: Path, rows: list[dict[str, Any]]) -> Records:
     texts = [row["text"] for row in rows]
-    ids = _optional_column(source, rows, "id") or list(range(len(rows)))
+    ids = _optional_values(source, [row.get("id") for row in rows], "id") or list(range(len(rows)))
     if len(set(ids)) != len(ids):
         raise ValueError(f"dataset {source}: ids are not unique")
-    return Records("text", texts, ids, _optional_column(source, rows, "label"))
+    return Records("text", texts, ids, _optional_values(source, [row.get("label") for row in rows], "label"))
 
 
-def _optional_column(source: Path, rows: list[dict[str, Any]], name: str) -> list[Any] | None:
-    """All rows' ``name`` values, or ``None`` when no row has one; some-but-not-all is an error."""
+def _optional_values(source: Path, column: list[Any], name: str) -> list[Any] | None:
+    """A column's values, or ``None`` when no row has one; some-but-not-all is an error."""
+    rows = [{name: value} for value in column]
     present = [row.get(name) is not None for row in rows]
     if not any(present):
         return None
@@ -272,7 +347,7 @@ def verify_embeddings(vectors: np.ndarray, rows: int, where: str) -> np.ndarray:
 
 
 def _manifest(model: Path, dataset: Path, kind: str, records: Records, shard_size: int) -> dict[str, Any]:
-    count = len(records.items)
+    count = len(records)
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -310,8 +385,8 @@ def _shard_done(output: Path, shard: int) -> bool:
     return done.is_file() and embeddings.is_file() and metadata.is_file()
 
 
-def _metadata_table(records: Records, start: int, stop: int) -> pa.Table:
-    columns: dict[str, list[Any]] = {"id": records.ids[start:stop], records.column: records.items[start:stop]}
+def _metadata_table(records: Records, start: int, stop: int, items: list[str]) -> pa.Table:
+    columns: dict[str, list[Any]] = {"id": list(records.ids[start:stop]), records.column: items}
     if records.labels is not None:
         columns["label"] = records.labels[start:stop]
     return pa.table(columns)
@@ -385,19 +460,24 @@ def _export_shards(
 ) -> None:
     from tqdm.auto import tqdm
 
-    total = sum(len(records.items[s * shard_size : (s + 1) * shard_size]) for s in shards)
+    total = sum(len(records.ids[s * shard_size : (s + 1) * shard_size]) for s in shards)
     # Several batches per encode call: the model sorts by length within a call, and the bar still moves often.
     chunk = batch_size * 8
+    # One pass over the items (a stream for large text files): skip finished shards, hold one shard at a time.
+    items, position = records.iter_items(), 0
     with tqdm(total=total, desc="export", unit=records.kind, disable=not progress) as bar:
-        for shard in shards:
-            start, stop = shard * shard_size, min((shard + 1) * shard_size, len(records.items))
-            parts = []
+        for shard in sorted(shards):
+            start, stop = shard * shard_size, min((shard + 1) * shard_size, len(records))
+            next(itertools.islice(items, start - position, start - position), None)  # skip to `start`
+            parts, shard_items = [], []
             for begin in range(start, stop, chunk):
-                items = records.items[begin : min(begin + chunk, stop)]
-                parts.append(np.asarray(encode(items), dtype=np.float32))
-                bar.update(len(items))
+                batch = list(itertools.islice(items, min(chunk, stop - begin)))
+                parts.append(np.asarray(encode(batch), dtype=np.float32))
+                shard_items += batch
+                bar.update(len(batch))
+            position = stop
             vectors = verify_embeddings(np.concatenate(parts), stop - start, f"shard {shard}")
-            _write_shard(out, shard, vectors, _metadata_table(records, start, stop))
+            _write_shard(out, shard, vectors, _metadata_table(records, start, stop, shard_items))
 
 
 # --------------------------------------------------------------------------- reading exports

@@ -218,3 +218,36 @@ def test_image_folder_with_an_image_model(tmp_path: Path, capsys: pytest.Capture
     assert hsrl_main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "broken.png: not a readable image" in err[0]
+
+
+def test_text_files_stream_through_datasets_and_leave_the_data_folder_alone(encoder: EncodeFn, tmp_path: Path) -> None:
+    from hsrl.export import read_dataset
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"id": 10 + i, "text": text, "label": f"c{i % 2}"} for i, text in enumerate(SENTENCES[:7])]
+    (data / "a.txt").write_text("\n".join(SENTENCES[:3]) + "\n\n  \n" + "\n".join(SENTENCES[3:7]) + "\n")
+    (data / "a.jsonl").write_text("\n".join(json.dumps(row) for row in rows[:4]) + "\n\n" +
+                                  "\n".join(json.dumps(row) for row in rows[4:]) + "\n")  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(rows), data / "a.parquet")
+    before = sorted(p.name for p in data.rglob("*"))
+    for name in ("a.txt", "a.jsonl", "a.parquet"):
+        records = read_dataset(data / name)
+        assert records.items is None  # streamed: only ids (and labels) are held
+        assert list(records.iter_items()) == SENTENCES[:7] and len(records) == 7
+        out = tmp_path / f"out-{name}"
+        export_embeddings(MODEL, data / name, out, encode=encoder, shard_size=3, progress=False)
+        _, table = load_embeddings(out)
+        assert table.column("text").to_pylist() == SENTENCES[:7]
+        expected_ids = list(range(7)) if name == "a.txt" else [row["id"] for row in rows]
+        assert table.column("id").to_pylist() == expected_ids
+    assert sorted(p.name for p in data.rglob("*")) == before  # no cache or lock files beside the data
+
+
+def test_ids_of_mixed_types_become_text_as_before(tmp_path: Path) -> None:
+    from hsrl.export import read_dataset
+
+    path = tmp_path / "mixed.jsonl"
+    path.write_text('{"text": "a", "id": 1}\n{"text": "b", "id": "x"}\n')
+    records = read_dataset(path)
+    assert list(records.iter_items()) == ["a", "b"] and list(records.ids) == ["1", "x"]

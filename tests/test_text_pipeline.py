@@ -92,6 +92,22 @@ def test_bad_files_fail_with_one_clear_line(tmp_path: Path, content: bytes, mess
     assert "\n" not in str(info.value)
 
 
+def test_local_files_go_through_datasets_and_leave_the_folder_alone(tmp_path: Path) -> None:
+    from hsrl.data.text_sources import _documents_through_datasets
+
+    (tmp_path / "a.txt").write_text("One. Two.\n\nThree.\nFour.\n", encoding="utf-8")
+    (tmp_path / "a.jsonl").write_text('{"text": "One. Two.", "document": 7}\n\n{"text": "Three."}\n')
+    expected = {"a.txt": [["One.", "Two."], ["Three.", "Four."]], "a.jsonl": [["One.", "Two."], ["Three."]]}
+    for name, sentences in expected.items():
+        direct = _documents_through_datasets(tmp_path / name, Path(name).suffix)
+        assert [d.sentences for d in direct] == sentences == [d.sentences for d in read_text_file(tmp_path / name)]
+    assert [d.id for d in read_text_file(tmp_path / "a.jsonl")] == ["a/7", "a/0"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "a.txt"]  # no cache beside the data
+    (tmp_path / "b.jsonl").write_text('{"text": "ok"}\n{not json\n')
+    with pytest.raises(ValueError, match="line 2 is not valid JSON"):  # the line reader names the line
+        read_text_file(tmp_path / "b.jsonl")
+
+
 def test_missing_dataset_and_unknown_type(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no such file"):
         load_documents(str(tmp_path / "nope.txt"))

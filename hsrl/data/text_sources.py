@@ -9,7 +9,9 @@
   that the original Quick-Thought training had too. Offline, it fails at once with one
   line saying how to use a local copy or the embedded corpus.
 * ``austen`` — the six Jane Austen novels shipped in the package; *Persuasion* is held out.
-* a path — ``.txt`` (one sentence per line, a blank line ends a document), ``.txt.gz``,
+* a path — read through 🤗 ``datasets`` (``load_dataset("text"|"json"|"parquet", data_files=...,
+  streaming=True)``, falling back to hsrl's own readers for their one-line errors):
+  ``.txt`` (one sentence per line, a blank line ends a document), ``.txt.gz``,
   ``.jsonl`` (a ``text`` field; optional ``doc``/``document`` id field), ``.parquet`` (same
   columns), or a folder of such files (each file is at least one document). Prose that is not
   one sentence per line (a line with several sentences) is split with
@@ -68,10 +70,40 @@ def _documents_from_records(records: list[dict], path: Path) -> list[Document]:
     return [Document(f"{path.stem}/{doc}", sentences) for doc, sentences in by_doc.items() if sentences]
 
 
+#: 🤗 ``datasets`` packaged builders for the plain local formats (``.txt.gz`` keeps the gzip reader).
+DATASETS_BUILDERS = {".txt": "text", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def _documents_through_datasets(path: Path, kind: str) -> list[Document]:
+    """``datasets.load_dataset(builder, data_files=path, streaming=True)`` rows made into documents.
+
+    Streaming writes no Arrow cache (only lock files, under ``HF_DATASETS_CACHE``, never beside the data)
+    and works with ``HF_DATASETS_OFFLINE=1``. The ``text`` builder yields the file's lines (blank ones
+    included), so blank lines still end documents; the ``json`` builder skips blank lines as the line reader
+    does, so record numbers in errors are the same.
+    """
+    from datasets import load_dataset
+
+    rows = load_dataset(DATASETS_BUILDERS[kind], data_files=str(path), split="train", streaming=True)
+    if kind == ".txt":
+        return _documents_from_lines([row["text"] for row in rows], path.stem)
+    # One schema for every row: a field a record lacks comes back as None; drop it, as the record has none.
+    return _documents_from_records([{k: v for k, v in row.items() if v is not None} for row in rows], path)
+
+
 def read_text_file(path: str | Path) -> list[Document]:
     """Documents of one local file (see the module docstring for the formats)."""
     path = Path(path)
     kind = _suffix(path)
+    if kind in DATASETS_BUILDERS:
+        try:
+            return _documents_through_datasets(path, kind)
+        except Exception:
+            # datasets could not read it (bad UTF-8 reported by its offset in a 10 MB chunk, bad JSON without
+            # a line number, a corrupt parquet file, mixed column types) or a record has no text: the exact
+            # readers below give hsrl's one-line message naming the byte offset or line, or read what pyarrow
+            # refused.
+            pass
     if kind in {".txt", ".txt.gz"}:
         raw = gzip.decompress(path.read_bytes()) if kind == ".txt.gz" else path.read_bytes()
         return _documents_from_lines(_decode(raw, path).splitlines(), path.stem)

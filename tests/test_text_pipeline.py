@@ -165,9 +165,13 @@ def test_packaged_minilm_loads_and_matches_sentence_transformers(sentences: list
     torch.testing.assert_close(encode_texts(encoder, sentences[:8]), expected, rtol=0, atol=1e-5)
 
 
-def test_model_names_that_do_not_resolve_are_clear(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="no such folder"):
+def test_model_names_that_do_not_resolve_are_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(ValueError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE=1"):
         resolve_model_path("sentence-transformers/all-mpnet-base-v2")
+    with pytest.raises(ValueError, match="no such folder, and not a Hub id"):
+        resolve_model_path(str(tmp_path / "missing" / "deeper" / "folder"))
     with pytest.raises(ValueError, match="not a sentence-transformers"):
         resolve_model_path(str(tmp_path))
 

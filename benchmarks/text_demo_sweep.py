@@ -34,6 +34,11 @@ CONFIGS: dict[str, list[str]] = {
     "a2+u1 t=5, lr 1e-4, 100x64": ["--loss", "align:2,alpha=2 + uniform:1,t=5", "--lr", "1e-4"],
     "a2+u1, lr 3e-5, 100x64": ["--loss", "align:2,alpha=2 + uniform:1,t=2", "--lr", "3e-5"],
     "a1.5+u1, lr 3e-5, 100x64": ["--loss", "align:1.5,alpha=2 + uniform:1,t=2", "--lr", "3e-5"],
+    "a1.5+u1, lr 1e-4, 100x64": ["--loss", "align:1.5,alpha=2 + uniform:1,t=2", "--lr", "1e-4"],
+    "a1.5+u1, lr 3e-5, 100x64, same-book": ["--loss", "align:1.5,alpha=2 + uniform:1,t=2", "--lr", "3e-5",
+                                             "--pairs", "same-book"],
+    "a1+u1, lr 3e-5, 100x64, same-book": ["--loss", "align:1,alpha=2 + uniform:1,t=2", "--lr", "3e-5",
+                                           "--pairs", "same-book"],
     "contrastive tau=0.05, lr 3e-5, 100x64": ["--loss", "contrastive:1,tau=0.05", "--lr", "3e-5"],
     "contrastive tau=0.05, lr 1e-4, 100x64": ["--loss", "contrastive:1,tau=0.05", "--lr", "1e-4"],
 }

@@ -31,7 +31,7 @@ import os
 import shutil
 import time
 import typing
-from collections.abc import Callable, Iterator, Mapping, Sized
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -62,6 +62,7 @@ from hsrl.losses import align_loss, uniform_loss
 __all__ = [
     "EpochShuffleSampler",
     "FitResult",
+    "GroupedBatchSampler",
     "TrainConfig",
     "TrainingDivergedError",
     "encode_views",
@@ -226,6 +227,39 @@ class EpochShuffleSampler(Sampler[int]):
         return self.n
 
 
+class GroupedBatchSampler(Sampler[list[int]]):
+    """Batches whose examples all come from one group (e.g. one book), in an order set by ``(seed, epoch)``.
+
+    Each epoch, every group's indices are shuffled and cut into full batches, and the
+    batches of all groups are shuffled together. Uniformity and in-batch negatives then
+    compare examples of one group only: the model cannot spread a batch apart by telling
+    groups apart (e.g. by characters' names), so it learns the finer differences that
+    retrieval *within* a book needs.
+    """
+
+    def __init__(self, groups: Sequence[Hashable], batch_size: int, seed: int = 0) -> None:
+        by_group: dict[Hashable, list[int]] = {}
+        for index, group in enumerate(groups):
+            by_group.setdefault(group, []).append(index)
+        self.members = [by_group[g] for g in sorted(by_group, key=str)]
+        self.batch_size, self.seed, self.epoch = batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        batches = []
+        for members in self.members:
+            order = [members[i] for i in torch.randperm(len(members), generator=g).tolist()]
+            batches += [order[i : i + self.batch_size] for i in range(0, len(order) - self.batch_size + 1,
+                                                                      self.batch_size)]  # fmt: skip
+        return iter([batches[i] for i in torch.randperm(len(batches), generator=g).tolist()])
+
+    def __len__(self) -> int:
+        return sum(len(m) // self.batch_size for m in self.members)
+
+
 def make_dataloader(
     dataset: Dataset,
     config: TrainConfig,
@@ -233,11 +267,14 @@ def make_dataloader(
     collate_fn: Callable[[list[Any]], Any] | None = None,
     shuffle: bool = True,
     drop_last: bool = True,
+    groups: Sequence[Hashable] | None = None,
 ) -> DataLoader:
     """A loader for :func:`fit`: resumable order, workers, pinned memory, full batches.
 
     ``drop_last`` defaults to True because the losses compare every example of a
     batch with every other: a tiny last batch would be a noisy, differently scaled step.
+    With ``groups`` (one per example), every batch holds examples of one group
+    (:class:`GroupedBatchSampler`).
     """
     workers = config.num_workers
     common: dict[str, Any] = {
@@ -256,6 +293,14 @@ def make_dataloader(
         return DataLoader(dataset, **common)
     if not isinstance(dataset, Sized):
         raise ValueError("the dataset must be a map-style Dataset with __len__ or an IterableDataset")
+    if groups is not None:
+        if len(groups) != len(dataset):
+            raise ValueError("one group per example is needed")
+        batches = GroupedBatchSampler(groups, config.batch_size, seed=config.seed)
+        if len(batches) == 0:
+            raise ValueError(f"no group has a full batch of {config.batch_size} examples; lower --batch-size")
+        unbatched = {k: v for k, v in common.items() if k not in {"batch_size", "drop_last"}}
+        return DataLoader(dataset, batch_sampler=batches, **unbatched)
     sampler = EpochShuffleSampler(len(dataset), seed=config.seed, shuffle=shuffle)
     return DataLoader(dataset, sampler=sampler, **common)
 

@@ -85,9 +85,11 @@ class BookCorpusConfig(TrainConfig):
         metadata={"help": "objective as the paper writes it (default: its BookCorpus setting, Table 4)"},
     )
     context_size: int = field(default=1, metadata={"help": "neighbours within this many sentences are positives"})
-    pairs: Literal["shuffled", "consecutive"] = field(
-        default="shuffled", metadata={"help": "shuffled pairs, or batches of consecutive sentences (the paper's)"}
-    )
+    pairs: Literal["shuffled", "same-book", "consecutive"] = field(
+        default="shuffled",
+        metadata={"help": "shuffled pairs; same-book: every batch from one book (harder negatives); or batches "
+                          "of consecutive sentences (the paper's)"},
+    )  # fmt: skip
     pooling: Literal["mean", "cls"] = field(default="mean", metadata={"help": "token pooling (new encoders)"})
     projection_dim: int | None = field(default=None, metadata={"help": "add a linear projection head"})
     max_seq_length: int = field(default=64, metadata={"help": "truncate sentences to this many tokens"})
@@ -121,6 +123,8 @@ class BookCorpusConfig(TrainConfig):
             raise ValueError("--encoder gru trains from scratch (no --model) and needs an even --gru-dim >= 2")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.pairs == "same-book" and self.dataset == "bookcorpus":
+            raise ValueError("--pairs same-book needs documents with book ids; the hub's BookCorpus has none")
         if self.cache_chunk_size and (self.encoder == "gru" or self.pairs == "consecutive"):
             raise ValueError("--cache-chunk-size works with --encoder transformer on shuffled pairs; the GRU and "
                              "consecutive batches are not split into chunks")  # fmt: skip
@@ -209,8 +213,9 @@ def main(argv: list[str] | None = None) -> int:
             collate, encode = gru_pair_collate(encoder), gru_pair_encoder(encoder)
         else:
             collate, encode = pair_collate(encoder), pair_encoder(encoder)
-        loader = make_dataloader(train_pairs, config, collate_fn=collate,
-                                 shuffle=config.pairs == "shuffled" and not consecutive)  # fmt: skip
+        groups = getattr(train_pairs, "groups", None) if config.pairs == "same-book" else None
+        loader = make_dataloader(train_pairs, config, collate_fn=collate, groups=groups,
+                                 shuffle=config.pairs != "consecutive" and not consecutive)  # fmt: skip
         try:
             result = fit(encoder, loss, loader, config, accelerator=accelerator, encode=encode)
         except (TrainingDivergedError, ValueError) as error:

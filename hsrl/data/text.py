@@ -287,18 +287,30 @@ class SentencePairDataset(Dataset[tuple[str, str]]):
         ValueError: If a pair indexes outside ``sentences``.
     """
 
-    def __init__(self, sentences: Sequence[str], pairs: Sequence[tuple[int, int]]) -> None:
+    def __init__(
+        self, sentences: Sequence[str], pairs: Sequence[tuple[int, int]], groups: Sequence[str] | None = None
+    ) -> None:
         n = len(sentences)
         if any(not (0 <= i < n and 0 <= j < n) for i, j in pairs):
             raise ValueError(f"pair index outside the {n} sentences")
+        if groups is not None and len(groups) != len(pairs):
+            raise ValueError("one group per pair is needed")
         self.sentences = sentences
         self.pairs = pairs
+        self.groups = groups
 
     @classmethod
     def from_documents(cls, documents: Iterable[Document], context_size: int = 1) -> SentencePairDataset:
-        """The neighbour pairs of ``documents`` (see :meth:`SentenceCorpus.pairs`)."""
+        """The neighbour pairs of ``documents`` (see :meth:`SentenceCorpus.pairs`).
+
+        Each pair's group is its document's *book*: the part of the document id before the
+        first ``/`` (``"emma/ch03"`` -> ``"emma"``; a local file's documents share its name).
+        """
+        documents = list(documents)
         corpus = SentenceCorpus.from_documents(documents)
-        return cls(corpus.sentences, corpus.pairs(context_size))
+        pairs = corpus.pairs(context_size)
+        books = [d.id.split("/", 1)[0] for d in documents]
+        return cls(corpus.sentences, pairs, [books[corpus.doc_ids[i]] for i, _ in pairs])
 
     def __len__(self) -> int:
         return len(self.pairs)

@@ -200,3 +200,28 @@ def test_config_flags_help_and_errors(capsys: pytest.CaptureFixture[str]) -> Non
 def test_too_little_data_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no full batch"):
         train(config(tmp_path, batch_size=64))
+
+
+def test_grouped_batches_hold_one_group_each_and_depend_only_on_seed_and_epoch() -> None:
+    from hsrl.training import GroupedBatchSampler
+
+    groups = ["a"] * 10 + ["b"] * 7 + ["c"] * 2
+    sampler = GroupedBatchSampler(groups, batch_size=3, seed=4)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 3 + 2  # full batches only; "c" has none
+    assert all(len(b) == 3 and len({groups[i] for i in b}) == 1 for b in batches)
+    assert len({i for b in batches for i in b}) == 15  # no index twice in an epoch
+    assert list(GroupedBatchSampler(groups, 3, seed=4)) == batches
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+
+
+def test_same_book_loader_trains_and_too_small_groups_are_clear(tmp_path: Path) -> None:
+    cfg = config(tmp_path, epochs=1)
+    groups = ["x"] * 12 + ["y"] * 12
+    with training_session(cfg) as accelerator:
+        loader = make_dataloader(pairs(), cfg, groups=groups)
+        result = fit(DropoutEncoder(), HypersphereLoss("align:1 + uniform:1"), loader, cfg, accelerator=accelerator)
+    assert result.steps == 6
+    with pytest.raises(ValueError, match="no group has a full batch"):
+        make_dataloader(pairs(), config(tmp_path, batch_size=13), groups=groups)

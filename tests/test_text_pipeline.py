@@ -343,3 +343,23 @@ def test_recipe_refuses_a_budget_with_max_steps_in_one_line(tmp_path: Path, smal
                           timeout=120)  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "--time-budget-min and --max-steps both set" in done.stderr.strip().splitlines()[-1]
+
+
+def test_two_process_recipe_with_cache_chunk_size_equals_the_plain_run(tmp_path: Path, small_txt: Path) -> None:
+    """2 processes x 8 pairs, re-embedded in chunks of 4: same logged losses, same saved weights."""
+    from safetensors.torch import load_file
+
+    for name, extra in (("plain", []), ("cached", ["--cache-chunk-size", "4"])):
+        done = run_recipe(["--dataset", str(small_txt), "--output-dir", str(tmp_path / name), "--max-steps", "3",
+                           "--seed", "2", "--dropout", "0", "--checkpoint-every", "none", "--eval-dataset", "none",
+                           "--log-every", "1", *SCRATCH_FLAGS, "--batch-size", "8", *extra], processes=2)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    def losses(name: str) -> list[float]:
+        lines = (tmp_path / name / "train_log.jsonl").read_text().splitlines()
+        return [json.loads(line)["train/loss"] for line in lines]
+
+    assert len(losses("plain")) == 3
+    assert losses("cached") == pytest.approx(losses("plain"), abs=1e-5)
+    a, b = (load_file(tmp_path / n / "model" / "model.safetensors") for n in ("plain", "cached"))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-4

@@ -9,13 +9,23 @@ huggingface_hub's own: ``HF_TOKEN`` or ``huggingface-cli login``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["check_push_target", "hub_offline", "publish_run", "push_folder", "push_to_hub_field"]
+__all__ = [
+    "check_push_target",
+    "hub_model_errors",
+    "hub_offline",
+    "looks_like_hub_id",
+    "publish_run",
+    "push_folder",
+    "push_to_hub_field",
+]
 
 #: Never uploaded: hsrl's temporary and hidden files (half-written folders, ``.old-*`` copies).
 IGNORED = [".*", "**/.*"]
@@ -24,6 +34,40 @@ IGNORED = [".*", "**/.*"]
 def hub_offline() -> bool:
     """Whether the user asked huggingface_hub to stay offline (``HF_HUB_OFFLINE``), read now."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """``org/name``: two non-empty parts, not a relative or home path."""
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
+
+
+@contextlib.contextmanager
+def hub_model_errors(name: str) -> Iterator[bool]:
+    """Load a model from the Hub inside this block; its errors become one line each.
+
+    Yields whether the user asked to stay offline (``HF_HUB_OFFLINE``), to pass on as
+    ``local_files_only``.
+
+    Raises:
+        ValueError: an invalid id, an id missing from the cache offline, an unreachable Hub, or a
+            repository the Hub does not have.
+    """
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+
+    offline = hub_offline()
+    try:
+        yield offline
+    except HFValidationError as error:
+        raise ValueError(f"--model {name}: not a valid Hub id ({_first_line(error)})") from None
+    except LocalEntryNotFoundError:
+        if offline:
+            raise ValueError(f"--model {name}: {name} is not in the local Hugging Face cache and "
+                             "HF_HUB_OFFLINE=1; download it once online (unset HF_HUB_OFFLINE) or pass a local "
+                             "folder") from None  # fmt: skip
+        raise ValueError(f"--model {name}: cannot reach the Hugging Face Hub and it is not cached") from None
+    except (HfHubHTTPError, OSError) as error:
+        raise ValueError(f"--model {name}: not found on the Hugging Face Hub ({_first_line(error)})") from None
 
 
 def check_push_target(repo_id: str | None) -> None:

@@ -14,8 +14,9 @@ Index types are ``faiss.index_factory`` strings (``"Flat"``, ``"IVF1024,Flat"``,
 
 A saved index is a folder: ``index.faiss``, ``metadata.jsonl`` (one ``{"id", "metadata"}`` per line, only ids
 that have metadata) and ``index.json`` (format version, dim, factory, count, next id, search parameters,
-measured recall, and the tuning record of :func:`tune_search_parameters`). It is written into a temporary sibling, fsynced and renamed, so a crash leaves the previous
-folder or the new one, never a mix. ``VectorIndex.load(path, mmap=True)`` maps the codes read-only.
+measured recall, and the tuning record of :func:`tune_search_parameters`). It is written into a temporary
+sibling, fsynced and renamed, so a crash leaves the previous folder or the new one, never a mix.
+``VectorIndex.load(path, mmap=True)`` maps the codes read-only.
 
 GPU: when ``faiss.get_num_gpus() > 0`` and ``gpu != "never"``, searches run on a copy on all GPUs (replicas or
 shards); the CPU index stays the source of truth for add/remove/save, so "moved to CPU before writing" holds by

@@ -302,28 +302,13 @@ def open_image_model(name: str, map_location: str | torch.device = "cpu") -> Ima
         ValueError: one line saying what is missing and what to do instead (``FileNotFoundError`` from
             :func:`~hsrl.models.image.load` for a folder without weights, as before).
     """
+    from hsrl.hub import hub_model_errors, looks_like_hub_id
     from hsrl.models.image import load
 
-    parts = name.split("/")
-    if Path(name).exists() or len(parts) != 2 or not all(parts) or name.startswith((".", "~")):
+    if Path(name).exists() or not looks_like_hub_id(name):
         return load(name, map_location=map_location)  # a folder; a missing one is load's "not an hsrl image model"
-    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
-
-    from hsrl.hub import hub_offline
-
-    offline = hub_offline()
-    try:
+    with hub_model_errors(name) as offline:
         return ImageEncoder.from_pretrained(name, local_files_only=offline, map_location=str(map_location))
-    except HFValidationError as error:
-        raise ValueError(f"--model {name}: not a valid Hub id ({str(error).splitlines()[0]})") from None
-    except LocalEntryNotFoundError:
-        if offline:
-            raise ValueError(f"--model {name}: {name} is not in the local Hugging Face cache and "
-                             "HF_HUB_OFFLINE=1; download it once online (unset HF_HUB_OFFLINE) or pass a local "
-                             "folder") from None  # fmt: skip
-        raise ValueError(f"--model {name}: cannot reach the Hugging Face Hub and it is not cached") from None
-    except HfHubHTTPError as error:
-        raise ValueError(f"--model {name}: not found on the Hugging Face Hub ({str(error).splitlines()[0]})") from None
 
 
 def cli_main(argv: Sequence[str]) -> int:

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from hsrl.checkpoints import publish_folder
+from hsrl.hub import hub_model_errors, looks_like_hub_id
 
 __all__ = [
     "PACKAGED_MODELS",
@@ -83,28 +84,15 @@ def resolve_model_path(name: str) -> str:
         return str(path)
     if path.exists():
         raise ValueError(f"--model {name}: not a sentence-transformers or transformers model folder")
-    parts = name.split("/")
-    if len(parts) != 2 or not all(parts) or name.startswith((".", "~")):
+    if not looks_like_hub_id(name):
         raise ValueError(f"--model {name}: no such folder, and not a Hub id (org/name); use a local folder, "
                          f"an org/name from the Hugging Face Hub, or one of: {', '.join(PACKAGED_MODELS)}")  # fmt: skip
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-    try:
+    with hub_model_errors(name) as offline:
         return snapshot_download(name, local_files_only=offline, ignore_patterns=[
             "onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot", "tf_model*", "flax_model*", "rust_model*",
         ])  # fmt: skip
-    except HFValidationError as error:
-        raise ValueError(f"--model {name}: not a valid Hub id ({str(error).splitlines()[0]})") from None
-    except LocalEntryNotFoundError:
-        if offline:
-            raise ValueError(f"--model {name}: {name} is not in the local Hugging Face cache and "
-                             "HF_HUB_OFFLINE=1; download it once online (unset HF_HUB_OFFLINE) or pass a local "
-                             "folder") from None  # fmt: skip
-        raise ValueError(f"--model {name}: cannot reach the Hugging Face Hub and it is not cached") from None
-    except (HfHubHTTPError, OSError) as error:
-        raise ValueError(f"--model {name}: not found on the Hugging Face Hub ({str(error).splitlines()[0]})") from None
 
 
 def train_wordpiece_tokenizer(sentences: Iterable[str], vocab_size: int, output_dir: str | os.PathLike[str]) -> None:

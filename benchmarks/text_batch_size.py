@@ -169,7 +169,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, help="probe: the batch")
     parser.add_argument("--chunk", type=int, help="probe: the cache chunk")
     parser.add_argument("--batches", type=int, nargs="*")
-    parser.add_argument("--pairs", type=int, default=8192, help="quality: pairs seen by every run")
+    parser.add_argument("--pairs", type=int, default=4096, help="quality: pairs seen by every run")
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--runs-dir", default="runs/text_batch_size")
     parser.add_argument("--output")

@@ -73,6 +73,10 @@ __all__ = [
 ]
 
 
+#: Experiment trackers ``--log-with`` accepts: every one Accelerate integrates.
+TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
+
+
 @dataclass
 class TrainConfig:
     """Training settings shared by every recipe (each field is a command-line flag)."""
@@ -112,7 +116,11 @@ class TrainConfig:
     min_lr_ratio: float = field(default=0.0, metadata={"help": "cosine/linear: final LR as a fraction of --lr"})
     warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
     max_grad_norm: float | None = field(default=None, metadata={"help": "clip gradients to this norm"})
-    mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata={"help": "autocast precision"})
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = field(
+        default=None,
+        metadata={"help": "autocast precision; default: what `accelerate launch --mixed_precision` or your accelerate "
+                          "config says (no when run without accelerate)"},
+    )  # fmt: skip
     num_workers: int = field(default=0, metadata={"help": "data-loader worker processes"})
     log_every: int = field(default=10, metadata={"help": "log loss and LR every N steps"})
     metrics_every: int = field(default=50, metadata={"help": "log batch alignment/uniformity every N steps"})
@@ -123,16 +131,33 @@ class TrainConfig:
     resume: str | None = field(
         default=None, metadata={"help": "'latest' (in output-dir) or a checkpoint folder to resume from"}
     )
-    log_with: Literal["tensorboard", "none"] = field(default="tensorboard", metadata={"help": "experiment tracker"})
+    log_with: str = field(
+        default="tensorboard",
+        metadata={"help": f"experiment tracker(s), comma-separated: {', '.join(TRACKERS)}, all (every installed "
+                          "one) or none"},
+    )  # fmt: skip
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
     cpu: bool = field(default=False, metadata={"help": "train on the CPU even when a GPU is present"})
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
-        for name in ("optimizer", "lr_schedule", "mixed_precision", "log_with"):
+        for name in ("optimizer", "lr_schedule"):
             allowed = typing.get_args(hints[name])
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")
+        if self.mixed_precision not in (None, "no", "fp16", "bf16"):
+            raise ValueError("--mixed-precision must be one of no, fp16, bf16")
+        unknown = sorted(set(self.trackers()) - set(TRACKERS) - {"all"})
+        if unknown:
+            raise ValueError(f"--log-with: unknown tracker {', '.join(unknown)}; use {', '.join(TRACKERS)}, "
+                             "all or none")  # fmt: skip
+        from accelerate.tracking import get_available_trackers
+
+        installed = {str(getattr(t, "value", t)) for t in get_available_trackers()}
+        missing = sorted(set(self.trackers()) - installed - {"all"})
+        if missing:
+            raise ValueError(f"--log-with {', '.join(missing)}: not installed (pip install {' '.join(missing)}); "
+                             f"installed: {', '.join(sorted(installed)) or 'none'}")  # fmt: skip
         positive = {
             "batch_size": self.batch_size,
             "epochs": self.epochs,
@@ -170,6 +195,12 @@ class TrainConfig:
             if self.cache_chunk_size > self.batch_size:
                 raise ValueError(f"--cache-chunk-size {self.cache_chunk_size} is larger than --batch-size "
                                  f"{self.batch_size}: a chunk is part of one process's batch")  # fmt: skip
+
+
+    def trackers(self) -> list[str]:
+        """The trackers ``--log-with`` names (empty for ``none``)."""
+        names = [n.strip() for n in self.log_with.split(",") if n.strip()]
+        return [] if names in ([], ["none"]) else names
 
 
 class TrainingDivergedError(RuntimeError):
@@ -371,9 +402,9 @@ def make_accelerator(config: TrainConfig, *, find_unused_parameters: bool = Fals
     """
     project = ProjectConfiguration(project_dir=config.output_dir, logging_dir=str(Path(config.output_dir) / "logs"))
     accelerator = Accelerator(
-        mixed_precision=config.mixed_precision,
+        mixed_precision=config.mixed_precision,  # None: the launcher's or the accelerate config's choice
         cpu=config.cpu,
-        log_with=None if config.log_with == "none" else config.log_with,
+        log_with=config.trackers() or None,
         project_config=project,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)]
         if find_unused_parameters
@@ -521,7 +552,7 @@ def fit(
         if state.step:  # resumed: plan the rest of the budget from the run's average step time
             total_steps = schedule.total_steps = state.planned_steps = planner.resume(state.step, state.train_seconds)
 
-    if config.log_with != "none":
+    if config.trackers():
         accelerator.init_trackers("hsrl", config=config_to_dict(config))
     log_path = output / "train_log.jsonl"
     history: list[dict[str, float]] = []

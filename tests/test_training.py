@@ -225,3 +225,30 @@ def test_same_book_loader_trains_and_too_small_groups_are_clear(tmp_path: Path) 
     assert result.steps == 6
     with pytest.raises(ValueError, match="no group has a full batch"):
         make_dataloader(pairs(), config(tmp_path, batch_size=13), groups=groups)
+
+
+def test_mixed_precision_is_the_launchers_unless_a_flag_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from accelerate.state import AcceleratorState
+
+    from hsrl.training import make_accelerator
+
+    assert TrainConfig().mixed_precision is None
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what `accelerate launch --mixed_precision bf16` sets
+    try:
+        AcceleratorState._reset_state(True)  # the state is a per-process singleton
+        assert str(make_accelerator(config(tmp_path)).mixed_precision) == "bf16"
+        AcceleratorState._reset_state(True)
+        assert str(make_accelerator(config(tmp_path, mixed_precision="no")).mixed_precision) == "no"
+    finally:
+        AcceleratorState._reset_state(True)
+
+
+def test_trackers_are_accelerates_and_missing_ones_are_one_line() -> None:
+    assert TrainConfig(log_with="none").trackers() == []
+    assert TrainConfig(log_with="tensorboard").trackers() == ["tensorboard"]
+    with pytest.raises(ValueError, match="unknown tracker neptune"):
+        TrainConfig(log_with="neptune")
+    with pytest.raises(ValueError, match=r"--log-with wandb: not installed \(pip install wandb\)"):
+        TrainConfig(log_with="tensorboard,wandb")

@@ -95,6 +95,12 @@ class TrainConfig:
         metadata={"help": "train for this many minutes of wall clock, with the LR schedule planned for the budget "
                           "from the measured step time (instead of --max-steps/--epochs)"},
     )  # fmt: skip
+    gradient_accumulation_steps: int = field(
+        default=1,
+        metadata={"help": "add the gradients of N batches before each optimizer step (saves memory, but the loss "
+                          "sees each batch alone: uniformity of N small batches is not that of one big batch; "
+                          "--cache-chunk-size keeps the batch whole)"},
+    )  # fmt: skip
     cache_chunk_size: int | None = field(
         default=None,
         metadata={"help": "gradient caching: embed each batch in chunks of this many examples, so a large batch "
@@ -164,6 +170,7 @@ class TrainConfig:
             "log_every": self.log_every,
             "metrics_every": self.metrics_every,
             "keep_checkpoints": self.keep_checkpoints,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
         }
         for name, value in positive.items():
             if value < 1:
@@ -519,8 +526,9 @@ def fit(
         check_cacheable(model)
     optimizer = build_optimizer(model, config)
     model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
+    accumulate = config.gradient_accumulation_steps
     try:
-        steps_per_epoch: int | None = len(dataloader)
+        steps_per_epoch: int | None = len(dataloader) // accumulate  # optimizer steps; the rest of an epoch is unused
     except TypeError:  # an iterable dataset without a length
         steps_per_epoch = None
     if config.max_steps is None and steps_per_epoch is None and config.time_budget_min is None:
@@ -574,22 +582,31 @@ def fit(
         loader = dataloader
         if state.batch_in_epoch:
             loader = accelerator.skip_first_batches(dataloader, state.batch_in_epoch)
-        finished_epoch, seen_batch = True, False
+        finished_epoch, seen_batch, micro = True, False, 0
+        optimizer.zero_grad(set_to_none=True)  # an epoch's unfinished accumulation is dropped
         for batch in loader:
             seen_batch = True
+            micro += 1
+            state.batch_in_epoch += 1
+            boundary = micro % accumulate == 0
+            # Between optimizer steps, data-parallel processes keep their gradients to themselves.
+            sync = contextlib.nullcontext() if boundary else accelerator.no_sync(model)
             try:
-                terms, x, y = _train_step(model, batch, loss_fn, optimizer, accelerator, config, encode, state.step + 1,
-                                          checkpoints)  # fmt: skip
+                with sync:
+                    terms, x, y = _train_step(model, batch, loss_fn, accelerator, config, encode, state.step + 1,
+                                              checkpoints, loss_scale=1 / accumulate)  # fmt: skip
             except TrainingDivergedError:
                 bar.close()
                 raise
+            if not boundary:
+                continue
             if config.max_grad_norm is not None:
                 accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             lr_used = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
             state.step += 1
-            state.batch_in_epoch += 1
             state.train_seconds = clock.elapsed()
             last_loss = float(terms["loss"].detach())
             bar.update(1)
@@ -667,14 +684,17 @@ def _train_step(
     model: nn.Module,
     batch: Any,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
-    optimizer: torch.optim.Optimizer,
     accelerator: Accelerator,
     config: TrainConfig,
     encode: Callable[[nn.Module, Any], tuple[Tensor, Tensor]],
     step: int,
     checkpoints: Path,
+    *,
+    loss_scale: float = 1.0,
 ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-    """Forward, global-batch loss and backward of one step; gradients are left in the model.
+    """Forward, global-batch loss and backward of one batch; gradients are added to the model's.
+
+    ``loss_scale`` (1 / accumulation steps) scales what is back-propagated, not the logged terms.
 
     With ``--cache-chunk-size`` the batch is embedded in chunks with no graph, the loss's
     gradient with respect to the embeddings is computed once, and each chunk is embedded
@@ -699,14 +719,13 @@ def _train_step(
     loss = terms["loss"]
     if not torch.isfinite(loss.detach()):
         raise _diverged(f"the loss ({float(loss)})", step, checkpoints)
-    optimizer.zero_grad(set_to_none=True)
     if not config.cache_chunk_size:
-        accelerator.backward(loss)
+        accelerator.backward(loss * loss_scale)
         return terms, x, y
     # fp16 training scales the loss so that small gradients survive; the cached gradient
     # enters the backward in place of the loss, so it carries the scale instead.
     scale = accelerator.scaler.get_scale() if accelerator.scaler is not None else 1.0
-    grad_x, grad_y = torch.autograd.grad(loss * scale, [x_local, y_local])
+    grad_x, grad_y = torch.autograd.grad(loss * (scale * loss_scale), [x_local, y_local])
     backward_chunks(model, encode, chunks, states, grad_x, grad_y, no_sync=lambda: accelerator.no_sync(model))
     return terms, x.detach(), y.detach()
 

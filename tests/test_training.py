@@ -252,3 +252,27 @@ def test_trackers_are_accelerates_and_missing_ones_are_one_line() -> None:
         TrainConfig(log_with="neptune")
     with pytest.raises(ValueError, match=r"--log-with wandb: not installed \(pip install wandb\)"):
         TrainConfig(log_with="tensorboard,wandb")
+
+
+def _train_plain(cfg: TrainConfig, objective: str):
+    with training_session(cfg) as accelerator:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 4))
+
+        def encode(m, batch):
+            return F.normalize(m(batch[0]), dim=1), F.normalize(m(batch[1]), dim=1)
+
+        return fit(model, HypersphereLoss(objective), make_dataloader(pairs(), cfg), cfg, accelerator=accelerator,
+                   encode=encode)  # fmt: skip
+
+
+def test_gradient_accumulation_equals_the_big_batch_for_a_mean_loss_but_not_for_uniformity(tmp_path: Path) -> None:
+    big = config(tmp_path / "big", batch_size=8, epochs=1, checkpoint_every=None)
+    small = config(tmp_path / "small", batch_size=4, epochs=1, checkpoint_every=None, gradient_accumulation_steps=2)
+    a, b = _train_plain(big, "align:1"), _train_plain(small, "align:1")
+    assert a.steps == b.steps == 3  # 24 examples: 3 optimizer steps either way
+    for name, value in a.model.state_dict().items():
+        torch.testing.assert_close(b.model.state_dict()[name], value, rtol=0, atol=1e-6)
+    # Uniformity is not a mean over examples: two batches of 4 are not one batch of 8.
+    c, d = _train_plain(big, "uniform:1"), _train_plain(small, "uniform:1")
+    assert any(not torch.allclose(c.model.state_dict()[k], v, atol=1e-4) for k, v in d.model.state_dict().items())

@@ -185,6 +185,7 @@ def _recipe(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # two MiniLM runs; the fast suite checks the same on 2 processes with a small BERT
 def test_recipe_with_cache_chunk_size_logs_the_same_losses_and_saves_the_same_weights(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 

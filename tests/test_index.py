@@ -356,9 +356,13 @@ def test_save_removes_temporary_copies_left_by_a_killed_save(tmp_path: Path) -> 
     assert VectorIndex.load(tmp_path / "idx").ntotal == 8
 
 
-def test_auto_caps_nlist_and_pq_bits_by_the_training_set(capfd: pytest.CaptureFixture[str]) -> None:
-    rows = unit(3000, 64)
+def test_auto_caps_nlist_and_pq_bits_by_the_training_set() -> None:
     assert choose_factory(64, 3000, memory_budget_mb=0.3) == "IVF64_HNSW32,PQ32x6"  # 39·64 ≤ 3000 < 39·128
+
+
+@pytest.mark.slow  # two PQ trainings: about a minute on 2 cores
+def test_auto_index_trains_without_faiss_warnings(capfd: pytest.CaptureFixture[str]) -> None:
+    rows = unit(3000, 64)
     build_index(rows, factory="IVF256_HNSW32,PQ16", recall_queries=50)  # the old choice: FAISS warns
     assert "please provide at least" in capfd.readouterr().err
     index = build_index(rows, factory="auto", memory_budget_mb=0.3, recall_queries=50)

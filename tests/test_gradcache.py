@@ -177,6 +177,11 @@ def test_set_dropout_reaches_every_layer_and_the_config(minilm) -> None:
 # --------------------------------------------------------------------------- the recipe
 
 
+def logged_losses(run: Path) -> list[float]:
+    """The loss of every logged step of a run (its ``train_log.jsonl``)."""
+    return [json.loads(line)["train/loss"] for line in (run / "train_log.jsonl").read_text().splitlines()]
+
+
 def _recipe(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(ROOT / "recipes" / "bookcorpus.py"), "--dataset", "austen", "--model", "minilm",
@@ -195,12 +200,8 @@ def test_recipe_with_cache_chunk_size_logs_the_same_losses_and_saves_the_same_we
     assert plain.returncode == 0, plain.stderr[-2000:]
     assert cached.returncode == 0, cached.stderr[-2000:]
 
-    def losses(run: str) -> list[float]:
-        lines = (tmp_path / run / "train_log.jsonl").read_text().splitlines()
-        return [json.loads(line)["train/loss"] for line in lines]
-
-    assert len(losses("plain")) == 3
-    assert losses("cached") == pytest.approx(losses("plain"), abs=1e-5)
+    assert len(logged_losses(tmp_path / "plain")) == 3
+    assert logged_losses(tmp_path / "cached") == pytest.approx(logged_losses(tmp_path / "plain"), abs=1e-5)
     a = load_file(tmp_path / "plain" / "model" / "model.safetensors")
     b = load_file(tmp_path / "cached" / "model" / "model.safetensors")
     assert a.keys() == b.keys()

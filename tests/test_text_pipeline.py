@@ -355,11 +355,9 @@ def test_two_process_recipe_with_cache_chunk_size_equals_the_plain_run(tmp_path:
                            "--log-every", "1", *SCRATCH_FLAGS, "--batch-size", "8", *extra], processes=2)  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
 
-    def losses(name: str) -> list[float]:
-        lines = (tmp_path / name / "train_log.jsonl").read_text().splitlines()
-        return [json.loads(line)["train/loss"] for line in lines]
+    from test_gradcache import logged_losses
 
-    assert len(losses("plain")) == 3
-    assert losses("cached") == pytest.approx(losses("plain"), abs=1e-5)
+    assert len(logged_losses(tmp_path / "plain")) == 3
+    assert logged_losses(tmp_path / "cached") == pytest.approx(logged_losses(tmp_path / "plain"), abs=1e-5)
     a, b = (load_file(tmp_path / n / "model" / "model.safetensors") for n in ("plain", "cached"))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-4

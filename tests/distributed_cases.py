@@ -6,10 +6,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from hsrl.training import TrainConfig
+from hsrl.losses import HypersphereLoss
+from hsrl.training import FitResult, TrainConfig, fit, make_dataloader
 
 # All three terms: uniformity and the contrastive negatives need the global batch.
 OBJECTIVE = "align:1,alpha=2 + uniform:1,t=2 + contrastive:0.5,tau=0.5"
@@ -48,3 +50,10 @@ def fit_config(output_dir: Path, per_process_batch: int) -> TrainConfig:
         progress=False,
         seed=3,
     )
+
+
+def fit_tiny(config: TrainConfig, accelerator: Accelerator) -> FitResult:
+    """``fit`` of a freshly seeded TinyEncoder on the pair dataset with the shared objective."""
+    torch.manual_seed(config.seed)
+    loader = make_dataloader(pair_dataset(), config)
+    return fit(TinyEncoder(), HypersphereLoss(OBJECTIVE), loader, config, accelerator=accelerator)

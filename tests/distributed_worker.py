@@ -19,10 +19,10 @@ from accelerate import Accelerator
 
 from hsrl.distributed import gather_with_grad, rank, world_size
 from hsrl.losses import HypersphereLoss
-from hsrl.training import TrainConfig, fit, make_dataloader, training_session
+from hsrl.training import TrainConfig, training_session
 
 sys.path.insert(0, str(Path(__file__).parent))
-from distributed_cases import OBJECTIVE, TinyEncoder, fit_config, global_batch, pair_dataset
+from distributed_cases import OBJECTIVE, TinyEncoder, fit_config, fit_tiny, global_batch
 
 
 def one_step(accelerator: Accelerator) -> dict[str, object]:
@@ -43,24 +43,10 @@ def main(out: Path) -> None:
     with training_session(config) as accelerator:
         assert world_size() == 2, f"expected 2 processes, got {world_size()}"
         step = one_step(accelerator)
-        torch.manual_seed(config.seed)
-        result = fit(
-            TinyEncoder(),
-            HypersphereLoss(OBJECTIVE),
-            make_dataloader(pair_dataset(), config),
-            config,
-            accelerator=accelerator,
-        )
+        result = fit_tiny(config, accelerator)
         cached_config = fit_config(out / "cached", per_process_batch=4)
         cached_config.cache_chunk_size = 2
-        torch.manual_seed(config.seed)
-        cached = fit(
-            TinyEncoder(),
-            HypersphereLoss(OBJECTIVE),
-            make_dataloader(pair_dataset(), cached_config),
-            cached_config,
-            accelerator=accelerator,
-        )
+        cached = fit_tiny(cached_config, accelerator)
         if accelerator.is_main_process:
             weights = {k: v.detach().clone() for k, v in result.model.state_dict().items()}
             cached_weights = {k: v.detach().clone() for k, v in cached.model.state_dict().items()}

@@ -12,10 +12,10 @@ import torch
 
 from hsrl.distributed import gather_with_grad, is_distributed, rank, world_size
 from hsrl.losses import HypersphereLoss
-from hsrl.training import fit, make_dataloader, training_session
+from hsrl.training import training_session
 
 sys.path.insert(0, str(Path(__file__).parent))
-from distributed_cases import OBJECTIVE, TinyEncoder, fit_config, global_batch, pair_dataset
+from distributed_cases import OBJECTIVE, TinyEncoder, fit_config, fit_tiny, global_batch
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
@@ -74,14 +74,7 @@ def test_loss_and_gradients_equal_one_process_on_the_whole_batch(two_process_res
 def test_fit_on_two_processes_equals_fit_on_one_with_the_global_batch(two_process_result: dict, tmp_path: Path) -> None:
     config = fit_config(tmp_path, per_process_batch=8)
     with training_session(config) as accelerator:
-        torch.manual_seed(config.seed)
-        result = fit(
-            TinyEncoder(),
-            HypersphereLoss(OBJECTIVE),
-            make_dataloader(pair_dataset(), config),
-            config,
-            accelerator=accelerator,
-        )
+        result = fit_tiny(config, accelerator)
     assert result.steps == two_process_result["steps"] == 4
     for name, value in result.model.state_dict().items():
         torch.testing.assert_close(two_process_result["weights"][name], value, rtol=0, atol=1e-6)

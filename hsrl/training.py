@@ -128,6 +128,11 @@ class TrainConfig:
                           "config says (no when run without accelerate)"},
     )  # fmt: skip
     num_workers: int = field(default=0, metadata={"help": "data-loader worker processes"})
+    threads: int | None = field(
+        default=None,
+        metadata={"help": "intra-op threads per process when training on the CPU (default: the usable cores / "
+                          "processes on this machine; `accelerate launch` alone would give each process one)"},
+    )  # fmt: skip
     log_every: int = field(default=10, metadata={"help": "log loss and LR every N steps"})
     metrics_every: int = field(default=50, metadata={"help": "log batch alignment/uniformity every N steps"})
     checkpoint_every: int | None = field(
@@ -181,6 +186,8 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"--lr must be > 0, got {self.lr}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {self.threads}")
         if self.warmup_steps < 0 or self.weight_decay < 0 or self.num_workers < 0:
             raise ValueError("--warmup-steps, --weight-decay and --num-workers must be >= 0")
         if any(not 0 < m < 1 for m in self.lr_milestones):
@@ -202,7 +209,6 @@ class TrainConfig:
             if self.cache_chunk_size > self.batch_size:
                 raise ValueError(f"--cache-chunk-size {self.cache_chunk_size} is larger than --batch-size "
                                  f"{self.batch_size}: a chunk is part of one process's batch")  # fmt: skip
-
 
     def trackers(self) -> list[str]:
         """The trackers ``--log-with`` names (empty for ``none``)."""
@@ -417,8 +423,19 @@ def make_accelerator(config: TrainConfig, *, find_unused_parameters: bool = Fals
         if find_unused_parameters
         else None,
     )
+    if accelerator.device.type == "cpu":
+        torch.set_num_threads(config.threads or cpu_threads_per_process(accelerator.num_processes))
     set_seed(config.seed)
     return accelerator
+
+
+def cpu_threads_per_process(processes: int) -> int:
+    """The usable cores shared by the processes of this machine (``LOCAL_WORLD_SIZE`` of them when a
+    launcher says so): `accelerate launch` sets ``OMP_NUM_THREADS=1`` unless told otherwise, which would
+    leave all but one core idle on a CPU run."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", processes))
+    return max(1, cores // max(1, local))
 
 
 @contextlib.contextmanager

@@ -3,14 +3,21 @@
     accelerate launch recipes/stl10.py                                   # the paper: 200 epochs, batch 768
     accelerate launch recipes/stl10.py --loss "contrastive:1,tau=0.19"   # the paper's contrastive baseline
     accelerate launch recipes/stl10.py --dataset cifar10 --encoder resnet18
-    accelerate launch recipes/stl10.py --dataset fashion-mnist --max-steps 300 --batch-size 256 --width 0.25
+    accelerate launch recipes/stl10.py --dataset fashion-mnist --time-budget-min 10   # a good encoder, 10 min
     accelerate launch recipes/stl10.py --resume latest                   # continue exactly where it stopped
 
-Defaults are the paper's (Wang & Isola 2020, its STL-10 code): batch 768, SGD with momentum 0.9 and
-weight decay 1e-4, lr 0.12 x batch / 256 (the global batch, over all processes), 200 epochs with the lr
-x0.1 at epochs 155, 170 and 185 (fractions 0.775, 0.85, 0.925), ``align:1,alpha=2 + uniform:1,t=2``,
-views by RandomResizedCrop(64, scale 0.08-1), flip, ColorJitter(0.4, 0.4, 0.4, 0.4), RandomGrayscale(0.2)
-of STL-10's train + unlabeled images (105k).
+Settings come from a preset (``--preset``, default ``auto``: ``fashion-mnist`` for that dataset, else
+``paper-stl10``); every flag given on the command line wins over the preset.
+
+* ``paper-stl10``, the paper's (Wang & Isola 2020, its STL-10 code): SmallAlexNet, batch 768, SGD with
+  momentum 0.9 and weight decay 1e-4, lr 0.12 x batch / 256 (the global batch, over all processes), 200
+  epochs with the lr x0.1 at epochs 155, 170 and 185 (fractions 0.775, 0.85, 0.925),
+  ``align:1,alpha=2 + uniform:1,t=2``, views by RandomResizedCrop(64, scale 0.08-1), flip,
+  ColorJitter(0.4, 0.4, 0.4, 0.4), RandomGrayscale(0.2) of STL-10's train + unlabeled images (105k).
+* ``fashion-mnist``, chosen by measurement on a 2-core CPU (``benchmarks/fashion_mnist.py``, ablation table
+  in ``benchmarks/results/``): the 28 px greyscale :class:`~hsrl.models.image.SmallResNet`, views made a
+  whole batch at a time in the loader (no worker processes: both cores go to the model), AdamW with a
+  cosine schedule, evaluated at the pooled backbone feature (``pool``). Use it with ``--time-budget-min``.
 
 Read it top to bottom: configuration, data, model, loss, ``hsrl.training.fit``, then the model saved to
 ``OUTPUT/model/`` and the evaluation (linear probe on fc7 and 5-NN on the output, with a random encoder
@@ -26,12 +33,26 @@ from pathlib import Path
 from typing import Literal
 
 from hsrl.configuration import config_to_dict, parse_config
-from hsrl.data.images import TwoViewDataset, augment_defaults, make_view_loader, open_images
-from hsrl.evaluation.image import evaluate_image_encoder, format_report, summary_metrics
+from hsrl.data.images import augment_defaults, dataset_kind, make_view_loader, open_images, two_view_dataset
+from hsrl.evaluation.image import evaluate_image_encoder, format_image_summary, format_report, image_summary
 from hsrl.hub import publish_run, push_to_hub_field
 from hsrl.losses import HypersphereLoss
 from hsrl.models.image import DEFAULT_EVAL_LAYERS, build_encoder, headline_layers, save
 from hsrl.training import TrainConfig, TrainingDivergedError, fit, training_session, write_run_metrics
+
+#: Settings by preset; a field the command line leaves unset (None) takes the preset's value.
+PRESETS: dict[str, dict[str, object]] = {
+    "paper-stl10": {
+        "encoder": "small_alexnet", "batch_size": 768, "epochs": 200, "optimizer": "sgd", "weight_decay": 1e-4,
+        "lr_schedule": "multistep", "warmup_steps": 0, "num_workers": min(8, os.cpu_count() or 1),
+        "channels_last": False,
+    },
+    "fashion-mnist": {
+        "encoder": "small_resnet", "batch_size": 256, "epochs": 30, "optimizer": "adamw", "lr": 2e-3,
+        "weight_decay": 1e-4, "lr_schedule": "cosine", "warmup_steps": 30, "num_workers": 0,
+        "channels_last": True,
+    },
+}  # fmt: skip
 
 
 @dataclass
@@ -44,30 +65,46 @@ class STL10Config(TrainConfig):
         metadata={"help": "stl10, cifar10, cifar100, fashion-mnist, imagefolder:PATH, hf:NAME or a 🤗 dataset folder"},
     )
     data_root: str | None = field(default=None, metadata={"help": "folder of torchvision datasets (STL-10, CIFAR)"})
-    encoder: Literal["small_alexnet", "resnet18", "resnet50"] = field(
-        default="small_alexnet", metadata={"help": "image encoder"}
+    preset: str = field(
+        default="auto", metadata={"help": f"settings to start from: auto (by dataset), {', '.join(PRESETS)}"}
+    )
+    encoder: Literal["small_alexnet", "small_resnet", "resnet18", "resnet50"] | None = field(
+        default=None, metadata={"help": "image encoder (default: the preset's)"}
     )
     loss: str = field(default="align:1,alpha=2 + uniform:1,t=2", metadata={"help": "objective, as the paper writes it"})
     dim: int = field(default=128, metadata={"help": "embedding dimension"})
     width: float = field(default=1.0, metadata={"help": "small_alexnet: scale every layer's width (1 = the paper)"})
     channels: int | None = field(default=None, metadata={"help": "convert images to 1 or 3 channels"})
     image_size: int | None = field(default=None, metadata={"help": "view size in px (default: per dataset)"})
-    channels_last: bool = field(default=False, metadata={"help": "channels-last memory format (faster on GPUs)"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the encoder"})
-    batch_size: int = field(default=768, metadata={"help": "images per process and step"})
-    epochs: int = field(default=200, metadata={"help": "passes over the data (ignored when --max-steps is set)"})
-    optimizer: Literal["sgd", "adam", "adamw"] = field(default="sgd", metadata={"help": "optimizer"})
-    lr: float | None = field(default=None, metadata={"help": "learning rate (default: 0.12 x global batch / 256)"})
-    weight_decay: float = field(default=1e-4, metadata={"help": "weight decay"})
-    lr_schedule: Literal["constant", "multistep", "cosine", "linear"] = field(
-        default="multistep", metadata={"help": "learning-rate schedule after warm-up"}
+    channels_last: bool | None = field(
+        default=None, metadata={"help": "channels-last memory format (fashion-mnist preset: on, 2x faster on a CPU)"}
     )
-    num_workers: int = field(default=min(8, os.cpu_count() or 1), metadata={"help": "data-loader worker processes"})
+    batched_views: bool | None = field(
+        default=None, metadata={"help": "make views a whole batch at a time in the loader (default: per dataset)"}
+    )
+    crop_scale: float | None = field(default=None, metadata={"help": "smallest crop area fraction (per dataset)"})
+    erase: float | None = field(default=None, metadata={"help": "random-erasing probability (per dataset)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the encoder"})
+    batch_size: int | None = field(default=None, metadata={"help": "images per process and step (preset's)"})
+    epochs: int | None = field(default=None, metadata={"help": "passes over the data, without --max-steps or a "
+                                                               "time budget (preset's)"})  # fmt: skip
+    optimizer: Literal["sgd", "adam", "adamw"] | None = field(default=None, metadata={"help": "optimizer (preset's)"})
+    lr: float | None = field(default=None, metadata={"help": "learning rate (paper-stl10: 0.12 x global batch / 256)"})
+    weight_decay: float | None = field(default=None, metadata={"help": "weight decay (preset's)"})
+    lr_schedule: Literal["constant", "multistep", "cosine", "linear"] | None = field(
+        default=None, metadata={"help": "learning-rate schedule after warm-up (preset's)"}
+    )
+    warmup_steps: int | None = field(default=None, metadata={"help": "linear warm-up steps (preset's)"})
+    num_workers: int | None = field(default=None, metadata={"help": "data-loader worker processes (preset's)"})
     checkpoint_every: int | None = field(default=1000, metadata={"help": "checkpoint every N steps"})
     eval: bool = field(default=True, metadata={"help": "evaluate after training"})
     eval_layers: tuple[str, ...] = field(default=(), metadata={"help": "layers to evaluate (default: fc7 output)"})
     eval_train_size: int | None = field(default=None, metadata={"help": "labelled training images for evaluation"})
     eval_test_size: int | None = field(default=None, metadata={"help": "test images for evaluation"})
+    knn_protocol: Literal["paper", "lightly"] = field(
+        default="paper", metadata={"help": "k-NN: the paper's 5-NN majority vote, or lightly's 200-NN weighted by "
+                                           "similarity (temperature 0.1) to compare with its CIFAR-10 tables"}
+    )  # fmt: skip
     linear_protocol: Literal["paper", "fast", "none"] = field(
         default="paper", metadata={"help": "linear probe: the paper's 100 epochs, a fast 20, or none"}
     )
@@ -75,13 +112,24 @@ class STL10Config(TrainConfig):
     lr_from_batch: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
-        if self.lr is None:  # rescaled by the number of processes once the accelerator is up
+        if self.preset == "auto":
+            self.preset = "fashion-mnist" if dataset_kind(self.dataset) == "fashion-mnist" else "paper-stl10"
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose from auto, {', '.join(PRESETS)}")
+        for name, value in PRESETS[self.preset].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.lr is None:  # the paper's rule, rescaled by the number of processes once the accelerator is up
             self.lr, self.lr_from_batch = 0.12 * self.batch_size / 256, True
         super().__post_init__()
         if self.channels not in (None, 1, 3):
             raise ValueError(f"--channels must be 1 or 3, got {self.channels}")
         if not self.width > 0:
             raise ValueError(f"--width must be > 0, got {self.width}")
+        if self.crop_scale is not None and not 0 < self.crop_scale <= 1:
+            raise ValueError(f"--crop-scale must be in (0, 1], got {self.crop_scale}")
+        if self.erase is not None and not 0 <= self.erase <= 1:
+            raise ValueError(f"--erase is a probability in [0, 1], got {self.erase}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,8 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         loss = HypersphereLoss(config.loss)
         images = open_images(config.dataset, "pretrain", root=config.data_root, channels=config.channels)
-        augment = augment_defaults(config.dataset, images.channels, size=config.image_size)
-        views = TwoViewDataset(images, augment, seed=config.seed)
+        augment = augment_defaults(
+            config.dataset, images.channels, size=config.image_size, erase=config.erase,
+            batched=config.batched_views, scale=(config.crop_scale, 1.0) if config.crop_scale else None,
+        )  # fmt: skip
+        views = two_view_dataset(images, augment, seed=config.seed)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -98,9 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     with training_session(config) as accelerator:
         if config.lr_from_batch:
             config.lr = 0.12 * config.batch_size * accelerator.num_processes / 256
-        architecture = (
-            {"width": config.width} if config.encoder == "small_alexnet" else {"cifar_stem": augment.size <= 32}
-        )
+        architecture = {
+            "small_alexnet": {"width": config.width},
+            "small_resnet": {},
+        }.get(config.encoder, {"cifar_stem": augment.size <= 32})
         model = build_encoder(
             config.encoder, compile=config.compile, in_channels=augment.channels, image_size=augment.size,
             dim=config.dim, mean=augment.mean, std=augment.std, resize=augment.eval_resize,
@@ -119,12 +171,13 @@ def main(argv: list[str] | None = None) -> int:
         save(result.model, output / "model")
         metrics = {"steps": result.steps, "final_loss": result.last_loss, "skipped_images": images.skipped}
         if config.eval:
-            layers = list(config.eval_layers or DEFAULT_EVAL_LAYERS[config.encoder])
-            # Headline figures: the paper's taps (linear on fc7, k-NN on the output) when evaluated.
+            # The architecture's taps (small_alexnet: the paper's, linear on fc7 and k-NN on the output) and the
+            # output itself (what export and the service use), unless the user chose layers.
+            layers = list(config.eval_layers or dict.fromkeys([*DEFAULT_EVAL_LAYERS[config.encoder], "output"]))
             linear_layer, knn_layer = headline_layers(config.encoder, layers)
             try:
                 report = evaluate_image_encoder(
-                    result.model, config.dataset, layers=layers,
+                    result.model, config.dataset, layers=layers, knn_protocol=config.knn_protocol,
                     linear=None if config.linear_protocol == "none" else config.linear_protocol,
                     train_size=config.eval_train_size, test_size=config.eval_test_size, data_root=config.data_root,
                     channels=config.channels, seed=config.seed, num_workers=min(config.num_workers, 4),
@@ -134,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: evaluation failed: {error}", file=sys.stderr)
                 return 2
             results = report["results"]
-            knn = f"knn{report['k']}"
+            knn = report["knn_metric"]
             for role, suffix in (("pretrained", ""), ("random_encoder", "_random_encoder")):
                 metrics[f"{knn}_accuracy{suffix}"] = results[role][knn_layer][knn]
                 if "linear" in results[role][linear_layer]:
@@ -145,8 +198,11 @@ def main(argv: list[str] | None = None) -> int:
             metrics.update({"linear_layer": linear_layer, "knn_layer": knn_layer})
             metrics["alignment_test_views"] = results["pretrained"]["alignment"]
             metrics["uniformity_test"] = results["pretrained"]["uniformity"]
-            metrics.update({"evaluation": report, "summary": summary_metrics(report)})
+            summary = image_summary(report, layer=knn_layer, linear_layer=linear_layer, steps=result.steps,
+                                    train_seconds=result.train_seconds)  # fmt: skip
+            metrics.update({"evaluation": report, "summary": summary})
             print(format_report(report))
+            print(format_image_summary(summary))
         write_run_metrics(output / "metrics.json", {**metrics, "config": config_to_dict(config)})
         print(f"model: {output / 'model'}  metrics: {output / 'metrics.json'}")
         return publish_run(output, kind="image", push_to_hub=config.push_to_hub)

@@ -17,16 +17,19 @@ from torch.utils.data import DataLoader
 from hsrl.checkpoints import find_latest_checkpoint
 from hsrl.data.images import (
     AugmentConfig,
+    BatchedTwoViews,
     ImageFolderSource,
     TensorImageSource,
     TwoViewDataset,
     augment_defaults,
+    batch_views,
     check_channels,
     item_seed,
     load_eval_split,
     make_view_loader,
     open_images,
     read_fashion_mnist,
+    two_view_dataset,
 )
 from hsrl.losses import HypersphereLoss
 from hsrl.models.image import small_alexnet
@@ -372,3 +375,67 @@ def test_a_run_resumed_mid_epoch_with_workers_ends_with_the_same_weights(tmp_pat
     assert resumed.steps == uninterrupted.steps == 12
     for name, value in uninterrupted.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name
+
+
+# --------------------------------------------------------------------------- batched views
+
+
+def _plain(size: int = 28, **overrides: object) -> AugmentConfig:
+    """No crop, flip, jitter or erasing unless asked: every random step can be checked on its own."""
+    settings = {"channels": 1, "size": size, "eval_resize": size, "scale": (1.0, 1.0), "ratio": (1.0, 1.0),
+                "flip": 0.0, "jitter": (0.0,) * 4, "grayscale": 0.0, "mean": (0.5,), "std": (0.25,)}  # fmt: skip
+    return AugmentConfig(**{**settings, **overrides})
+
+
+def test_batch_views_without_randomness_are_the_image_and_a_flip_mirrors_it() -> None:
+    images = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    same = batch_views(images, _plain(), torch.Generator().manual_seed(1))
+    assert same.dtype == torch.float32 and same.shape == (5, 1, 28, 28)
+    torch.testing.assert_close(same, images.float() / 255, rtol=0, atol=1e-5)  # the full box, pixel centres
+    mirrored = batch_views(images, _plain(flip=1.0), torch.Generator().manual_seed(1))
+    torch.testing.assert_close(mirrored, images.flip(-1).float() / 255, rtol=0, atol=1e-5)
+
+
+def test_batch_views_crop_jitter_and_erase_stay_in_range_and_follow_the_seed() -> None:
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    config = augment_defaults("cifar10", jitter=(0.4, 0.4, 0.4, 0.0), erase=0.5, batched=True)
+    first = batch_views(images, config, torch.Generator().manual_seed(7))
+    again = batch_views(images, config, torch.Generator().manual_seed(7))
+    other = batch_views(images, config, torch.Generator().manual_seed(8))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert first.shape == (64, 3, 32, 32) and float(first.min()) >= 0 and float(first.max()) <= 1
+    erased = (first == 0).all(dim=1).flatten(1).any(dim=1)  # a zeroed rectangle in about half the views
+    assert 10 < int(erased.sum()) < 54
+
+
+def test_batch_views_erase_a_rectangle_of_zeros() -> None:
+    images = torch.full((8, 1, 28, 28), 200, dtype=torch.uint8)
+    views = batch_views(images, _plain(erase=1.0), torch.Generator().manual_seed(3))
+    for view in views[:, 0]:
+        rows, cols = (view == 0).any(dim=1), (view == 0).any(dim=0)
+        assert int(rows.sum()) > 0 and int(cols.sum()) > 0
+        # Zeros form exactly the rectangle spanned by their rows and columns; the rest is untouched.
+        assert torch.equal(view == 0, rows[:, None] & cols[None, :])
+        assert torch.allclose(view[view != 0], torch.tensor(200 / 255))
+
+
+def test_batched_views_depend_only_on_the_batch_and_epoch_and_resume_exactly() -> None:
+    views = BatchedTwoViews(tiny_source(size=28), augment_defaults("fashion-mnist"), seed=3)
+    batch = [views[i] for i in (4, 1, 7)]
+    first = views.collate(batch)
+    torch.manual_seed(123)  # the global random state plays no part
+    again = views.collate(batch)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not torch.equal(first[0], first[1])  # two different views
+    views.set_epoch(1)
+    assert not torch.equal(views.collate(batch)[0], first[0])
+    config = TrainConfig(batch_size=3, seed=3, output_dir="unused")
+    loader = make_view_loader(two_view_dataset(tiny_source(size=28), augment_defaults("fashion-mnist"), 3), config)
+    assert isinstance(loader.dataset, BatchedTwoViews)
+    v1, v2 = next(iter(loader))
+    assert v1.shape == v2.shape == (3, 1, 28, 28) and v1.dtype == torch.float32
+
+
+def test_batched_views_refuse_hue_jitter() -> None:
+    with pytest.raises(ValueError, match="hue"):
+        AugmentConfig(batched=True)  # the STL-10 defaults jitter hue

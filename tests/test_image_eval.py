@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from hsrl.evaluation.image import cli_main, evaluate_image_encoder, format_report, knn_classify, summary_metrics
+from hsrl.evaluation.image import (
+    cli_main,
+    evaluate_image_encoder,
+    format_image_summary,
+    format_report,
+    image_summary,
+    knn_classify,
+    summary_metrics,
+)
+from hsrl.evaluation.knn import KNN_PROTOCOLS, knn_predict, knn_vote
 from hsrl.evaluation.linear import LinearProbeConfig, linear_probe
 from hsrl.models.image import save, small_alexnet
 
@@ -59,6 +68,28 @@ def test_knn_known_answer_on_the_circle() -> None:
         assert torch.equal(predicted, expected), used
 
 
+def test_lightly_protocol_weights_votes_by_exp_similarity_over_temperature() -> None:
+    # One query at angle 0. Neighbours: two of class 1 at +-60 degrees (cos 0.5), one of class 0 at 0 (cos 1).
+    # Majority (2 against 1) says class 1; weighted, class 0 gets e^(1/0.1) = e^10 against 2 e^5: class 0.
+    angles = torch.deg2rad(torch.tensor([0.0, 60.0, -60.0, 180.0]))
+    train = torch.stack([angles.cos(), angles.sin()], 1)
+    labels = torch.tensor([0, 1, 1, 2])
+    query = torch.tensor([[1.0, 0.0]])
+    for backend in ("torch", "auto"):
+        assert knn_classify(train, labels, query, k=3, backend=backend)[0].tolist() == [1]
+        assert knn_classify(train, labels, query, k=3, backend=backend, temperature=0.1)[0].tolist() == [0]
+    # At a high temperature the weights even out and the majority wins again: 2 e^(0.5/10) > e^(1/10).
+    assert knn_predict(train, labels, query, k=3, temperature=10.0).tolist() == [1]
+    # Hand-computed weighted votes: class 0 has e^(1/0.1), class 1 has 2 e^(0.5/0.1) (class 0 wins), but with
+    # similarities 0.3 against two of 0.25, class 1's 2 e^2.5 beats class 0's e^3 (24.4 against 20.1).
+    assert knn_vote(torch.tensor([[0, 1, 1]]), torch.tensor([[1.0, 0.5, 0.5]]), 3, 0.1).tolist() == [0]
+    assert knn_vote(torch.tensor([[0, 1, 1]]), torch.tensor([[0.3, 0.25, 0.25]]), 3, 0.1).tolist() == [1]
+    assert KNN_PROTOCOLS["lightly"].k == 200 and KNN_PROTOCOLS["lightly"].temperature == 0.1
+    assert KNN_PROTOCOLS["lightly"].metric == "knn200_t0.1" and KNN_PROTOCOLS["paper"].metric == "knn5"
+    with pytest.raises(ValueError, match="temperature"):
+        knn_predict(train, labels, query, k=3, temperature=0.0)
+
+
 def test_knn_backends_agree_on_clusters() -> None:
     pytest.importorskip("hsrl.index")
     x, y = blobs(200, 5, 8, 1.0, seed=0)
@@ -88,6 +119,14 @@ def test_report_has_the_model_a_random_encoder_and_raw_pixels() -> None:
     # The "pretrained" model here is itself untrained with another seed: the two encoders differ.
     assert results["pretrained"]["alignment"] != results["random_encoder"]["alignment"]
     assert "raw_pixels/pixels/knn5" in summary_metrics(report)
+    summary = image_summary(report, layer="output", linear_layer="fc7", steps=7, train_seconds=1.25)
+    assert summary["layer"] == "output" and summary["knn5"] == results["pretrained"]["output"]["knn5"]
+    assert summary["linear"] == results["pretrained"]["fc7"]["linear"] and summary["linear_layer"] == "fc7"
+    assert summary["raw_pixels_knn5"] == results["raw_pixels"]["pixels"]["knn5"]
+    assert summary["random_encoder_knn5"] == results["random_encoder"]["output"]["knn5"]
+    assert summary["output_knn5"] == summary["knn5"] and summary["steps"] == 7 and summary["train_seconds"] == 1.2
+    assert summary["align"] == results["pretrained"]["alignment"]
+    assert "| random_encoder_knn5 |" in format_image_summary(summary)
     assert "random_encoder   fc7" in format_report(report)
 
 

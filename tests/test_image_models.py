@@ -181,3 +181,26 @@ def test_from_pretrained_takes_a_hub_id_from_the_local_cache_offline(tmp_path: P
     opened = ImageEncoder.from_pretrained("someone/tiny-resnet", cache_dir=tmp_path / "cache", local_files_only=True)
     x = images(2, 3, 32)
     assert opened.architecture == "resnet18" and torch.equal(opened(x), model(x))
+
+
+def test_small_resnet_taps_shapes_unit_output_and_folder_round_trip(tmp_path: Path) -> None:
+    model = build_encoder("small_resnet", in_channels=1, image_size=28, dim=16, widths=(8, 16, 24), blocks=(1, 2, 1))
+    assert model.layers == ("stage1", "stage2", "stage3", "pool", "output")
+    x = images(6, 1, 28)
+    taps = model.forward_taps(x, ["stage1", "stage2", "stage3", "pool", "output"])
+    assert taps["stage1"].shape == (6, 8, 28, 28) and taps["stage2"].shape == (6, 16, 14, 14)
+    assert taps["stage3"].shape == (6, 24, 7, 7) and taps["pool"].shape == (6, 24)
+    torch.testing.assert_close(taps["pool"], taps["stage3"].mean(dim=(2, 3)))
+    torch.testing.assert_close(taps["output"].norm(dim=1), torch.ones(6))
+    assert len(model.stages[1]) == 2  # blocks per stage
+    with pytest.raises(ValueError, match="fc7"):
+        model.forward_features(x, "fc7")
+    model.train()
+    model(images(8, 1, 28, seed=2))  # BatchNorm statistics move
+    model.eval()
+    restored = load(save(model, tmp_path / "model"))
+    assert restored.architecture == "small_resnet" and restored.config["widths"] == [8, 16, 24]
+    torch.testing.assert_close(restored(x), model(x), rtol=0, atol=0)
+    assert headline_layers("small_resnet", ["pool", "output"]) == ("pool", "pool")
+    with pytest.raises(ValueError, match="one width"):
+        build_encoder("small_resnet", widths=(8, 16), blocks=(1,))

@@ -3,14 +3,17 @@ model folder and metrics, then ``hsrl eval image`` on the saved model."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from hsrl.configuration import parse_config
 from hsrl.models.image import load, load_preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,9 +21,8 @@ ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 LAUNCH = [ACCELERATE, "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
           "--dynamo_backend", "no"]  # fmt: skip
 OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-SHORT = ["--dataset", "fashion-mnist", "--max-steps", "3", "--batch-size", "32", "--width", "0.1",
-         "--num-workers", "1", "--eval-train-size", "300", "--eval-test-size", "100", "--linear-protocol", "fast",
-         "--log-with", "none", "--no-progress"]  # fmt: skip
+SHORT = ["--dataset", "fashion-mnist", "--batch-size", "32", "--eval-train-size", "300", "--eval-test-size", "100",
+         "--linear-protocol", "fast", "--log-with", "none", "--no-progress"]  # fmt: skip
 
 pytestmark = pytest.mark.skipif(
     not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file(),
@@ -28,34 +30,64 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_short_fashion_mnist_run_saves_a_model_and_its_evaluation(tmp_path: Path) -> None:
+def recipe_config(*args: str) -> Any:
+    """The recipe's parsed configuration (its presets resolved), without launching it."""
+    spec = importlib.util.spec_from_file_location("stl10_recipe", ROOT / "recipes" / "stl10.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return parse_config(module.STL10Config, list(args))
+
+
+def test_presets_fill_what_the_command_line_leaves_unset() -> None:
+    fashion = recipe_config("--dataset", "fashion-mnist")
+    assert fashion.preset == "fashion-mnist" and fashion.encoder == "small_resnet" and fashion.optimizer == "adamw"
+    assert fashion.num_workers == 0 and fashion.lr_schedule == "cosine" and fashion.batch_size == 256
+    paper = recipe_config("--dataset", "fashion-mnist", "--preset", "paper-stl10", "--batch-size", "512")
+    assert paper.encoder == "small_alexnet" and paper.optimizer == "sgd" and paper.lr_schedule == "multistep"
+    assert paper.batch_size == 512 and paper.lr == pytest.approx(0.12 * 512 / 256)  # the flag wins, lr follows it
+    stl = recipe_config()
+    assert stl.preset == "paper-stl10" and stl.batch_size == 768 and stl.epochs == 200
+    assert recipe_config("--dataset", "fashion-mnist", "--lr", "0.01").lr == 0.01
+
+
+def test_fashion_mnist_defaults_under_a_time_budget_save_evaluate_summarise_and_resume(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    done = subprocess.run([*LAUNCH, str(ROOT / "recipes" / "stl10.py"), "--output-dir", str(out), *SHORT],
-                          env=OFFLINE, capture_output=True, text=True, timeout=300, cwd=ROOT)  # fmt: skip
+    command = [*LAUNCH, str(ROOT / "recipes" / "stl10.py"), "--output-dir", str(out), *SHORT]
+    done = subprocess.run([*command, "--time-budget-min", "0.1"], env=OFFLINE, capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["steps"] == 3 and metrics["skipped_images"] == 0
-    for key in ("knn5_accuracy", "knn5_accuracy_random_encoder", "knn5_accuracy_raw_pixels", "linear_accuracy",
-                "linear_accuracy_random_encoder", "linear_accuracy_raw_pixels"):  # fmt: skip
-        assert 0.1 < metrics[key] <= 1.0, key  # ten classes: above chance even after 3 steps
-    assert metrics["evaluation"]["layers"] == ["fc7", "output"]
-    assert metrics["config"]["optimizer"] == "sgd" and metrics["config"]["lr"] == pytest.approx(0.12 * 32 / 256)
-    assert metrics["config"]["lr_milestones"] == "0.775,0.85,0.925"
+    summary = metrics["summary"]
+    assert metrics["skipped_images"] == 0 and summary["steps"] == metrics["steps"] >= 1
+    assert 0 < summary["train_seconds"] < 6 + 30  # the budget (6 s) stopped training, not --epochs
+    assert summary["layer"] == "pool" and metrics["evaluation"]["layers"] == ["pool", "output"]
+    for key in ("knn5", "linear", "output_knn5", "raw_pixels_knn5", "random_encoder_knn5"):
+        assert 0.1 < summary[key] <= 1.0, key  # ten classes: above chance even after a few steps
+    assert 0 <= summary["align"] <= 4 and -4 <= summary["uniform"] <= 0
+    assert summary["knn5"] == metrics["evaluation"]["results"]["pretrained"]["pool"]["knn5"]
+    assert "| raw_pixels_knn5 |" in done.stdout  # the summary table printed at the end
+    assert metrics["config"]["optimizer"] == "adamw" and metrics["config"]["encoder"] == "small_resnet"
     model = load(out / "model")
-    assert model.architecture == "small_alexnet" and model.config["in_channels"] == 1
+    assert model.architecture == "small_resnet" and model.config["in_channels"] == 1
     assert load_preprocess(out / "model").size == 28
+
+    resumed = subprocess.run([*command, "--time-budget-min", "0.2", "--resume", "latest", "--no-eval"], env=OFFLINE,
+                             capture_output=True, text=True, timeout=300, cwd=ROOT)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    assert json.loads((out / "metrics.json").read_text())["steps"] > metrics["steps"]
 
     report_path = tmp_path / "report.json"
     evaluated = subprocess.run(
         [sys.executable, "-m", "hsrl.cli", "eval", "image", "--model", str(out / "model"), "--dataset",
          "fashion-mnist", "--layer", "output", "--train-size", "300", "--test-size", "100", "--linear-protocol",
-         "none", "--output", str(report_path)],
+         "none", "--knn-protocol", "lightly", "--output", str(report_path)],
         env=OFFLINE, capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     report = json.loads(report_path.read_text())
-    # The same model, images and seed as the recipe's own evaluation: the same 5-NN accuracy.
-    assert report["results"]["pretrained"]["output"]["knn5"] == metrics["knn5_accuracy"]
+    assert report["knn_protocol"] == "lightly" and report["k"] == 200
+    assert 0.1 < report["results"]["pretrained"]["output"]["knn200_t0.1"] <= 1
     assert "raw_pixels" in report["results"] and "random_encoder" in evaluated.stdout
 
 
@@ -64,6 +96,10 @@ def test_short_fashion_mnist_run_saves_a_model_and_its_evaluation(tmp_path: Path
     [
         (["--dataset", "cifar10", "--data-root", "/nonexistent/data"], "cifar10 is not in"),
         (["--dataset", "fashion-mnist", "--channels", "2"], "--channels must be 1 or 3"),
+        (["--dataset", "fashion-mnist", "--preset", "imagenet"], "unknown preset 'imagenet'"),
+        (["--dataset", "fashion-mnist", "--time-budget-min", "0"], "--time-budget-min must be"),
+        (["--dataset", "fashion-mnist", "--time-budget-min", "ten"], "invalid"),
+        (["--dataset", "fashion-mnist", "--time-budget-min", "5", "--max-steps", "9"], "both set"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:

@@ -46,6 +46,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import gzip
+import math
 import os
 import struct
 import warnings
@@ -64,6 +65,7 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "HOLDOUT_FRACTION",
     "AugmentConfig",
+    "BatchedTwoViews",
     "EvalImages",
     "HFImageSource",
     "ImageFolderSource",
@@ -72,6 +74,7 @@ __all__ = [
     "TensorImageSource",
     "TwoViewDataset",
     "augment_defaults",
+    "batch_views",
     "check_channels",
     "dataset_kind",
     "eval_transform",
@@ -80,6 +83,7 @@ __all__ = [
     "open_images",
     "random_views",
     "read_fashion_mnist",
+    "two_view_dataset",
     "view_transform",
 ]
 
@@ -181,6 +185,9 @@ class AugmentConfig:
         jitter: ColorJitter's (brightness, contrast, saturation, hue) strengths.
         jitter_p: probability of applying ColorJitter (the paper's code: always).
         grayscale: probability of RandomGrayscale.
+        erase: probability of RandomErasing (a rectangle of 2–33 % of the view, aspect 0.3–3.3, set to 0).
+        batched: make the views a whole batch at a time (:func:`batch_views`, in the loader's collate step)
+            instead of image by image with torchvision: much faster for small images held in memory.
         eval_resize: evaluation images are resized (shorter side) to this, then centre-cropped to ``size``.
         mean: per-channel mean of the data in [0, 1], for normalisation.
         std: per-channel standard deviation, for normalisation.
@@ -194,6 +201,8 @@ class AugmentConfig:
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.4)
     jitter_p: float = 1.0
     grayscale: float = 0.2
+    erase: float = 0.0
+    batched: bool = False
     eval_resize: int = 70
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
@@ -205,11 +214,13 @@ class AugmentConfig:
             raise ValueError(f"need size >= 1 and eval_resize >= size, got {self.size} and {self.eval_resize}")
         if not 0 < self.scale[0] <= self.scale[1] <= 1:
             raise ValueError(f"scale must satisfy 0 < low <= high <= 1, got {self.scale}")
-        for name in ("flip", "jitter_p", "grayscale"):
+        for name in ("flip", "jitter_p", "grayscale", "erase"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
         if len(self.mean) != len(self.std) or any(s <= 0 for s in self.std):
             raise ValueError("mean and std need one entry per channel, and std > 0")
+        if self.batched and self.jitter[3] > 0:
+            raise ValueError("batched views have no hue jitter: set jitter's hue to 0 or batched=False")
 
     def with_channels(self, channels: int) -> AugmentConfig:
         """The same settings for ``channels``; statistics are averaged (3 -> 1) or repeated (1 -> 3)."""
@@ -241,6 +252,7 @@ DATASET_DEFAULTS: dict[str, AugmentConfig] = {
         jitter=(0.4, 0.4, 0.0, 0.0),
         jitter_p=0.8,
         grayscale=0.0,
+        batched=True,
         mean=(0.2860,),
         std=(0.3530,),
     ),
@@ -285,9 +297,95 @@ def view_transform(config: AugmentConfig, dtype: Literal["uint8", "float32"] = "
         steps.append(T.RandomApply([T.ColorJitter(*config.jitter)], p=config.jitter_p))
     if config.grayscale > 0 and config.channels == 3:
         steps.append(T.RandomGrayscale(config.grayscale))
+    if config.erase > 0:
+        steps.append(T.RandomErasing(config.erase, scale=ERASE_AREA, ratio=ERASE_RATIO, value=0))
     if dtype == "float32":
         steps += [T.ToDtype(torch.float32, scale=True), T.Normalize(list(config.mean), list(config.std))]
     return T.Compose(steps)
+
+
+#: RandomErasing's area fraction and aspect-ratio ranges (torchvision's defaults), for both view makers.
+ERASE_AREA, ERASE_RATIO = (0.02, 0.33), (0.3, 3.3)
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> Tensor:
+    return torch.rand(n, generator=generator) * (high - low) + low
+
+
+def _boxes(
+    n: int, area: tuple[float, float], ratio: tuple[float, float], generator: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""Random boxes as fractions of the image: width, height (area fraction ``s``, aspect ``r`` log-uniform:
+    :math:`w = \sqrt{s r}`, :math:`h = \sqrt{s / r}`, clipped to 1) and a centre placing them inside."""
+    s = _uniform(n, *area, generator)
+    r = torch.exp(_uniform(n, math.log(ratio[0]), math.log(ratio[1]), generator))
+    w, h = (s * r).sqrt().clamp(max=1.0), (s / r).sqrt().clamp(max=1.0)
+    cx = w / 2 + torch.rand(n, generator=generator) * (1 - w)
+    cy = h / 2 + torch.rand(n, generator=generator) * (1 - h)
+    return w, h, cx, cy
+
+
+def batch_views(images: Tensor, config: AugmentConfig, generator: torch.Generator) -> Tensor:
+    r"""One random view of each image of a uint8 ``(N, C, H, W)`` batch, float32 in [0, 1], ``config.size`` px.
+
+    The same augmentation as :func:`view_transform`, drawn for the whole batch at once (all randomness
+    from ``generator``, on the CPU, so a batch's views depend only on its seed):
+
+    * RandomResizedCrop: a box of area fraction :math:`s \sim U(\text{scale})` and aspect
+      :math:`\log r \sim U(\log \text{ratio})` (clipped to the image rather than re-drawn), resampled
+      bilinearly to ``size`` by one ``affine_grid``/``grid_sample``;
+    * horizontal flip with probability ``flip`` (a sign in the same affine map);
+    * with probability ``jitter_p``: brightness :math:`x \cdot b`, contrast :math:`(x - \bar x) c + \bar x`
+      and, for colour, saturation (a blend with the grey image), factors :math:`U(1 - j, 1 + j)`, in that
+      fixed order (torchvision shuffles the order; hue is not supported here);
+    * RandomGrayscale(``grayscale``) for colour, RandomErasing(``erase``) with value 0.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"batch_views takes an (N, C, H, W) batch, got shape {tuple(images.shape)}")
+    n, device = images.shape[0], images.device
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    w, h, cx, cy = _boxes(n, config.scale, config.ratio, generator)
+    sign = torch.where(torch.rand(n, generator=generator) < config.flip, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1] = w * sign, h
+    theta[:, 0, 2], theta[:, 1, 2] = cx * 2 - 1, cy * 2 - 1
+    grid = F.affine_grid(theta.to(device), [n, x.shape[1], config.size, config.size], align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    def factors(strength: float) -> Tensor:
+        return _uniform(n, 1 - strength, 1 + strength, generator).view(n, 1, 1, 1).to(device)
+
+    brightness, contrast, saturation, _ = config.jitter
+    if any(config.jitter[:3]) and config.jitter_p > 0:
+        apply = (torch.rand(n, generator=generator) < config.jitter_p).view(n, 1, 1, 1).to(device)
+        jittered = x * factors(brightness) if brightness else x
+        if contrast:
+            mean = _grey(jittered).mean(dim=(1, 2, 3), keepdim=True)
+            jittered = (jittered - mean) * factors(contrast) + mean
+        if saturation and x.shape[1] == 3:
+            grey = _grey(jittered)
+            jittered = (jittered - grey) * factors(saturation) + grey
+        x = torch.where(apply, jittered.clamp(0, 1), x)
+    if config.grayscale > 0 and x.shape[1] == 3:
+        to_grey = (torch.rand(n, generator=generator) < config.grayscale).view(n, 1, 1, 1).to(device)
+        x = torch.where(to_grey, _grey(x).expand_as(x), x)
+    if config.erase > 0:
+        erase = torch.rand(n, generator=generator) < config.erase
+        ew, eh, ecx, ecy = _boxes(n, ERASE_AREA, ERASE_RATIO, generator)
+        ys = (torch.arange(config.size) + 0.5) / config.size
+        inside_x = (ys.view(1, -1) - ecx.view(-1, 1)).abs() <= ew.view(-1, 1) / 2
+        inside_y = (ys.view(1, -1) - ecy.view(-1, 1)).abs() <= eh.view(-1, 1) / 2
+        mask = (inside_y[:, :, None] & inside_x[:, None, :] & erase.view(-1, 1, 1)).unsqueeze(1)
+        x = x.masked_fill(mask.to(device), 0.0)
+    return x
+
+
+def _grey(x: Tensor) -> Tensor:
+    """ITU-R 601 luma of ``(N, 3, H, W)`` images (identity for one channel), keeping a channel axis."""
+    if x.shape[1] == 1:
+        return x
+    weights = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * weights).sum(dim=1, keepdim=True)
 
 
 def eval_transform(config: AugmentConfig) -> Callable[[Tensor], Tensor]:
@@ -720,7 +818,54 @@ class TwoViewDataset(Dataset):
             return self.transform(image), self.transform(image)
 
 
-def make_view_loader(views: TwoViewDataset, config: Any) -> DataLoader:
+class BatchedTwoViews(Dataset):
+    """Two views per image, made a whole batch at a time (:func:`batch_views`) in the loader's collate step.
+
+    Items are ``(uint8 image, index)``; :meth:`collate` stacks a batch and draws both views from one CPU
+    generator seeded with :func:`item_seed` ``(seed, epoch, i)`` mixed over the batch's indices, so a batch's
+    views depend only on which images it holds and the epoch: exact resume holds as for
+    :class:`TwoViewDataset`. Same ``set_epoch`` contract (shared memory, seen by persistent workers).
+    """
+
+    def __init__(self, source: ImageSource, config: AugmentConfig, seed: int = 0) -> None:
+        if source.channels != config.channels:
+            check_channels(config.channels, source)
+        self.source, self.config, self.seed = source, config, seed
+        self._epoch = torch.zeros(1, dtype=torch.long).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch[0] = epoch
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        image, _ = self.source[index]
+        return image, index
+
+    def batch_seed(self, indices: Sequence[int]) -> int:
+        """The generator seed of a batch: the item seeds of its images, mixed in order."""
+        seed = 0
+        for index in indices:
+            seed = _splitmix64(seed ^ item_seed(self.seed, self.epoch, int(index)))
+        return seed & (2**63 - 1)
+
+    def collate(self, items: Sequence[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
+        images = torch.stack([image for image, _ in items])
+        generator = torch.Generator().manual_seed(self.batch_seed([index for _, index in items]))
+        return batch_views(images, self.config, generator), batch_views(images, self.config, generator)
+
+
+def two_view_dataset(source: ImageSource, config: AugmentConfig, seed: int = 0) -> TwoViewDataset | BatchedTwoViews:
+    """The two-view dataset ``config`` asks for: :class:`BatchedTwoViews` when ``config.batched``."""
+    return BatchedTwoViews(source, config, seed) if config.batched else TwoViewDataset(source, config, seed)
+
+
+def make_view_loader(views: TwoViewDataset | BatchedTwoViews, config: Any) -> DataLoader:
     """:func:`hsrl.training.make_dataloader` for two views, with the epoch passed on to ``views``.
 
     ``fit`` calls the loader's ``set_epoch`` each epoch, which reaches the sampler (Accelerate's
@@ -729,7 +874,7 @@ def make_view_loader(views: TwoViewDataset, config: Any) -> DataLoader:
     """
     from hsrl.training import make_dataloader
 
-    loader = make_dataloader(views, config)
+    loader = make_dataloader(views, config, collate_fn=getattr(views, "collate", None))
     sampler = loader.sampler
     sampler_set_epoch = sampler.set_epoch
 

@@ -42,7 +42,7 @@ from hsrl.data.images import (
     open_images,
     view_transform,
 )
-from hsrl.evaluation.knn import knn_predict
+from hsrl.evaluation.knn import KNN_PROTOCOLS, KNNProtocol, knn_predict, knn_vote
 from hsrl.evaluation.linear import LinearProbeConfig, linear_probe
 from hsrl.metrics import alignment, uniformity
 from hsrl.models.image import DEFAULT_EVAL_LAYERS, ENCODERS, ImageEncoder
@@ -52,7 +52,9 @@ __all__ = [
     "cli_main",
     "evaluate_image_encoder",
     "extract_features",
+    "format_image_summary",
     "format_report",
+    "image_summary",
     "knn_classify",
     "open_image_model",
     "summary_metrics",
@@ -62,9 +64,15 @@ REPRESENTATIONS = ("pretrained", "random_encoder", "raw_pixels")
 
 
 def knn_classify(
-    train: Tensor, train_labels: Tensor, queries: Tensor, *, k: int = 5, backend: str = "auto"
+    train: Tensor,
+    train_labels: Tensor,
+    queries: Tensor,
+    *,
+    k: int = 5,
+    backend: str = "auto",
+    temperature: float | None = None,
 ) -> tuple[Tensor, str]:
-    """k-NN majority-vote labels of ``queries`` by inner product of L2-normalised rows.
+    r"""k-NN labels of ``queries`` by inner product of L2-normalised rows (:mod:`hsrl.evaluation.knn`'s rules).
 
     Args:
         train: ``(N, D)`` features; rows are L2-normalised here.
@@ -73,6 +81,8 @@ def knn_classify(
         k: neighbours per query.
         backend: ``"index"`` (:class:`hsrl.index.VectorIndex`, exact ``Flat``), ``"torch"`` (exact matmul),
             or ``"auto"``: the index when ``hsrl.index`` is importable.
+        temperature: ``None`` for a majority vote (the paper), else votes weighted by
+            :math:`e^{s/\tau}` (lightly's protocol: ``k=200, temperature=0.1``).
 
     Returns:
         ``(predictions (M,), backend used)``.
@@ -95,13 +105,13 @@ def knn_classify(
         else:
             index = VectorIndex.create(train.shape[1], factory="Flat")
             index.add(train.cpu().numpy(), torch.arange(train.shape[0]).numpy())
-            _, ids = index.search(queries.cpu().numpy(), k)
+            scores, ids = index.search(queries.cpu().numpy(), k)
             neighbours = torch.as_tensor(ids, dtype=torch.long)
             classes = int(train_labels.max()) + 1
-            votes = F.one_hot(train_labels.cpu()[neighbours], classes).sum(dim=1)
-            # argmax returns the first maximum: ties go to the smallest class, as knn_predict.
-            return votes.argmax(dim=1), "index"
-    return knn_predict(train, train_labels.to(train.device), queries, k=k).cpu(), "torch"
+            similarities = torch.as_tensor(scores, dtype=torch.float32)
+            return knn_vote(train_labels.cpu()[neighbours], similarities, classes, temperature), "index"
+    predicted = knn_predict(train, train_labels.to(train.device), queries, k=k, temperature=temperature)
+    return predicted.cpu(), "torch"
 
 
 @torch.no_grad()
@@ -134,11 +144,11 @@ def _test_views(images: Tensor, config: Any, seed: int) -> tuple[Tensor, Tensor]
 
 
 def _scores(
-    train: Tensor, train_y: Tensor, test: Tensor, test_y: Tensor, *, k: int, linear: LinearProbeConfig | None,
-    knn_backend: str, num_classes: int,
+    train: Tensor, train_y: Tensor, test: Tensor, test_y: Tensor, *, knn: KNNProtocol,
+    linear: LinearProbeConfig | None, knn_backend: str, num_classes: int,
 ) -> tuple[dict[str, float], str]:  # fmt: skip
-    predictions, used = knn_classify(train, train_y, test, k=k, backend=knn_backend)
-    scores = {f"knn{k}": float((predictions == test_y).float().mean())}
+    predictions, used = knn_classify(train, train_y, test, k=knn.k, backend=knn_backend, temperature=knn.temperature)
+    scores = {knn.metric: float((predictions == test_y).float().mean())}
     if linear is not None:
         scores["linear"] = linear_probe(train, train_y, test, test_y, linear, num_classes=num_classes).test_accuracy
     return scores, used
@@ -150,6 +160,7 @@ def evaluate_image_encoder(
     *,
     layers: Sequence[str] | None = None,
     k: int = 5,
+    knn_protocol: str | None = None,
     linear: LinearProbeConfig | str | None = "fast",
     train_size: int | None = None,
     test_size: int | None = None,
@@ -168,7 +179,9 @@ def evaluate_image_encoder(
         dataset: a dataset spec (:func:`hsrl.data.images.open_images`); its ``train`` split is the k-NN
             memory and the linear probe's training set, ``test`` is scored.
         layers: taps to score (default: the architecture's linear-probe and k-NN layers, e.g. fc7, output).
-        k: neighbours for k-NN.
+        k: neighbours for a majority-vote k-NN (the paper's protocol with k = 5).
+        knn_protocol: a named rule of :data:`hsrl.evaluation.knn.KNN_PROTOCOLS` instead (``"lightly"``:
+            k = 200, similarity-weighted votes, temperature 0.1); it sets ``k``.
         linear: the linear-probe protocol: a config, ``"fast"`` / ``"paper"`` (:class:`LinearProbeConfig`'s
             presets, seeded with ``seed``), or ``None`` for no linear probe.
         train_size: use a seeded random subset of this many training images.
@@ -191,6 +204,11 @@ def evaluate_image_encoder(
         FileNotFoundError: the dataset is missing.
         ValueError: a bad layer, a channel mismatch, or unlabelled evaluation data.
     """
+    if knn_protocol is not None and knn_protocol not in KNN_PROTOCOLS:
+        raise ValueError(f"unknown k-NN protocol {knn_protocol!r}; choose from {', '.join(KNN_PROTOCOLS)}")
+    knn = KNN_PROTOCOLS[knn_protocol] if knn_protocol else KNNProtocol("majority", k)
+    if knn.k < 1:
+        raise ValueError(f"k must be >= 1, got {knn.k}")
     pre = model.preprocess
     architecture = model.architecture
     layers = list(layers or dict.fromkeys(DEFAULT_EVAL_LAYERS.get(architecture, ("output",))))
@@ -224,7 +242,7 @@ def evaluate_image_encoder(
         results[role] = {}
         for layer in layers:
             results[role][layer], backend_used = _scores(
-                train_features[layer], train.labels, test_features[layer], test.labels, k=k, linear=linear,
+                train_features[layer], train.labels, test_features[layer], test.labels, knn=knn, linear=linear,
                 knn_backend=knn_backend, num_classes=num_classes,
             )  # fmt: skip
         z1 = extract_features(encoder, views[0], ["output"], batch_size=batch_size)["output"]
@@ -236,7 +254,7 @@ def evaluate_image_encoder(
     pixel_linear = LinearProbeConfig(**{**asdict(linear), "standardize": True}) if linear else None
     results["raw_pixels"] = {}
     results["raw_pixels"]["pixels"], _ = _scores(
-        pixels_train, train.labels, pixels_test, test.labels, k=k, linear=pixel_linear, knn_backend=knn_backend,
+        pixels_train, train.labels, pixels_test, test.labels, knn=knn, linear=pixel_linear, knn_backend=knn_backend,
         num_classes=num_classes,
     )  # fmt: skip
     results["raw_pixels"]["alignment"] = alignment(
@@ -248,7 +266,10 @@ def evaluate_image_encoder(
         "dataset": dataset,
         "architecture": architecture,
         "layers": layers,
-        "k": k,
+        "k": knn.k,
+        "knn_protocol": knn.name,
+        "knn_metric": knn.metric,
+        "knn_temperature": knn.temperature,
         "knn_backend": backend_used,
         "linear_probe": {k_: list(v) if isinstance(v, tuple) else v for k_, v in asdict(linear).items()}
         if linear
@@ -275,20 +296,60 @@ def summary_metrics(report: dict[str, Any]) -> dict[str, float]:
     return flat
 
 
+def image_summary(
+    report: dict[str, Any], *, layer: str, linear_layer: str | None = None, steps: int, train_seconds: float
+) -> dict[str, float | str]:
+    """The flat ``summary`` block of an image run's ``metrics.json`` (one key scheme for every recipe).
+
+    ``layer`` is the headline layer (its k-NN is ``knn5`` under the paper's protocol, ``knn200_t0.1`` under
+    lightly's); ``linear`` is the probe on ``linear_layer`` (default ``layer``); ``output_*`` the embedding that
+    export and the service use; ``raw_pixels_*`` and ``random_encoder_*`` the baselines of the same run;
+    ``align``/``uniform`` the pretrained encoder's alignment and uniformity on held-out views.
+    """
+    results, metric = report["results"], report.get("knn_metric", f"knn{report['k']}")
+    linear_layer = linear_layer or layer
+    pretrained, random_encoder, pixels = results["pretrained"], results["random_encoder"], results["raw_pixels"]
+    summary: dict[str, float | str] = {"layer": layer, metric: pretrained[layer][metric]}
+    if linear_layer != layer:
+        summary["linear_layer"] = linear_layer
+    if "linear" in pretrained[linear_layer]:
+        summary["linear"] = pretrained[linear_layer]["linear"]
+    if "output" in pretrained:
+        summary[f"output_{metric}"] = pretrained["output"][metric]
+    summary[f"raw_pixels_{metric}"] = pixels["pixels"][metric]
+    summary[f"random_encoder_{metric}"] = random_encoder[layer][metric]
+    if "linear" in pixels["pixels"]:
+        summary["raw_pixels_linear"] = pixels["pixels"]["linear"]
+    if "linear" in random_encoder[linear_layer]:
+        summary["random_encoder_linear"] = random_encoder[linear_layer]["linear"]
+    summary.update(align=pretrained["alignment"], uniform=pretrained["uniformity"])
+    summary.update(steps=float(steps), train_seconds=round(float(train_seconds), 1))
+    return summary
+
+
+def format_image_summary(summary: dict[str, float | str]) -> str:
+    """The summary as a Markdown table (one row per metric), printed at the end of an image recipe."""
+    lines = ["| summary | value |", "| --- | --- |"]
+    for key, value in summary.items():
+        lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) and key not in {"steps", "train_seconds"}
+                     else f"| {key} | {value:g} |" if isinstance(value, float) else f"| {key} | {value} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def format_report(report: dict[str, Any]) -> str:
     """A plain-text table: one row per representation and layer."""
-    k = report["k"]
+    metric = report.get("knn_metric", f"knn{report['k']}")
     lines = [
         f"{report['dataset']}: {report['train_images']} train / {report['test_images']} test images, "
         f"{report['image_size']} px, {report['channels']} channel(s); k-NN via {report['knn_backend']}"
         + (f"; {report['skipped_images']} unreadable images skipped" if report["skipped_images"] else ""),
-        f"{'representation':16s} {'layer':8s} {f'{k}-NN':>7s} {'linear':>7s} {'align':>7s} {'uniform':>8s}",
+        f"{'representation':16s} {'layer':8s} {metric:>7s} {'linear':>7s} {'align':>7s} {'uniform':>8s}",
     ]
     for role, values in report["results"].items():
         align, unif = values.get("alignment", float("nan")), values.get("uniformity", float("nan"))
         for layer, scores in ((n, v) for n, v in values.items() if isinstance(v, dict)):
             linear = scores.get("linear", float("nan"))
-            lines.append(f"{role:16s} {layer:8s} {scores[f'knn{k}']:7.4f} {linear:7.4f} {align:7.4f} {unif:8.4f}")
+            lines.append(f"{role:16s} {layer:8s} {scores[metric]:7.4f} {linear:7.4f} {align:7.4f} {unif:8.4f}")
     return "\n".join(lines)
 
 
@@ -319,7 +380,13 @@ def cli_main(argv: Sequence[str]) -> int:
     parser.add_argument("--dataset", required=True, help="stl10, cifar10, cifar100, fashion-mnist, imagefolder:PATH, "
                         "hf:NAME or a local 🤗 dataset folder")  # fmt: skip
     parser.add_argument("--layer", action="append", help="layer to evaluate (repeatable; default: the paper's two)")
-    parser.add_argument("--k", type=int, default=5, help="neighbours for k-NN (default: %(default)s)")
+    parser.add_argument("--k", type=int, default=5, help="neighbours for majority-vote k-NN (default: %(default)s)")
+    parser.add_argument(
+        "--knn-protocol",
+        choices=sorted(KNN_PROTOCOLS),
+        help="a named k-NN rule instead of --k: "
+        "paper (5-NN majority) or lightly (200-NN, similarity-weighted votes, temperature 0.1)",
+    )
     parser.add_argument(
         "--linear-protocol",
         choices=["fast", "paper", "none"],
@@ -347,7 +414,8 @@ def cli_main(argv: Sequence[str]) -> int:
             make = LinearProbeConfig.paper if args.linear_protocol == "paper" else LinearProbeConfig.fast
             linear = make(seed=args.seed, **({"epochs": args.linear_epochs} if args.linear_epochs else {}))
         report = evaluate_image_encoder(
-            model, args.dataset, layers=args.layer, k=args.k, linear=linear, train_size=args.train_size,
+            model, args.dataset, layers=args.layer, k=args.k, knn_protocol=args.knn_protocol, linear=linear,
+            train_size=args.train_size,
             test_size=args.test_size, data_root=args.data_root, channels=args.channels, seed=args.seed,
             batch_size=args.batch_size, num_workers=args.num_workers,
         )  # fmt: skip

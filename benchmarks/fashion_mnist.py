@@ -1,0 +1,191 @@
+"""Fashion-MNIST pretraining at equal wall-clock budget: the defaults, their ablations, and the baselines.
+
+    python benchmarks/fashion_mnist.py ablation --minutes 3          # one change at a time against the defaults
+    python benchmarks/fashion_mnist.py budget --minutes 10 --seeds 0   # the issue's 10-minute check
+    python benchmarks/fashion_mnist.py budget --minutes 30 --seeds 0 1 2 --objectives align_uniform contrastive
+    python benchmarks/fashion_mnist.py budget --minutes 30 --seeds 0 1 2 --report-only   # tables from finished runs
+
+Every row is ``accelerate launch recipes/stl10.py --dataset fashion-mnist --time-budget-min M`` with the
+row's flags on top of the defaults (the ``fashion-mnist`` preset), launched as a user launches it, one run at
+a time with the whole machine (``--threads`` is the recipe's default: every core). Each run's own
+``metrics.json`` ``summary`` gives the row: k-NN (5-NN, cosine) at the headline layer and at the 128-d output,
+the linear probe, alignment/uniformity on held-out views, the steps the budget allowed, and the raw-pixel and
+random-encoder baselines measured in the same run. A finished run (its ``metrics.json`` exists) is read back,
+not retrained, so an interrupted sweep resumes. ``--lock FILE`` holds an exclusive ``flock`` on FILE for
+each run (for machines shared with other jobs). Results are a Markdown table (``--output``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
+LAUNCH = [ACCELERATE, "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
+          "--dynamo_backend", "no"]  # fmt: skip
+
+#: Ablations: one change each against the defaults (the ``fashion-mnist`` preset), same budget.
+ABLATIONS: dict[str, list[str]] = {
+    "defaults (small_resnet 32-64-128, channels-last, batched views, AdamW 2e-3 cosine, batch 256)": [],
+    "paper encoder: small_alexnet width 0.25": ["--encoder", "small_alexnet", "--width", "0.25"],
+    "no channels-last": ["--no-channels-last"],
+    "views by torchvision per image in 2 loader workers (not batched)": ["--no-batched-views", "--num-workers", "2"],
+    "batch 512": ["--batch-size", "512"],
+    "lr 5e-3": ["--lr", "5e-3"],
+    "crop scale 0.08-1": ["--crop-scale", "0.08"],
+    "random erasing p 0.5": ["--erase", "0.5"],
+    "contrastive (InfoNCE, tau 0.2) instead of align/uniform": ["--loss", "contrastive:1,tau=0.2"],
+}
+#: Objectives for the budget table.
+OBJECTIVES: dict[str, list[str]] = {
+    "align_uniform": [],  # the default loss: align:1,alpha=2 + uniform:1,t=2
+    "contrastive": ["--loss", "contrastive:1,tau=0.2"],
+}
+SUMMARY_KEYS = ("knn5", "output_knn5", "linear", "align", "uniform", "steps", "train_seconds")
+
+
+@contextmanager
+def exclusive(lock: Path | None):
+    """Hold an exclusive flock on ``lock`` (no-op when None) for the duration."""
+    if lock is None:
+        yield
+        return
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in ".-" else "_" for c in name)[:80]
+
+
+def run(folder: Path, flags: list[str], minutes: float, seed: int, lock: Path | None, train: bool) -> dict[str, Any]:
+    """The run's metrics.json (training it first unless it exists or ``train`` is False)."""
+    metrics = folder / "metrics.json"
+    if not metrics.is_file() and train:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+        cmd = [*LAUNCH, str(ROOT / "recipes" / "stl10.py"), "--dataset", "fashion-mnist", "--time-budget-min",
+               str(minutes), "--seed", str(seed), "--log-with", "none", "--no-progress", *flags,
+               "--output-dir", str(folder)]  # fmt: skip
+        with exclusive(lock):
+            started = time.perf_counter()
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+            wall = time.perf_counter() - started
+        (folder / "benchmark.log").parent.mkdir(parents=True, exist_ok=True)
+        (folder / "benchmark.log").write_text(done.stdout[-20000:] + done.stderr[-20000:])
+        if done.returncode != 0:
+            return {"error": done.stderr.strip().splitlines()[-1:] or ["failed"]}
+        print(f"{folder.name}: {wall:.0f} s wall", flush=True)
+    if not metrics.is_file():
+        return {"error": "not run"}
+    return json.loads(metrics.read_text())
+
+
+def row(name: str, metrics: dict[str, Any]) -> str:
+    if "error" in metrics:
+        return f"| {name} | {metrics['error']} |" + " |" * 6
+    s = metrics["summary"]
+    return (f"| {name} | {s['knn5']:.4f} | {s.get('output_knn5', float('nan')):.4f} | "
+            f"{s.get('linear', float('nan')):.4f} | {s['align']:.3f} | {s['uniform']:.3f} | "
+            f"{s['steps']:.0f} / {s['train_seconds']:.0f} s |")  # fmt: skip
+
+
+HEADER = [
+    "| run | 5-NN (headline layer) | 5-NN (output) | linear | align | uniform | steps / train s |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+]
+
+
+def baselines(metrics: dict[str, Any]) -> list[str]:
+    """Raw pixels and the random encoder, measured in the run itself."""
+    s = metrics["summary"]
+    return [
+        f"| raw pixels (same run) | {s['raw_pixels_knn5']:.4f} | | {s.get('raw_pixels_linear', float('nan')):.4f} "
+        "| | | |",
+        f"| random encoder (same run, layer {s['layer']}) | {s['random_encoder_knn5']:.4f} | | "
+        f"{s.get('random_encoder_linear', float('nan')):.4f} | | | |",
+    ]
+
+
+def ablation(args: argparse.Namespace) -> list[str]:
+    title = f"# Fashion-MNIST ablations: one change at a time, {args.minutes:g}-minute budget each, seed {args.seed}"
+    command = f"Command: `python benchmarks/fashion_mnist.py ablation --minutes {args.minutes:g}`"
+    lines = [title, "", command, "", *HEADER]
+    first: dict[str, Any] | None = None
+    for name, flags in ABLATIONS.items():
+        folder = args.runs / f"ablation-{args.minutes:g}min" / slug(name)
+        metrics = run(folder, [*flags, *args.extra], args.minutes, args.seed, args.lock, not args.report_only)
+        lines.append(row(name, metrics))
+        first = first or (metrics if "summary" in metrics else None)
+    if first:
+        lines += baselines(first)
+    return lines
+
+
+def budget(args: argparse.Namespace) -> list[str]:
+    lines = [f"# Fashion-MNIST, {args.minutes:g}-minute budget, defaults only, seeds {' '.join(map(str, args.seeds))}",
+             "", f"Command: `python benchmarks/fashion_mnist.py budget --minutes {args.minutes:g} --seeds "
+             f"{' '.join(map(str, args.seeds))} --objectives {' '.join(args.objectives)}`", "", *HEADER]  # fmt: skip
+    means = []
+    reference: dict[str, Any] | None = None
+    for objective in args.objectives:
+        runs = []
+        for seed in args.seeds:
+            folder = args.runs / f"budget-{args.minutes:g}min" / f"{objective}-seed{seed}"
+            metrics = run(folder, [*OBJECTIVES[objective], *args.extra], args.minutes, seed, args.lock,
+                          not args.report_only)  # fmt: skip
+            lines.append(row(f"{objective}, seed {seed}", metrics))
+            if "summary" in metrics:
+                runs.append(metrics["summary"])
+                reference = reference or metrics
+        if len(runs) > 1:
+            cells = []
+            for key in SUMMARY_KEYS[:5]:
+                values = [r[key] for r in runs if key in r]
+                cells.append(f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}")
+            means.append(f"| **{objective}, mean ± sd of {len(runs)} seeds** | " + " | ".join(cells) + " | |")
+    lines += means
+    if reference:
+        lines += baselines(reference)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=["ablation", "budget"])
+    parser.add_argument("--minutes", type=float, default=10.0, help="training budget per run")
+    parser.add_argument("--seed", type=int, default=0, help="ablation: the seed of every row")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="budget: seeds per objective")
+    parser.add_argument("--objectives", nargs="+", choices=sorted(OBJECTIVES), default=["align_uniform"])
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "fashion_mnist_benchmark")
+    parser.add_argument("--lock", type=Path, help="hold an exclusive flock on this file during each run")
+    parser.add_argument("--report-only", action="store_true", help="tables from finished runs only")
+    parser.add_argument("--output", type=Path, help="also write the table here")
+    parser.add_argument("extra", nargs="*", help="flags added to every run (after --)")
+    args = parser.parse_args(argv)
+    if args.minutes <= 0:
+        parser.error("--minutes must be > 0")
+    lines = ablation(args) if args.mode == "ablation" else budget(args)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -153,7 +153,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
         for name in ("optimizer", "lr_schedule"):
-            allowed = typing.get_args(hints[name])
+            # A recipe may widen the field to ``Literal[...] | None`` (None: its preset decides, before this runs).
+            allowed = tuple(
+                choice
+                for option in (typing.get_args(hints[name]) or (hints[name],))
+                for choice in (typing.get_args(option) if typing.get_origin(option) is typing.Literal else (option,))
+                if isinstance(choice, str)
+            )
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")
         if self.mixed_precision not in (None, "no", "fp16", "bf16"):

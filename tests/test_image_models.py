@@ -184,7 +184,8 @@ def test_from_pretrained_takes_a_hub_id_from_the_local_cache_offline(tmp_path: P
 
 
 def test_small_resnet_taps_shapes_unit_output_and_folder_round_trip(tmp_path: Path) -> None:
-    model = build_encoder("small_resnet", in_channels=1, image_size=28, dim=16, widths=(8, 16, 24), blocks=(1, 2, 1))
+    model = build_encoder("small_resnet", in_channels=1, image_size=28, dim=16, widths=(8, 16, 24), blocks=(1, 2, 1),
+                          stem_stride=1)  # fmt: skip
     assert model.layers == ("stage1", "stage2", "stage3", "pool", "output")
     x = images(6, 1, 28)
     taps = model.forward_taps(x, ["stage1", "stage2", "stage3", "pool", "output"])
@@ -201,6 +202,8 @@ def test_small_resnet_taps_shapes_unit_output_and_folder_round_trip(tmp_path: Pa
     restored = load(save(model, tmp_path / "model"))
     assert restored.architecture == "small_resnet" and restored.config["widths"] == [8, 16, 24]
     torch.testing.assert_close(restored(x), model(x), rtol=0, atol=0)
-    assert headline_layers("small_resnet", ["pool", "output"]) == ("pool", "pool")
+    assert headline_layers("small_resnet", ["stage2", "output"]) == ("stage2", "stage2")
+    halved = build_encoder("small_resnet", in_channels=1, image_size=28, widths=(8, 16, 24))  # stem stride 2
+    assert halved.forward_features(x, "stage3").shape == (6, 24, 4, 4)
     with pytest.raises(ValueError, match="one width"):
         build_encoder("small_resnet", widths=(8, 16), blocks=(1,))

@@ -410,7 +410,7 @@ class SmallResNet(ImageEncoder):
 
     With the defaults (widths 32-64-128, one block per stage, stem stride 2: 28 → 14 → 7 → 4 px) a 28 px
     greyscale image costs about 14 M multiply-adds; with channels-last a 2-core CPU trains on about 1,000
-    image pairs a second (stem stride 1: 4× slower at equal accuracy per step), so it sees ten epochs of
+    image pairs a second (stem stride 1: 4× slower), so it sees ten epochs of
     Fashion-MNIST in ten minutes. Taps: ``stage1`` … ``stageN`` (spatial maps, flattened for k-NN), ``pool``
     (their global average), ``output``. The headline k-NN layer is ``stage2`` (the 64 × 7 × 7 map): on
     Fashion-MNIST, where raw pixels alone reach 0.858 5-NN, the layout of a garment matters and the pooled

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+from hsrl.errors import first_line
+
 __all__ = [
     "check_push_target",
     "hub_model_errors",
@@ -59,7 +61,7 @@ def hub_model_errors(name: str) -> Iterator[bool]:
     try:
         yield offline
     except HFValidationError as error:
-        raise ValueError(f"--model {name}: not a valid Hub id ({_first_line(error)})") from None
+        raise ValueError(f"--model {name}: not a valid Hub id ({first_line(error)})") from None
     except LocalEntryNotFoundError:
         if offline:
             raise ValueError(f"--model {name}: {name} is not in the local Hugging Face cache and "
@@ -67,7 +69,7 @@ def hub_model_errors(name: str) -> Iterator[bool]:
                              "folder") from None  # fmt: skip
         raise ValueError(f"--model {name}: cannot reach the Hugging Face Hub and it is not cached") from None
     except (HfHubHTTPError, OSError) as error:
-        raise ValueError(f"--model {name}: not found on the Hugging Face Hub ({_first_line(error)})") from None
+        raise ValueError(f"--model {name}: not found on the Hugging Face Hub ({first_line(error)})") from None
 
 
 def check_push_target(repo_id: str | None) -> None:
@@ -83,7 +85,7 @@ def check_push_target(repo_id: str | None) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as error:
-        raise ValueError(f"--push-to-hub {repo_id!r}: not a Hub repository id ({_first_line(error)})") from None
+        raise ValueError(f"--push-to-hub {repo_id!r}: not a Hub repository id ({first_line(error)})") from None
     if hub_offline():
         raise ValueError(f"--push-to-hub {repo_id}: HF_HUB_OFFLINE=1 forbids uploads; unset it (or drop "
                          "--push-to-hub and upload OUTPUT/model later with `hf upload`)")  # fmt: skip
@@ -95,11 +97,6 @@ def push_to_hub_field() -> Any:
         "help": "after training, upload the model folder (with its card) to this Hub repository, e.g. org/name",
         "check": check_push_target,
     })  # fmt: skip
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
 
 
 def push_folder(
@@ -135,7 +132,7 @@ def push_folder(
             ignore_patterns=IGNORED,
         )  # fmt: skip
     except (HfHubHTTPError, OSError) as error:
-        raise ValueError(f"--push-to-hub {repo_id}: the upload failed ({_first_line(error)})") from None
+        raise ValueError(f"--push-to-hub {repo_id}: the upload failed ({first_line(error)})") from None
     return str(getattr(commit, "commit_url", commit))
 
 

@@ -26,6 +26,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,8 @@ __all__ = [
     "align_loss",
     "contrastive_loss",
     "parse_objective",
+    "quickthought_loss",
+    "quickthought_targets",
     "uniform_loss",
 ]
 
@@ -314,6 +317,76 @@ def contrastive_loss(
         return loss
 
 
+# --------------------------------------------------------------------------- Quick-Thought
+
+
+def quickthought_targets(
+    batch: int, context: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Quick-Thought's soft targets: row ``i`` uniform over ``{j : 0 < |i - j| <= context}``, ``(batch, batch)``."""
+    index = torch.arange(batch, device=device)
+    gap = (index[:, None] - index[None, :]).abs()
+    near = ((gap > 0) & (gap <= context)).to(dtype)
+    return near / near.sum(dim=1, keepdim=True)
+
+
+def quickthought_loss(u: Tensor, v: Tensor, context: int = 1, tau: float = 1.0, *, normalize: bool = False) -> Tensor:
+    r"""The Quick-Thought objective (Logeswaran & Lee, ICLR 2018) on one batch of consecutive sentences.
+
+    Row ``i`` of ``u`` is ``f(s_i)`` and row ``i`` of ``v`` is ``g(s_i)`` for sentences
+    ``s_1..s_B`` in reading order. Each sentence must pick out its context sentences among the
+    other sentences of the batch:
+
+    .. math::
+        S_{ij} = u_i^\top v_j / \tau \;(j \ne i), \qquad S_{ii} = -\infty, \qquad
+        p_{ij} = \frac{e^{S_{ij}}}{\sum_{k} e^{S_{ik}}},
+
+        t_{ij} = \frac{[\,0 < |i - j| \le c\,]}{|\{k : 0 < |i - k| \le c\}|}, \qquad
+        L = -\frac{1}{B} \sum_{i=1}^{B} \sum_{j=1}^{B} t_{ij} \log p_{ij},
+
+    a cross-entropy with soft targets uniform over the ``±c`` neighbours inside the batch
+    (rows at the edges have fewer). With unit vectors and ``τ = 1`` the scores are cosines
+    in ``[-1, 1]``; Quick-Thought itself scored unnormalised GRU states (and zeroed, rather
+    than masked, the diagonal logit). Computed in at least float32, even under autocast.
+
+    Args:
+        u: ``(B, d)`` L2-normalised ``f`` embeddings of the batch, ``B >= 2``.
+        v: ``(B, d)`` L2-normalised ``g`` embeddings of the same sentences, same order.
+        context: ``c``, a positive integer (Quick-Thought: 1).
+        tau: temperature ``τ > 0`` (1: Quick-Thought's plain dot products).
+        normalize: normalise the rows instead of raising when they are not unit vectors.
+
+    Returns:
+        A scalar tensor: the mean over the ``B`` rows.
+
+    Example:
+        >>> import torch, torch.nn.functional as F
+        >>> u = F.normalize(torch.randn(6, 3), dim=1)
+        >>> bool(quickthought_loss(u, u, context=1) > 0)
+        True
+    """
+    _check_embeddings(u, "u", min_rows=2)
+    _check_embeddings(v, "v", min_rows=2)
+    if u.shape != v.shape:
+        raise ValueError(f"u and v must be the same sentences row for row, got {tuple(u.shape)} and {tuple(v.shape)}")
+    if isinstance(context, bool) or float(context) != int(context) or int(context) < 1:
+        raise ValueError(f"quickthought context must be a positive integer, got {context!r}")
+    if not (isinstance(tau, int | float) and tau > 0 and tau != float("inf")):
+        raise ValueError(f"quickthought tau must be a finite number > 0, got {tau!r}")
+    u = _on_sphere(u, "u", normalize)
+    v = _on_sphere(v, "v", normalize)
+    with torch.autocast(device_type=u.device.type, enabled=False):
+        uf = u if u.dtype == torch.float64 else u.float()
+        vf = v.to(uf.dtype)
+        batch = uf.shape[0]
+        diagonal = torch.eye(batch, dtype=torch.bool, device=u.device)
+        scores = (uf @ vf.T / tau).masked_fill(diagonal, float("-inf"))  # a sentence is not its own context
+        # The diagonal's log-probability is -inf with target 0; zero it so 0 * -inf gives no NaN.
+        log_p = scores.log_softmax(dim=1).masked_fill(diagonal, 0.0)
+        targets = quickthought_targets(batch, int(context), u.device, uf.dtype)
+        return -(targets * log_p).sum(dim=1).mean()
+
+
 # --------------------------------------------------------------------------- objective strings
 
 
@@ -343,20 +416,24 @@ def _contrastive_term(x: Tensor, y: Tensor, *, tau: float = 0.5, symmetric: floa
     return contrastive_loss(x, y, tau=tau, symmetric=bool(symmetric))
 
 
-#: name -> (function of the two views, allowed parameters with their defaults).
-#: Other modules (e.g. the Quick-Thought objective) add their terms with ``register_term``.
-TERMS: dict[str, tuple[Callable[..., Tensor], dict[str, float]]] = {
-    "align": (_align_term, {"alpha": 2.0}),
-    "uniform": (_uniform_term, {"t": 2.0}),
-    "contrastive": (_contrastive_term, {"tau": 0.5, "symmetric": 1.0}),
-}
+def _quickthought_term(x: Tensor, y: Tensor, *, context: float = 1.0, tau: float = 1.0) -> Tensor:
+    # Objective strings parse numbers as floats; the context is a count of sentences.
+    if float(context) != int(context):
+        raise ValueError(f"quickthought context must be a whole number of sentences, got {context:g}")
+    return quickthought_loss(x, y, context=int(context), tau=tau)
 
 
-def register_term(name: str, fn: Callable[..., Tensor], defaults: dict[str, float]) -> None:
-    """Make ``name:weight,key=value`` usable in objective strings."""
-    if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
-        raise ValueError(f"term names are lower-case identifiers, got {name!r}")
-    TERMS[name] = (fn, dict(defaults))
+#: name -> (function of the two views, allowed parameters with their defaults). A static table: every objective
+#: hsrl knows is here, so an objective string parses the same whatever has been imported. A new objective is a
+#: function above and one row here.
+TERMS: Mapping[str, tuple[Callable[..., Tensor], Mapping[str, float]]] = MappingProxyType(
+    {
+        "align": (_align_term, {"alpha": 2.0}),
+        "uniform": (_uniform_term, {"t": 2.0}),
+        "contrastive": (_contrastive_term, {"tau": 0.5, "symmetric": 1.0}),
+        "quickthought": (_quickthought_term, {"context": 1.0, "tau": 1.0}),
+    }
+)
 
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
@@ -403,18 +480,19 @@ def parse_objective(spec: str) -> list[LossTerm]:
 class HypersphereLoss(nn.Module):
     r"""A weighted sum of the paper's objectives, configured as the paper writes it.
 
-    ``HypersphereLoss("align:1,alpha=2 + uniform:1,t=2")`` is the paper's Figure 6,
-    :math:`L = L_{align}(x, y; \alpha) + \lambda \cdot (L_{uniform}(x; t) + L_{uniform}(y; t)) / 2`;
-    ``"contrastive:1,tau=0.5"`` is InfoNCE with in-batch negatives.
+        ``HypersphereLoss("align:1,alpha=2 + uniform:1,t=2")`` is the paper's Figure 6,
+        :math:`L = L_{align}(x, y; \alpha) + \lambda \cdot (L_{uniform}(x; t) + L_{uniform}(y; t)) / 2`;
+        ``"contrastive:1,tau=0.5"`` is InfoNCE with in-batch negatives; ``"quickthought:1,context=1"`` is
+    Quick-Thought's objective on a run of consecutive sentences. :data:`TERMS` lists every term.
 
-    With ``gather=True`` and a process group of more than one process, both views are
-    first gathered from every process with gradients
-    (:func:`hsrl.distributed.gather_with_grad`), so uniformity and the contrastive
-    negatives see the global batch, as the paper's single-process runs did.
-    :func:`hsrl.training.fit` gathers itself, so it is off by default; turn it on in a
-    hand-written distributed loop.
+        With ``gather=True`` and a process group of more than one process, both views are
+        first gathered from every process with gradients
+        (:func:`hsrl.distributed.gather_with_grad`), so uniformity and the contrastive
+        negatives see the global batch, as the paper's single-process runs did.
+        :func:`hsrl.training.fit` gathers itself, so it is off by default; turn it on in a
+        hand-written distributed loop.
 
-    ``forward`` returns the total; :meth:`terms` also returns each weighted part.
+        ``forward`` returns the total; :meth:`terms` also returns each weighted part.
     """
 
     def __init__(self, objective: str | list[LossTerm], *, gather: bool = False) -> None:

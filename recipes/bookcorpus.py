@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Literal
 
 from hsrl.checkpoints import atomic_write_json
-from hsrl.configuration import config_to_dict, parse_config
+from hsrl.cli.config import parse_config
+from hsrl.configuration import config_to_dict
 from hsrl.data.text import SentenceCorpus, SentencePairDataset, austen_splits
 from hsrl.data.text_sources import BookCorpusPairs, load_documents
 from hsrl.evaluation.text import (

@@ -23,7 +23,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from hsrl.checkpoints import atomic_write_json
-from hsrl.configuration import config_to_dict, parse_config
+from hsrl.cli.config import parse_config
+from hsrl.configuration import config_to_dict
 from hsrl.data.images import random_views, read_fashion_mnist
 from hsrl.evaluation.knn import knn_accuracy
 from hsrl.hub import publish_run, push_to_hub_field

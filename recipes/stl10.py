@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from hsrl.configuration import config_to_dict, parse_config
+from hsrl.cli.config import parse_config
+from hsrl.configuration import config_to_dict
 from hsrl.data.images import augment_defaults, dataset_kind, make_view_loader, open_images, two_view_dataset
 from hsrl.evaluation.image import evaluate_image_encoder, format_image_summary, format_report, image_summary
 from hsrl.hub import publish_run, push_to_hub_field

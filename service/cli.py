@@ -14,7 +14,8 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+
+from hsrl.cli.harness import OneLineArgumentParser, UsageError, run_cli
 
 __all__ = ["build_parser", "main"]
 
@@ -22,18 +23,9 @@ __all__ = ["build_parser", "main"]
 _DEFAULT = " (default %(default)s)"
 
 
-class _UsageError(Exception):
-    """A mistake on the command line: printed as one line."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise _UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The options of ``hsrl serve`` (the Dockerfile's CMD is checked against this parser)."""
-    parser = _Parser(
+    parser = OneLineArgumentParser(
         prog="hsrl serve",
         description="Serve embeddings (OpenAI-compatible /v1/embeddings) and nearest-neighbour search over HTTP.",
     )
@@ -109,7 +101,7 @@ def named_path(spec: str, flag: str) -> tuple[str | None, Path]:
     if not sep or "/" in name:  # a path that merely contains "="
         return None, Path(spec)
     if not name or not path:
-        raise _UsageError(f"{flag} {spec!r}: expected NAME=PATH or PATH")
+        raise UsageError(f"{flag} {spec!r}: expected NAME=PATH or PATH")
     return name, Path(path)
 
 
@@ -122,7 +114,7 @@ def _torch_threads(requested: int | None) -> int | None:
     """
     if requested is not None:
         if requested < 1:
-            raise _UsageError(f"--torch-threads must be >= 1, got {requested}")
+            raise UsageError(f"--torch-threads must be >= 1, got {requested}")
         return requested
     if os.environ.get("OMP_NUM_THREADS"):
         return None
@@ -137,9 +129,9 @@ def _build_service(args: argparse.Namespace):  # -> hsrl_service.runtime.Service
     from hsrl_service.runtime import BatchingConfig, Service, ServiceConfig
 
     if not (args.text_model or args.image_model or args.index):
-        raise _UsageError("nothing to serve: give --text-model, --image-model or --index")
+        raise UsageError("nothing to serve: give --text-model, --image-model or --index")
     if not 1 <= args.port <= 65535:
-        raise _UsageError(f"--port must be 1..65535, got {args.port}")
+        raise UsageError(f"--port must be 1..65535, got {args.port}")
     limits = Limits(
         max_request_bytes=args.max_request_bytes,
         max_items=args.max_items,
@@ -156,7 +148,7 @@ def _build_service(args: argparse.Namespace):  # -> hsrl_service.runtime.Service
     )
     api_key = args.api_key or os.environ.get("HSRL_API_KEY") or None
     if args.public_reads and not api_key:
-        raise _UsageError("--public-reads needs --api-key (or $HSRL_API_KEY): without a key everything is open")
+        raise UsageError("--public-reads needs --api-key (or $HSRL_API_KEY): without a key everything is open")
     config = ServiceConfig(
         limits=limits,
         batching=batching,
@@ -184,14 +176,12 @@ def _build_service(args: argparse.Namespace):  # -> hsrl_service.runtime.Service
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``hsrl serve``; returns the exit status."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-        service = _build_service(args)
-    except (_UsageError, ValueError, OSError) as error:
-        print(f"hsrl serve: error: {error}", file=sys.stderr)
-        return 2
+    """Run ``hsrl serve``; returns the exit status (2 and one line on stderr for a user's mistake)."""
+    return run_cli(build_parser(), sys.argv[1:] if argv is None else argv, _serve, errors=(ValueError, OSError))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    service = _build_service(args)
     import uvicorn
 
     from hsrl_service.app import create_app

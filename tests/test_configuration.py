@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hsrl.configuration import parse_config
+from hsrl.cli.config import parse_config
 from hsrl.training import TrainConfig
 
 

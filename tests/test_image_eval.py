@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from hsrl.cli.eval_image import cli_main
 from hsrl.evaluation.image import (
-    cli_main,
     evaluate_image_encoder,
     format_image_summary,
     format_report,

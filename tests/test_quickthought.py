@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hsrl.data.text import load_austen
-from hsrl.losses import HypersphereLoss, parse_objective
+from hsrl.losses import HypersphereLoss, parse_objective, quickthought_loss, quickthought_targets
 from hsrl.models.quickthought import (
     ROLE_KEY,
     ConsecutiveSentenceDataset,
@@ -25,8 +25,6 @@ from hsrl.models.quickthought import (
     gru_pair_collate,
     gru_pair_encoder,
     load_encoder,
-    quickthought_loss,
-    quickthought_targets,
 )
 from hsrl.models.text import encode_texts, save_text_encoder
 from hsrl.training import TrainConfig, fit, make_dataloader, training_session

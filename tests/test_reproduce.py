@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from matplotlib.image import imread
 
 from hsrl.cli import main as hsrl_main
+from hsrl.cli.reproduce import cli_main
 from hsrl.losses import HypersphereLoss, contrastive_loss
-from hsrl.reproduce import EXPERIMENTS, cli_main, common, fig3, fig5, fig8, table, text_table, theorem1
+from hsrl.reproduce import EXPERIMENTS, common, fig3, fig5, fig8, table, text_table, theorem1
 from hsrl.reproduce.common import EvalSizes, ImageBudget, RunSpec
 
 #: experiment -> (its figure, {csv file: its exact header})

@@ -25,8 +25,8 @@ from hsrl.models.text import (
     encode_texts,
     resolve_model_path,
     save_text_encoder,
-    train_wordpiece_tokenizer,
 )
+from hsrl.models.wordpiece import train_wordpiece_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

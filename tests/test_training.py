@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from hsrl.checkpoints import find_latest_checkpoint, list_checkpoints
-from hsrl.configuration import parse_config
+from hsrl.cli.config import parse_config
 from hsrl.losses import HypersphereLoss
 from hsrl.training import (
     EpochShuffleSampler,

@@ -7,7 +7,7 @@ served by :class:`SentencePairDataset`.
 
 Readers:
     * :func:`load_austen` - the six Jane Austen novels shipped inside the package (one
-      document per chapter; see :mod:`hsrl.data.austen` for how they were extracted), with
+      document per chapter; ``tools/build_austen_corpus.py`` extracted them), with
       :func:`austen_splits` holding out *Persuasion*.
 
 Example:
@@ -31,8 +31,6 @@ from importlib import resources
 
 from torch.utils.data import Dataset
 
-from hsrl.data.austen import AUSTEN_BOOKS
-
 __all__ = [
     "AUSTEN_BOOKS",
     "AUSTEN_HELDOUT",
@@ -45,6 +43,16 @@ __all__ = [
     "neighbour_pairs",
     "split_sentences",
 ]
+
+AUSTEN_BOOKS: tuple[str, ...] = (
+    "emma",
+    "mansfieldpark",
+    "northangerabbey",
+    "persuasion",
+    "prideprejudice",
+    "sensesensibility",
+)
+"""The six novels, in the order janeaustenr stores them (and the shipped corpus keeps)."""
 
 AUSTEN_HELDOUT = "persuasion"
 """The novel :func:`austen_splits` holds out for evaluation."""

@@ -26,8 +26,6 @@ Metrics, on held-out documents:
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,7 +42,6 @@ from hsrl.losses import align_loss, uniform_loss
 __all__ = [
     "SENTEVAL_TASKS",
     "book_attribution",
-    "cli_main",
     "eval_set_name",
     "evaluate_text_encoder",
     "format_comparison",
@@ -300,53 +297,3 @@ def format_comparison(baseline: dict[str, float], trained: dict[str, float], nam
             continue
         lines.append(f"| {key} | {baseline[key]:.4f} | {value:.4f} | {_change(baseline[key], value, key)} |")
     return "\n".join(lines)
-
-
-def cli_main(argv: Sequence[str]) -> int:
-    """``hsrl eval text``: metrics of ``--model`` (and ``--baseline``) on held-out text."""
-    from hsrl.data.text_sources import load_documents
-    from hsrl.models.text import build_text_encoder, resolve_model_path
-
-    parser = argparse.ArgumentParser(prog="hsrl eval text", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="sentence-transformers folder, packaged name (minilm) or "
-                        "Hub id org/name (HF_HUB_OFFLINE=1: the local cache only)")  # fmt: skip
-    parser.add_argument("--baseline", help="a second model evaluated in the same run, e.g. the starting checkpoint")
-    parser.add_argument("--dataset", default="austen", help="austen or a local .txt/.jsonl/.parquet path")
-    parser.add_argument(
-        "--eval-dataset", action="append", default=[],
-        help="another evaluation set (repeatable): factbook (embedded, another domain), persuasion, or a path",
-    )  # fmt: skip
-    parser.add_argument("--senteval", help="folder with MR/CR/SUBJ/MPQA files")
-    parser.add_argument("--max-sentences", type=int, help="evaluate on the first N held-out sentences")
-    parser.add_argument("--output", help="write the metrics as JSON here")
-    args = parser.parse_args(list(argv))
-    try:
-        # Models first: a Hub id missing offline is one line before any corpus is read.
-        folders = {}
-        for role, name in (("baseline", args.baseline), ("model", args.model)):
-            try:
-                folders[role] = resolve_model_path(name) if name else None
-            except ValueError as error:  # resolve_model_path names --model; say which flag it was
-                raise ValueError(str(error).replace("--model", f"--{role}", 1)) from None
-        _, heldout = load_documents(args.dataset)
-        eval_sets = {eval_set_name(name): load_eval_documents(name) for name in args.eval_dataset}
-        results = {}
-        for role, folder in folders.items():
-            if folder:
-                encoder = build_text_encoder(folder)
-                results[role] = evaluate_text_encoder(
-                    encoder, heldout, attribution=args.dataset == "austen", senteval_dir=args.senteval,
-                    max_sentences=args.max_sentences, eval_sets=eval_sets,
-                )  # fmt: skip
-    except ValueError as error:
-        print(f"hsrl eval text: error: {error}", file=sys.stderr)
-        return 2
-    if "baseline" in results:
-        print(format_comparison(results["baseline"], results["model"], ("baseline", "model")))
-    else:
-        print("\n".join(f"{k:20s} {v:.4f}" for k, v in results["model"].items()))
-    if args.output:
-        from hsrl.checkpoints import atomic_write_json
-
-        atomic_write_json(args.output, results)
-    return 0

@@ -27,9 +27,8 @@ Training views (for :func:`hsrl.training.fit`):
       :func:`consecutive_collate` + :func:`consecutive_encoder` give ``x = f(s_1..s_B)`` and
       ``y = g(s_1..s_B)`` for one run of consecutive sentences.
 
-Objective (:func:`quickthought_loss`, registered as the loss term ``quickthought`` at
-import, so ``HypersphereLoss("quickthought:1,context=1")`` works once this module is
-imported).
+Objective: :func:`hsrl.losses.quickthought_loss`, the loss term ``quickthought`` of the objective table
+(``HypersphereLoss("quickthought:1,context=1")``).
 
 Example:
     >>> from hsrl.losses import HypersphereLoss
@@ -51,8 +50,6 @@ from sentence_transformers.base.modules.input_module import InputModule
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from hsrl.losses import _check_embeddings, _on_sphere, register_term
-
 __all__ = [
     "ROLE_KEY",
     "ConsecutiveSentenceDataset",
@@ -63,8 +60,6 @@ __all__ = [
     "gru_pair_collate",
     "gru_pair_encoder",
     "load_encoder",
-    "quickthought_loss",
-    "quickthought_targets",
 ]
 
 #: Feature key of a ``(rows,)`` integer tensor: 0 encodes the row with ``f``, 1 with ``g``.
@@ -223,7 +218,7 @@ def build_gru_encoder(
     from sentence_transformers.base.modules import Normalize
     from transformers import PreTrainedTokenizerFast
 
-    from hsrl.models.text import train_wordpiece_tokenizer
+    from hsrl.models.wordpiece import train_wordpiece_tokenizer
 
     if not sentences:
         raise ValueError("a from-scratch GRU encoder needs training sentences for its tokenizer")
@@ -363,83 +358,3 @@ def consecutive_encoder(encoder: Any | None = None) -> Callable[[nn.Module, Any]
         return (z[:n], z[n:]) if z.shape[0] == 2 * n else (z, z)
 
     return encode
-
-
-# --------------------------------------------------------------------------- the objective
-
-
-def quickthought_targets(
-    batch: int, context: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
-) -> Tensor:
-    """Quick-Thought's soft targets: row ``i`` uniform over ``{j : 0 < |i - j| <= context}``, ``(batch, batch)``."""
-    index = torch.arange(batch, device=device)
-    gap = (index[:, None] - index[None, :]).abs()
-    near = ((gap > 0) & (gap <= context)).to(dtype)
-    return near / near.sum(dim=1, keepdim=True)
-
-
-def quickthought_loss(u: Tensor, v: Tensor, context: int = 1, tau: float = 1.0, *, normalize: bool = False) -> Tensor:
-    r"""The Quick-Thought objective (Logeswaran & Lee, ICLR 2018) on one batch of consecutive sentences.
-
-    Row ``i`` of ``u`` is ``f(s_i)`` and row ``i`` of ``v`` is ``g(s_i)`` for sentences
-    ``s_1..s_B`` in reading order. Each sentence must pick out its context sentences among the
-    other sentences of the batch:
-
-    .. math::
-        S_{ij} = u_i^\top v_j / \tau \;(j \ne i), \qquad S_{ii} = -\infty, \qquad
-        p_{ij} = \frac{e^{S_{ij}}}{\sum_{k} e^{S_{ik}}},
-
-        t_{ij} = \frac{[\,0 < |i - j| \le c\,]}{|\{k : 0 < |i - k| \le c\}|}, \qquad
-        L = -\frac{1}{B} \sum_{i=1}^{B} \sum_{j=1}^{B} t_{ij} \log p_{ij},
-
-    a cross-entropy with soft targets uniform over the ``±c`` neighbours inside the batch
-    (rows at the edges have fewer). With unit vectors and ``τ = 1`` the scores are cosines
-    in ``[-1, 1]``; Quick-Thought itself scored unnormalised GRU states (and zeroed, rather
-    than masked, the diagonal logit). Computed in at least float32, even under autocast.
-
-    Args:
-        u: ``(B, d)`` L2-normalised ``f`` embeddings of the batch, ``B >= 2``.
-        v: ``(B, d)`` L2-normalised ``g`` embeddings of the same sentences, same order.
-        context: ``c``, a positive integer (Quick-Thought: 1).
-        tau: temperature ``τ > 0`` (1: Quick-Thought's plain dot products).
-        normalize: normalise the rows instead of raising when they are not unit vectors.
-
-    Returns:
-        A scalar tensor: the mean over the ``B`` rows.
-
-    Example:
-        >>> import torch, torch.nn.functional as F
-        >>> u = F.normalize(torch.randn(6, 3), dim=1)
-        >>> bool(quickthought_loss(u, u, context=1) > 0)
-        True
-    """
-    _check_embeddings(u, "u", min_rows=2)
-    _check_embeddings(v, "v", min_rows=2)
-    if u.shape != v.shape:
-        raise ValueError(f"u and v must be the same sentences row for row, got {tuple(u.shape)} and {tuple(v.shape)}")
-    if isinstance(context, bool) or float(context) != int(context) or int(context) < 1:
-        raise ValueError(f"quickthought context must be a positive integer, got {context!r}")
-    if not (isinstance(tau, int | float) and tau > 0 and tau != float("inf")):
-        raise ValueError(f"quickthought tau must be a finite number > 0, got {tau!r}")
-    u = _on_sphere(u, "u", normalize)
-    v = _on_sphere(v, "v", normalize)
-    with torch.autocast(device_type=u.device.type, enabled=False):
-        uf = u if u.dtype == torch.float64 else u.float()
-        vf = v.to(uf.dtype)
-        batch = uf.shape[0]
-        diagonal = torch.eye(batch, dtype=torch.bool, device=u.device)
-        scores = (uf @ vf.T / tau).masked_fill(diagonal, float("-inf"))  # a sentence is not its own context
-        # The diagonal's log-probability is -inf with target 0; zero it so 0 * -inf gives no NaN.
-        log_p = scores.log_softmax(dim=1).masked_fill(diagonal, 0.0)
-        targets = quickthought_targets(batch, int(context), u.device, uf.dtype)
-        return -(targets * log_p).sum(dim=1).mean()
-
-
-def _quickthought_term(x: Tensor, y: Tensor, *, context: float = 1.0, tau: float = 1.0) -> Tensor:
-    # Objective strings parse numbers as floats; the context is a count of sentences.
-    if float(context) != int(context):
-        raise ValueError(f"quickthought context must be a whole number of sentences, got {context:g}")
-    return quickthought_loss(x, y, context=int(context), tau=tau)
-
-
-register_term("quickthought", _quickthought_term, {"context": 1.0, "tau": 1.0})

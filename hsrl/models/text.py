@@ -11,14 +11,14 @@ Three ways to get one (:func:`build_text_encoder`):
 * a sentence-transformers folder (e.g. the packaged all-MiniLM-L6-v2, ``--model minilm``);
 * a plain 🤗 transformers checkpoint folder (``config.json`` + weights), pooled here;
 * from scratch: a small BERT (default 4 layers x 256 hidden) with a WordPiece tokenizer
-  trained on the training text (:func:`train_wordpiece_tokenizer`, offline).
+  trained on the training text (:func:`hsrl.models.wordpiece.train_wordpiece_tokenizer`, offline).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,6 +28,7 @@ from torch import Tensor
 
 from hsrl.checkpoints import publish_folder
 from hsrl.hub import hub_model_errors, looks_like_hub_id
+from hsrl.models.wordpiece import train_wordpiece_tokenizer
 
 __all__ = [
     "PACKAGED_MODELS",
@@ -40,7 +41,6 @@ __all__ = [
     "resolve_model_path",
     "save_text_encoder",
     "set_dropout",
-    "train_wordpiece_tokenizer",
 ]
 
 #: Short names for models that ship in Python packages (no hub needed).
@@ -93,37 +93,6 @@ def resolve_model_path(name: str) -> str:
         return snapshot_download(name, local_files_only=offline, ignore_patterns=[
             "onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot", "tf_model*", "flax_model*", "rust_model*",
         ])  # fmt: skip
-
-
-def train_wordpiece_tokenizer(sentences: Iterable[str], vocab_size: int, output_dir: str | os.PathLike[str]) -> None:
-    """Train a lower-cased BERT WordPiece tokenizer on ``sentences`` and save it (offline).
-
-    Deterministic: the same sentences give the same vocabulary with the same ids.
-    """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    from hsrl.models.wordpiece import learn_wordpiece_vocabulary, word_counts
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    # Our own merge loop, not tokenizers' WordPieceTrainer: its ties (and so its ids) change
-    # from run to run, and a from-scratch model must be reproducible from its seed.
-    vocab = learn_wordpiece_vocabulary(word_counts(sentences), vocab_size, specials, min_frequency=2)
-    tokenizer = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece()
-    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]",
-    )  # fmt: skip
-    fast.save_pretrained(str(output_dir))
 
 
 def _scratch_transformer(sentences: Sequence[str], config: ScratchConfig, folder: Path) -> None:

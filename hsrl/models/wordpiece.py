@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 
-__all__ = ["CONTINUATION", "learn_wordpiece_vocabulary", "word_counts"]
+__all__ = ["CONTINUATION", "learn_wordpiece_vocabulary", "train_wordpiece_tokenizer", "word_counts"]
 
 CONTINUATION = "##"
 
@@ -113,3 +114,32 @@ def learn_wordpiece_vocabulary(
             if other != pair and pair_count.get(other, 0) > 0:
                 heapq.heappush(heap, (-pair_count[other], other))
     return vocab
+
+
+def train_wordpiece_tokenizer(sentences: Iterable[str], vocab_size: int, output_dir: str | os.PathLike[str]) -> None:
+    """Train a lower-cased BERT WordPiece tokenizer on ``sentences`` and save it (offline).
+
+    Deterministic: the same sentences give the same vocabulary with the same ids.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    # Our own merge loop, not tokenizers' WordPieceTrainer: its ties (and so its ids) change
+    # from run to run, and a from-scratch model must be reproducible from its seed.
+    vocab = learn_wordpiece_vocabulary(word_counts(sentences), vocab_size, specials, min_frequency=2)
+    tokenizer = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]",
+    )  # fmt: skip
+    fast.save_pretrained(str(output_dir))

@@ -7,13 +7,14 @@ import sys
 from collections.abc import Sequence
 
 KINDS: dict[str, str] = {
-    "text": "hsrl.evaluation.text",
-    "image": "hsrl.evaluation.image",
-    "retrieval": "hsrl.evaluation.retrieval",
+    "text": "hsrl.cli.eval_text",
+    "image": "hsrl.cli.eval_image",
+    "retrieval": "hsrl.cli.eval_retrieval",
 }
 
 
 def main(argv: Sequence[str]) -> int:
+    """``hsrl eval KIND ...``: the evaluator of KIND, imported only when used."""
     args = list(argv)
     if not args or args[0] in {"-h", "--help"}:
         print("usage: hsrl eval {text,image,retrieval} [options]  (hsrl eval KIND --help for each)")

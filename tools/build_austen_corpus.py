@@ -1,4 +1,4 @@
-"""Extract the six Jane Austen novels from Debian's ``r-cran-janeaustenr`` into the package.
+"""Extract the six Jane Austen novels from Debian's ``r-cran-janeaustenr`` into the package (a tool, not hsrl).
 
 The novels are hsrl's embedded default text corpus. They ship inside the package as
 ``hsrl/data/corpora/austen.jsonl.gz`` (gzip JSON lines, one record per paragraph)::
@@ -7,11 +7,11 @@ The novels are hsrl's embedded default text corpus. They ship inside the package
 
 ``chapter`` counts the chapters of a book from 1 in reading order (Emma's three volumes each
 restart their printed numbering; here they run 1..55), ``paragraph`` counts the paragraphs of
-a chapter from 1. This module is the script that produced that file, kept so it can be
+a chapter from 1. This is the script that produced that file, kept so it can be
 reproduced without R::
 
     apt-get download r-cran-janeaustenr && dpkg -x r-cran-janeaustenr_*.deb /tmp/ja
-    python -m hsrl.data.austen /tmp/ja [--out hsrl/data/corpora/austen.jsonl.gz]
+    python tools/build_austen_corpus.py /tmp/ja [--out hsrl/data/corpora/austen.jsonl.gz]
 
 The package stores each novel as an R character vector in ``data/Rdata.rdb``, one string
 per printed line, with empty strings between paragraphs. ``data/Rdata.rdx`` (gzip, R
@@ -50,17 +50,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-AUSTEN_BOOKS: tuple[str, ...] = (
-    "emma",
-    "mansfieldpark",
-    "northangerabbey",
-    "persuasion",
-    "prideprejudice",
-    "sensesensibility",
-)
-"""The six novels, in the order janeaustenr stores them."""
+from hsrl.data.text import AUSTEN_BOOKS, split_sentences
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "corpora" / "austen.jsonl.gz"
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "hsrl" / "data" / "corpora" / "austen.jsonl.gz"
 _DATA_DIR = Path("usr/lib/R/site-library/janeaustenr/data")
 
 # ---------------------------------------------------------------------------------------
@@ -375,7 +367,7 @@ def write_jsonl_gz(records: Sequence[Paragraph], out: str | os.PathLike[str]) ->
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: extract, write, and print paragraphs/chapters/sentences per book."""
-    parser = argparse.ArgumentParser(prog="python -m hsrl.data.austen", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python tools/build_austen_corpus.py", description=__doc__.splitlines()[0])
     parser.add_argument("deb_dir", help="the unpacked r-cran-janeaustenr .deb (dpkg -x)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="gzip JSON-lines output")
     args = parser.parse_args(argv)
@@ -383,9 +375,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         records = extract(args.deb_dir)
         write_jsonl_gz(records, args.out)
     except (OSError, ValueError) as exc:
-        raise SystemExit(f"hsrl.data.austen: error: {exc}") from None
-
-    from hsrl.data.text import split_sentences  # torch-free path above; stats only here
+        raise SystemExit(f"build_austen_corpus: error: {exc}") from None
 
     total_sentences = 0
     for book in AUSTEN_BOOKS:

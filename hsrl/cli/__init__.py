@@ -6,7 +6,8 @@
     hsrl serve ...       the HTTP embedding and search service
     hsrl reproduce ...   the paper's figures and tables at laptop scale
 
-Each subcommand lives in its own module and is imported only when used, so
+Each subcommand lives in its own module of this package (the libraries below hold no argument parser) and is
+imported only when used, so
 ``hsrl --help`` is instant and a missing optional extra only affects its command.
 Errors a user can cause end in one line on stderr and exit status 2.
 """
@@ -21,11 +22,12 @@ __all__ = ["main"]
 
 #: subcommand -> (module, function taking argv and returning an exit status, summary)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "export": ("hsrl.export", "cli_main", "encode a dataset with a model into sharded embeddings"),
-    "index": ("hsrl.index", "cli_main", "build, search and evaluate FAISS indexes"),
-    "eval": ("hsrl.evaluation.cli", "main", "evaluate an encoder: text | image | retrieval"),
+    "export": ("hsrl.cli.export", "cli_main", "encode a dataset with a model into sharded embeddings"),
+    "index": ("hsrl.cli.index", "cli_main", "build, search and evaluate FAISS indexes"),
+    "eval": ("hsrl.cli.eval", "main", "evaluate an encoder: text | image | retrieval"),
+    # The service is a separate layer above hsrl (it imports hsrl, never the reverse): named, not imported.
     "serve": ("hsrl_service.cli", "main", "run the HTTP embedding and search service"),
-    "reproduce": ("hsrl.reproduce", "cli_main", "reproduce the paper's figures at laptop scale"),
+    "reproduce": ("hsrl.cli.reproduce", "cli_main", "reproduce the paper's figures at laptop scale"),
 }
 #: the extra that brings a command's optional dependencies
 EXTRAS = {"index": "cpu", "eval": "train", "serve": "serve", "reproduce": "train"}
@@ -71,7 +73,3 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     return int(getattr(module, function)(rest) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

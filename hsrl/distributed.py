@@ -6,11 +6,15 @@ loss on the gathered batch would send no gradient back to the other processes'
 rows. Uniformity and in-batch contrastive negatives need the *global* batch with
 gradients to match the paper's single-process training.
 
-Gradient bookkeeping: every process computes the same loss on the same gathered
-batch. The backward of the gather sums the incoming gradients over processes
-(``all_reduce``) and keeps this process's slice; data-parallel training then
-*averages* parameter gradients over the ``W`` processes. The sum and the average
-cancel, so the parameter gradients equal those of one process on the whole batch.
+Gradient bookkeeping: each process computes its *share* of the loss on the gathered batch
+(``HypersphereLoss.share_terms``: its own rows against every row, so the pairwise work is
+divided by the number of processes ``W``); the shares add up to the loss, and so do their
+gradients. The backward of the gather sums the incoming gradients over processes
+(``all_reduce``) and keeps this process's slice, which gives each process the gradient of the
+whole loss for its rows; the training loop back-propagates ``W`` times the share because
+data-parallel training then *averages* parameter gradients over the ``W`` processes. The
+factor and the average cancel, so the parameter gradients equal those of one process on the
+whole batch.
 """
 
 from __future__ import annotations
@@ -19,7 +23,15 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["destroy_process_group", "gather_with_grad", "is_distributed", "rank", "world_size"]
+__all__ = [
+    "all_reduce_detached",
+    "destroy_process_group",
+    "gather_with_grad",
+    "is_distributed",
+    "rank",
+    "row_offset",
+    "world_size",
+]
 
 
 def is_distributed() -> bool:
@@ -76,6 +88,23 @@ def gather_with_grad(x: Tensor) -> Tensor:
     if not is_distributed():
         return x
     return _GatherWithGrad.apply(x)
+
+
+def row_offset(x: Tensor) -> int:
+    """Where this process's rows ``x`` start in the batch :func:`gather_with_grad` gathers (rank order)."""
+    if not is_distributed():
+        return 0
+    return sum(_gather_sizes(x)[: dist.get_rank()])
+
+
+def all_reduce_detached(value: Tensor, op: str = "sum") -> Tensor:
+    """``value`` (no gradient) summed (``op="sum"``) or maximised (``"max"``) over the processes; with no process
+    group, ``value`` itself. The loss shares use it for their common shift and normaliser."""
+    if not is_distributed():
+        return value
+    reduced = value.detach().clone()
+    dist.all_reduce(reduced, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+    return reduced
 
 
 def destroy_process_group() -> None:

@@ -10,8 +10,8 @@
 
 Inputs: a ``.txt`` file (one text per line; blank lines skipped), ``.jsonl`` (``"text"``, optional ``"id"``
 and ``"label"``), ``.parquet`` (the same columns), or a folder of images (with an image model folder; a
-sub-folder name is the image's label). The model is a sentence-transformers folder (text) or a folder with
-``hsrl_config.json`` (image, rebuilt by ``hsrl.models.image.load``). Records without an ``id`` get their
+sub-folder name is the image's label). The model is any folder :func:`hsrl.models.folder.open_model` opens
+(a sentence-transformers folder for texts, an hsrl image model folder for images). Records without an ``id`` get their
 position in the dataset. Text files are read through 🤗 ``datasets`` (``load_dataset("text"|"json"|"parquet",
 data_files=..., streaming=True)``): one pass checks them and keeps only ids and labels, and each shard's texts
 are streamed again when it is encoded, so a large file is never held in memory.
@@ -26,6 +26,7 @@ same ``--output`` is refused). Several processes split the shards (shard ``i`` g
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import itertools
@@ -42,6 +43,7 @@ import pyarrow.parquet as pq
 
 from hsrl.checkpoints import atomic_write_bytes, atomic_write_json
 from hsrl.index import NORM_TOLERANCE
+from hsrl.models.folder import local_model_folder, model_kind, open_model
 
 __all__ = ["Records", "export_embeddings", "index_inputs", "load_embeddings", "read_dataset"]
 
@@ -250,82 +252,6 @@ def _fingerprint(source: Path) -> str:
     return digest.hexdigest()
 
 
-# --------------------------------------------------------------------------- models
-
-
-def local_model(model: str | os.PathLike[str]) -> Path:
-    """``model`` itself when it exists, else a Hub id (``org/name``) resolved to its cached snapshot folder
-    (downloaded unless ``HF_HUB_OFFLINE=1``; offline and uncached is a one-line ``ValueError``)."""
-    if Path(model).exists():
-        return Path(model)
-    from hsrl.models.text import resolve_model_path  # lazy: heavy import
-
-    return Path(resolve_model_path(str(model)))
-
-
-def model_kind(model: str | os.PathLike[str]) -> str:
-    """``"image"`` for a folder with ``hsrl_config.json``, ``"text"`` for a sentence-transformers folder."""
-    folder = Path(model)
-    if not folder.is_dir():
-        raise ValueError(f"model {folder}: no such folder")
-    if (folder / "hsrl_config.json").is_file():
-        return "image"
-    if (folder / "modules.json").is_file() or (folder / "config_sentence_transformers.json").is_file():
-        return "text"
-    raise ValueError(f"model {folder}: neither a sentence-transformers folder nor an hsrl image model folder")
-
-
-def load_encoder(model: str | os.PathLike[str], kind: str, *, batch_size: int, device: str | None) -> EncodeFn:
-    """A function mapping a list of texts (or image paths) to float32 rows."""
-    if kind == "text":
-        from hsrl.models.text import load_sentence_transformer  # lazy: heavy import
-
-        encoder = load_sentence_transformer(model, device=device)
-
-        def encode_texts(texts: list[str]) -> np.ndarray:
-            return encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                                  show_progress_bar=False)  # fmt: skip
-
-        return encode_texts
-    return _image_encoder(Path(model), device or "cpu")
-
-
-def _image_encoder(folder: Path, device: str) -> EncodeFn:
-    try:
-        import torch
-
-        from hsrl.models import image as image_models
-    except ImportError as error:
-        raise ValueError(f"image models need hsrl.models.image, which this install lacks ({error})") from None
-    network = image_models.load(folder, map_location=device)
-    preprocess = image_models.load_preprocess(folder)
-
-    def encode_images(paths: list[str]) -> np.ndarray:
-        batch = np.stack([_image_array(Path(p), preprocess) for p in paths])
-        with torch.inference_mode():
-            return network(torch.from_numpy(batch).to(device)).float().cpu().numpy()
-
-    return encode_images
-
-
-def _image_array(path: Path, preprocess: Any) -> np.ndarray:
-    """uint8 ``(C, size, size)``: shorter side resized to ``preprocess.resize``, centre crop (the model's recipe)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as opened:
-            picture = opened.convert("L" if preprocess.channels == 1 else "RGB")
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"image {path}: not a readable image ({error})") from None
-    scale = preprocess.resize / min(picture.size)
-    picture = picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))),
-                             Image.Resampling.BILINEAR)  # fmt: skip
-    left, top = (picture.width - preprocess.size) // 2, (picture.height - preprocess.size) // 2
-    picture = picture.crop((left, top, left + preprocess.size, top + preprocess.size))
-    array = np.asarray(picture, dtype=np.uint8)
-    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-
-
 # --------------------------------------------------------------------------- export
 
 
@@ -418,7 +344,7 @@ def export_embeddings(
     """Encode ``dataset`` with ``model`` into verified shards under ``output`` (see the module docstring).
 
     Args:
-        model: Text (sentence-transformers) or image (``hsrl_config.json``) model folder.
+        model: A model folder (:func:`hsrl.models.folder.open_model`), a packaged name or a Hub id.
         dataset: ``.txt`` / ``.jsonl`` / ``.parquet`` file or image folder.
         output: Export folder; rerunning with the same arguments skips finished shards.
         batch_size: Items per model batch.
@@ -437,7 +363,7 @@ def export_embeddings(
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-    model_path, dataset_path, out = local_model(model), Path(dataset), Path(output)
+    model_path, dataset_path, out = local_model_folder(model), Path(dataset), Path(output)
     kind = model_kind(model_path)
     records = read_dataset(dataset_path)
     if records.kind != kind:
@@ -448,7 +374,8 @@ def export_embeddings(
     mine = [s for s in range(manifest["num_shards"]) if s % world_size == rank]
     todo = [s for s in mine if not _shard_done(out, s)]
     if todo and encode is None:
-        encode = load_encoder(model_path, kind, batch_size=batch_size, device=device)
+        encoder = open_model(model_path, device=device)
+        encode = functools.partial(encoder.encode, batch_size=batch_size)
     _export_shards(out, records, todo, shard_size, batch_size, encode, progress and rank == 0)
     return {**manifest, "exported": todo, "skipped": [s for s in mine if s not in todo]}
 

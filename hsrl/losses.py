@@ -42,6 +42,7 @@ __all__ = [
     "quickthought_loss",
     "quickthought_targets",
     "uniform_loss",
+    "uniform_loss_share",
 ]
 
 #: Largest allowed deviation of a row norm from 1 before a loss refuses the input.
@@ -104,7 +105,9 @@ def _at_least_float32(x: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- alignment
 
 
-def align_loss(x: Tensor, y: Tensor, alpha: float = 2.0, *, normalize: bool = False) -> Tensor:
+def align_loss(
+    x: Tensor, y: Tensor, alpha: float = 2.0, *, normalize: bool = False, rows: slice | None = None
+) -> Tensor:
     r"""Alignment of positive pairs: :math:`L_{align} = \mathbb{E}\,\lVert f(x) - f(y) \rVert_2^{\alpha}`.
 
     Args:
@@ -112,6 +115,8 @@ def align_loss(x: Tensor, y: Tensor, alpha: float = 2.0, *, normalize: bool = Fa
         y: ``(N, d)`` embeddings of the positives, row ``i`` paired with ``x[i]``.
         alpha: exponent :math:`\alpha > 0` (the paper's default is 2).
         normalize: normalise the rows instead of raising when they are not unit vectors.
+        rows: only these pairs' share, :math:`\frac1N \sum_{i \in rows} \lVert x_i - y_i \rVert^\alpha`
+            (shares over a partition of the rows add up to the loss: one process's part of a global batch).
 
     Returns:
         A scalar tensor: the mean over the ``N`` pairs.
@@ -128,17 +133,20 @@ def align_loss(x: Tensor, y: Tensor, alpha: float = 2.0, *, normalize: bool = Fa
     _check_positive(alpha, "alpha")
     x = _on_sphere(x, "x", normalize)
     y = _on_sphere(y, "y", normalize)
+    n = x.shape[0]
+    if rows is not None:
+        x, y = x[rows], y[rows]
     squared = (x - y).pow(2).sum(dim=1)
-    if alpha == 2:
-        # The common case needs no square root, and its gradient is smooth at 0.
-        return squared.mean()
-    # ||d||^alpha = (||d||^2)^(alpha/2). At a coincident pair the derivative is 0 for
-    # alpha > 1 and infinite for alpha < 1; the reference's autograd then gives NaN.
-    # Such a pair is at the minimum, so its (sub)gradient is taken as 0: keep the
-    # power's input away from 0 there and zero the term.
-    apart = squared > 0
-    safe = torch.where(apart, squared, torch.ones_like(squared))
-    return torch.where(apart, safe.pow(alpha / 2), torch.zeros_like(squared)).mean()
+    if alpha != 2:
+        # ||d||^alpha = (||d||^2)^(alpha/2). At a coincident pair the derivative is 0 for
+        # alpha > 1 and infinite for alpha < 1; the reference's autograd then gives NaN.
+        # Such a pair is at the minimum, so its (sub)gradient is taken as 0: keep the
+        # power's input away from 0 there and zero the term.
+        apart = squared > 0
+        safe = torch.where(apart, squared, torch.ones_like(squared))
+        squared = torch.where(apart, safe.pow(alpha / 2), torch.zeros_like(squared))
+    # alpha = 2, the common case, needs no square root, and its gradient is smooth at 0.
+    return squared.mean() if rows is None else squared.sum() / n
 
 
 # --------------------------------------------------------------------------- uniformity
@@ -248,6 +256,89 @@ def uniform_loss(x: Tensor, t: float = 2.0, *, block_size: int | None = None, no
     return _UniformLoss.apply(x, float(t), block)
 
 
+#: ``reduce(value, op)``: ``value`` (a detached tensor) summed (``op="sum"``) or maximised (``"max"``) over the
+#: processes that share a batch; the identity with one process (:func:`hsrl.distributed.all_reduce_detached`).
+Reduce = Callable[[Tensor, str], Tensor]
+
+
+def _no_reduce(value: Tensor, op: str) -> Tensor:
+    return value
+
+
+class _UniformRowsShare(torch.autograd.Function):
+    r"""One process's share of :class:`_UniformLoss` on a gathered batch: its rows ``R`` against every row.
+
+    With the notation of :class:`_UniformLoss` (a shift ``m`` common to every process, from ``reduce(·, "max")``),
+    the process computes :math:`Z_R = E_{R,:} [b x, b]` and :math:`s_R = \sum_{i \in R} b_i Z_{i,d}`, and
+    ``reduce`` gives :math:`s = \sum_R s_R`. Its value is :math:`(s_R / s)\,L`, so the shares add up to
+    :math:`L`; its backward is :math:`\partial L / \partial x_i` for :math:`i \in R` (the full gradient of those
+    rows, which needs only their own row sums because the kernel is symmetric) and 0 for the other rows, so the
+    gradients add up to :math:`\partial L / \partial x`. Work: :math:`|R| \cdot N` pairs instead of
+    :math:`N^2`.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, t: float, start: int, stop: int, block: int, reduce: Reduce) -> Tensor:  # type: ignore[override]
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            xc = x.detach().to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+            n = xc.shape[0]
+            b = torch.exp(t * (1 - xc.pow(2).sum(dim=1)))
+            weighted = torch.cat([xc * b[:, None], b[:, None]], dim=1)
+            scaled = xc * (2 * t)
+            z = torch.zeros((stop - start, weighted.shape[1]), dtype=xc.dtype, device=xc.device)
+            shifts = torch.full((stop - start,), float("-inf"), dtype=xc.dtype, device=xc.device)
+            for first in range(start, stop, block):
+                last = min(first + block, stop)
+                e = scaled[first:last] @ xc.T
+                idx = torch.arange(last - first, device=e.device)
+                e[idx, idx + first] = float("-inf")  # i == j is not a pair
+                shift = e.max()
+                z[first - start : last - start] = e.sub_(shift).exp_() @ weighted
+                shifts[first - start : last - start] = shift
+            m = reduce(shifts.max() if stop > start else shifts.new_tensor(float("-inf")), "max")
+            if stop > start:
+                z.mul_(torch.exp(shifts - m)[:, None])  # every row block to the common shift m
+            s_rows = (b[start:stop] * z[:, -1]).sum()
+            s = reduce(s_rows.clone(), "sum")
+            value = m - 2 * t + s.log() - math.log(n * (n - 1))
+            ctx.save_for_backward(x, b, z)
+            ctx.t, ctx.s, ctx.start, ctx.stop = t, s, start, stop
+            return (s_rows / s * value).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):  # type: ignore[override]
+        x, b, z = ctx.saved_tensors
+        start, stop = ctx.start, ctx.stop
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            xr = x.detach()[start:stop].to(z.dtype)
+            scale = (-4.0 * ctx.t / ctx.s) * grad_output.to(z.dtype)
+            grad = torch.zeros_like(x)
+            grad[start:stop] = ((z[:, -1:] * xr - z[:, :-1]) * (b[start:stop, None] * scale)).to(x.dtype)
+            return grad, None, None, None, None, None
+
+
+def uniform_loss_share(
+    x: Tensor, t: float = 2.0, *, rows: slice, reduce: Reduce = _no_reduce, block_size: int | None = None
+) -> Tensor:
+    r"""This process's share of :func:`uniform_loss` of a batch gathered from several processes.
+
+    ``x`` is the whole (gathered) batch and ``rows`` this process's rows of it. The values returned on all the
+    processes add up to ``uniform_loss(x, t)``, and so do their gradients; each process computes only its rows'
+    pairs, so the pairwise work is divided by the number of processes. ``reduce`` combines two scalars across
+    the processes (a shift and a sum); with the default (one process) and every row, it is the loss itself.
+
+    Example:
+        >>> x = F.normalize(torch.randn(10, 4), dim=1)
+        >>> bool(torch.allclose(uniform_loss_share(x, rows=slice(0, 10)), uniform_loss(x), atol=1e-5))
+        True
+    """
+    _check_embeddings(x, "x", min_rows=2)
+    _check_positive(t, "t")
+    start, stop, _ = rows.indices(x.shape[0])
+    block = _auto_block(x.shape[0], x.device) if block_size is None else block_size
+    return _UniformRowsShare.apply(_on_sphere(x, "x", False), float(t), start, stop, block, reduce)
+
+
 # --------------------------------------------------------------------------- contrastive
 
 
@@ -259,6 +350,7 @@ def contrastive_loss(
     negatives: Tensor | None = None,
     symmetric: bool = True,
     normalize: bool = False,
+    rows: slice | None = None,
 ) -> Tensor:
     r"""InfoNCE, the paper's contrastive loss, as cross-entropy on ``f(x)ᵀf(y)/τ`` logits.
 
@@ -281,6 +373,8 @@ def contrastive_loss(
         negatives: optional ``(M, d)`` explicit negatives.
         symmetric: average both directions with in-batch negatives.
         normalize: normalise the rows instead of raising when they are not unit vectors.
+        rows: with in-batch negatives, only these rows' share (their cross-entropies against the whole batch,
+            divided by ``N``): shares over a partition of the rows add up to the loss.
 
     Example:
         >>> x = F.normalize(torch.randn(8, 4), dim=1)
@@ -309,6 +403,13 @@ def contrastive_loss(
             logits = torch.cat([positive, xf @ nf.T], dim=1) / tau
             target = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
             return F.cross_entropy(logits, target)
+        if rows is not None:  # this process's rows against the whole batch, both directions
+            start, stop, _ = rows.indices(x.shape[0])
+            target = torch.arange(start, stop, device=x.device)
+            loss = F.cross_entropy((yf[rows] @ xf.T) / tau, target, reduction="sum") / x.shape[0]
+            if symmetric:
+                loss = (loss + F.cross_entropy((xf[rows] @ yf.T) / tau, target, reduction="sum") / x.shape[0]) / 2
+            return loss
         logits = (yf @ xf.T) / tau  # row i: y_i against every x; the paper's denominator
         target = torch.arange(x.shape[0], device=x.device)
         loss = F.cross_entropy(logits, target)
@@ -330,7 +431,9 @@ def quickthought_targets(
     return near / near.sum(dim=1, keepdim=True)
 
 
-def quickthought_loss(u: Tensor, v: Tensor, context: int = 1, tau: float = 1.0, *, normalize: bool = False) -> Tensor:
+def quickthought_loss(
+    u: Tensor, v: Tensor, context: int = 1, tau: float = 1.0, *, normalize: bool = False, rows: slice | None = None
+) -> Tensor:
     r"""The Quick-Thought objective (Logeswaran & Lee, ICLR 2018) on one batch of consecutive sentences.
 
     Row ``i`` of ``u`` is ``f(s_i)`` and row ``i`` of ``v`` is ``g(s_i)`` for sentences
@@ -355,6 +458,7 @@ def quickthought_loss(u: Tensor, v: Tensor, context: int = 1, tau: float = 1.0, 
         context: ``c``, a positive integer (Quick-Thought: 1).
         tau: temperature ``τ > 0`` (1: Quick-Thought's plain dot products).
         normalize: normalise the rows instead of raising when they are not unit vectors.
+        rows: only these rows' share (their terms divided by ``B``): shares over a partition add up to the loss.
 
     Returns:
         A scalar tensor: the mean over the ``B`` rows.
@@ -379,12 +483,15 @@ def quickthought_loss(u: Tensor, v: Tensor, context: int = 1, tau: float = 1.0, 
         uf = u if u.dtype == torch.float64 else u.float()
         vf = v.to(uf.dtype)
         batch = uf.shape[0]
-        diagonal = torch.eye(batch, dtype=torch.bool, device=u.device)
-        scores = (uf @ vf.T / tau).masked_fill(diagonal, float("-inf"))  # a sentence is not its own context
+        start, stop, _ = (rows or slice(None)).indices(batch)
+        index = torch.arange(start, stop, device=u.device)
+        diagonal = index[:, None] == torch.arange(batch, device=u.device)[None, :]
+        scores = (uf[start:stop] @ vf.T / tau).masked_fill(diagonal, float("-inf"))  # not its own context
         # The diagonal's log-probability is -inf with target 0; zero it so 0 * -inf gives no NaN.
         log_p = scores.log_softmax(dim=1).masked_fill(diagonal, 0.0)
-        targets = quickthought_targets(batch, int(context), u.device, uf.dtype)
-        return -(targets * log_p).sum(dim=1).mean()
+        targets = quickthought_targets(batch, int(context), u.device, uf.dtype)[start:stop]
+        per_row = -(targets * log_p).sum(dim=1)
+        return per_row.mean() if rows is None else per_row.sum() / batch
 
 
 # --------------------------------------------------------------------------- objective strings
@@ -418,9 +525,30 @@ def _contrastive_term(x: Tensor, y: Tensor, *, tau: float = 0.5, symmetric: floa
 
 def _quickthought_term(x: Tensor, y: Tensor, *, context: float = 1.0, tau: float = 1.0) -> Tensor:
     # Objective strings parse numbers as floats; the context is a count of sentences.
+    return _quickthought_share(x, y, None, _no_reduce, context=context, tau=tau)
+
+
+def _align_share(x: Tensor, y: Tensor, rows: slice, reduce: Reduce, *, alpha: float = 2.0) -> Tensor:
+    return align_loss(x, y, alpha=alpha, rows=rows)
+
+
+def _uniform_share(x: Tensor, y: Tensor, rows: slice, reduce: Reduce, *, t: float = 2.0) -> Tensor:
+    return (uniform_loss_share(x, t=t, rows=rows, reduce=reduce) + uniform_loss_share(y, t=t, rows=rows,
+                                                                                       reduce=reduce)) / 2  # fmt: skip
+
+
+def _contrastive_share(
+    x: Tensor, y: Tensor, rows: slice, reduce: Reduce, *, tau: float = 0.5, symmetric: float = 1.0
+) -> Tensor:
+    return contrastive_loss(x, y, tau=tau, symmetric=bool(symmetric), rows=rows)
+
+
+def _quickthought_share(
+    x: Tensor, y: Tensor, rows: slice | None, reduce: Reduce, *, context: float = 1.0, tau: float = 1.0
+) -> Tensor:
     if float(context) != int(context):
         raise ValueError(f"quickthought context must be a whole number of sentences, got {context:g}")
-    return quickthought_loss(x, y, context=int(context), tau=tau)
+    return quickthought_loss(x, y, context=int(context), tau=tau, rows=rows)
 
 
 #: name -> (function of the two views, allowed parameters with their defaults). A static table: every objective
@@ -434,6 +562,13 @@ TERMS: Mapping[str, tuple[Callable[..., Tensor], Mapping[str, float]]] = Mapping
         "quickthought": (_quickthought_term, {"context": 1.0, "tau": 1.0}),
     }
 )
+#: name -> this process's share of the term on a gathered batch (``fn(x, y, rows, reduce, **params)``): over the
+#: processes, the shares' values and gradients add up to the term's. A term without a row here is computed
+#: whole on every process (correct, only not divided).
+SHARES: Mapping[str, Callable[..., Tensor]] = MappingProxyType(
+    {"align": _align_share, "uniform": _uniform_share, "contrastive": _contrastive_share,
+     "quickthought": _quickthought_share}
+)  # fmt: skip
 
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
@@ -516,6 +651,28 @@ class HypersphereLoss(nn.Module):
         for term in self.objective:
             fn = TERMS[term.name][0]
             value = fn(x, y, **term.params)
+            values[term.name] = value
+            total = value * term.weight if total is None else total + value * term.weight
+        assert total is not None
+        values["loss"] = total
+        return values
+
+    def share_terms(self, x: Tensor, y: Tensor, *, rows: slice, reduce: Reduce, processes: int) -> dict[str, Tensor]:
+        """This process's share of :meth:`terms` of a batch gathered from ``processes`` processes.
+
+        ``x``, ``y``: the whole gathered batch; ``rows``: this process's rows of it. Summed over the processes,
+        the shares (and their gradients) are :meth:`terms` (and its gradients), while each process computes only
+        its rows' part of every pairwise term (:data:`SHARES`), as lightly's losses do; a term without a share
+        function is computed whole and divided by ``processes``.
+        """
+        values: dict[str, Tensor] = {}
+        total: Tensor | None = None
+        for term in self.objective:
+            share = SHARES.get(term.name)
+            if share is None:
+                value = TERMS[term.name][0](x, y, **term.params) / processes
+            else:
+                value = share(x, y, rows, reduce, **term.params)
             values[term.name] = value
             total = value * term.weight if total is None else total + value * term.weight
         assert total is not None

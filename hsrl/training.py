@@ -55,7 +55,7 @@ from hsrl.checkpoints import (
     remove_stale_temporaries,
 )
 from hsrl.configuration import config_to_dict
-from hsrl.distributed import destroy_process_group, gather_with_grad
+from hsrl.distributed import all_reduce_detached, destroy_process_group, gather_with_grad, row_offset, world_size
 from hsrl.gradcache import backward_chunks, check_cacheable, embed_chunks, split_batch
 from hsrl.losses import align_loss, uniform_loss
 
@@ -738,10 +738,9 @@ def _train_step(
     x, y = gather_with_grad(x_local.float()), gather_with_grad(y_local.float())
     if not bool(torch.isfinite(x.detach()).all() & torch.isfinite(y.detach()).all()):
         raise _diverged("the embeddings", step, checkpoints)
-    terms = loss_fn.terms(x, y) if hasattr(loss_fn, "terms") else {"loss": loss_fn(x, y)}
-    loss = terms["loss"]
-    if not torch.isfinite(loss.detach()):
-        raise _diverged(f"the loss ({float(loss)})", step, checkpoints)
+    terms, loss = _loss_terms(loss_fn, x, y, x_local)
+    if not torch.isfinite(terms["loss"]):
+        raise _diverged(f"the loss ({float(terms['loss'])})", step, checkpoints)
     if not config.cache_chunk_size:
         accelerator.backward(loss * loss_scale)
         return terms, x, y
@@ -751,6 +750,28 @@ def _train_step(
     grad_x, grad_y = torch.autograd.grad(loss * (scale * loss_scale), [x_local, y_local])
     backward_chunks(model, encode, chunks, states, grad_x, grad_y, no_sync=lambda: accelerator.no_sync(model))
     return terms, x.detach(), y.detach()
+
+
+def _loss_terms(
+    loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor, x_local: Tensor
+) -> tuple[dict[str, Tensor], Tensor]:
+    """``(terms of the global batch, detached; what this process back-propagates)``.
+
+    With several processes and a loss that can be shared (``share_terms``, as :class:`hsrl.losses.HypersphereLoss`),
+    each process computes only its rows' share and back-propagates ``W`` times it (see :mod:`hsrl.distributed`):
+    the same value and gradients as every process computing the whole loss, at ``1/W`` of the pairwise work.
+    The logged terms are the shares summed over the processes (one small all-reduce).
+    """
+    processes = world_size()
+    if processes > 1 and hasattr(loss_fn, "share_terms"):
+        start = row_offset(x_local)
+        shares = loss_fn.share_terms(x, y, rows=slice(start, start + x_local.shape[0]), reduce=all_reduce_detached,
+                                     processes=processes)  # fmt: skip
+        names = list(shares)
+        summed = all_reduce_detached(torch.stack([shares[name].detach().float() for name in names]))
+        return dict(zip(names, summed, strict=True)), shares["loss"] * processes
+    terms = loss_fn.terms(x, y) if hasattr(loss_fn, "terms") else {"loss": loss_fn(x, y)}
+    return {name: value.detach() for name, value in terms.items()}, terms["loss"]
 
 
 def write_run_metrics(path: str | os.PathLike[str], metrics: Mapping[str, Any]) -> None:

@@ -6,7 +6,8 @@
 
 Read it top to bottom: configuration, data, model, loss, ``hsrl.training.fit``, then
 5-NN evaluation against a randomly initialised encoder and raw pixels, and the
-model and ``metrics.json`` written to ``--output-dir``.
+model (an hsrl image model folder: ``hsrl export``, ``hsrl serve`` and ``hsrl eval image`` open it) and
+``metrics.json`` written to ``--output-dir``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -30,6 +30,8 @@ from hsrl.evaluation.knn import knn_accuracy
 from hsrl.hub import publish_run, push_to_hub_field
 from hsrl.losses import HypersphereLoss
 from hsrl.metrics import alignment, uniformity
+from hsrl.models.folder import save_model
+from hsrl.models.image import SmallCNN
 from hsrl.training import TrainConfig, TrainingDivergedError, fit, make_dataloader, training_session
 
 
@@ -52,32 +54,18 @@ class QuickstartConfig(TrainConfig):
     eval_test_size: int = field(default=10000, metadata={"help": "test images classified by 5-NN"})
     push_to_hub: str | None = push_to_hub_field()
 
-USAGE = """```python
-from safetensors.torch import load_file
-from quickstart import SmallCNN   # recipes/quickstart.py of hsrl
 
-model = SmallCNN(dim=64).eval()
-model.load_state_dict(load_file("model.safetensors"))
-embeddings = model(uint8_images)   # (N, 1, 28, 28) uint8 in, L2-normalised (N, dim) out
+USAGE = """```python
+from hsrl.models.folder import open_model
+
+model = open_model("model")                      # this folder: an hsrl image model folder (small_cnn)
+embeddings = model.encode(["shoe.png", "bag.png"])  # (2, 64) float32 rows of unit norm
 ```"""
 
 
-class SmallCNN(nn.Module):
-    """Two conv blocks and a linear head, L2-normalised output."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * 7 * 7, 256), nn.BatchNorm1d(256), nn.ReLU(),
-        )  # fmt: skip
-        self.head = nn.Linear(256, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.uint8:
-            x = x.float() / 255.0
-        return F.normalize(self.head(self.features(x)), dim=1)
+def small_cnn(dim: int) -> SmallCNN:
+    """Two conv blocks (3×3 conv, BatchNorm, ReLU, 2×2 max-pool; 32 and 64 channels) and a 256-wide head."""
+    return SmallCNN(in_channels=1, image_size=28, dim=dim, width=32, hidden=256, downsample="pool")
 
 
 def two_views(model: nn.Module, batch: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,7 +87,7 @@ def evaluate(model: nn.Module, config: QuickstartConfig) -> dict[str, float]:
     device = next(model.parameters()).device
     z_train, z_test = embed(model, train_x.to(device)).cpu(), embed(model, test_x.to(device)).cpu()
     torch.manual_seed(config.seed)
-    random_init = SmallCNN(config.dim).to(device)
+    random_init = small_cnn(config.dim).to(device)
     r_train, r_test = embed(random_init, train_x.to(device)).cpu(), embed(random_init, test_x.to(device)).cpu()
     p_train = F.normalize(train_x.flatten(1).float(), dim=1)
     p_test = F.normalize(test_x.flatten(1).float(), dim=1)
@@ -123,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     with training_session(config) as accelerator:
-        model = SmallCNN(config.dim)
+        model = small_cnn(config.dim)
         loader = make_dataloader(TensorDataset(train.images), config)
         try:
             result = fit(model, loss, loader, config, accelerator=accelerator, encode=two_views)
@@ -132,15 +120,17 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         if accelerator.is_main_process:
             metrics = {**evaluate(result.model, config), "steps": result.steps, "final_loss": result.last_loss}
-            out = Path(config.output_dir) / "model"
-            out.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous() for k, v in result.model.state_dict().items()}, str(out / "model.safetensors"))
-            atomic_write_json(out / "hsrl_config.json", {"architecture": "quickstart_small_cnn", "dim": config.dim})
+            save_model(result.model, Path(config.output_dir) / "model")  # every hsrl command opens it
             atomic_write_json(Path(config.output_dir) / "metrics.json", {**metrics, "config": config_to_dict(config)})
             for name, value in metrics.items():
                 print(f"{name:32s} {value:.4f}")
-            return publish_run(config.output_dir, kind="image", push_to_hub=config.push_to_hub,
-                               dataset="fashion-mnist", usage=USAGE.replace("dim=64", f"dim={config.dim}"))
+            return publish_run(
+                config.output_dir,
+                kind="image",
+                push_to_hub=config.push_to_hub,
+                dataset="fashion-mnist",
+                usage=USAGE.replace("dim=64", f"dim={config.dim}"),
+            )
     return 0
 
 

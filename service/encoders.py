@@ -1,4 +1,5 @@
-"""The models the service runs: a sentence-transformers text encoder and an hsrl image encoder.
+"""The models the service runs: a sentence-transformers text encoder and an hsrl image encoder, each opened by
+``hsrl.models.folder.open_model`` (the one model-folder contract every command shares).
 
 Each encoder turns a list of items into L2-normalised float32 rows plus a per-item token count (OpenAI's
 ``usage``), and is called only from its batcher's worker thread.
@@ -7,7 +8,6 @@ Each encoder turns a list of items into L2-normalised float32 rows plus a per-it
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,6 @@ __all__ = [
     "Encoded",
     "Encoder",
     "ImageEncoder",
-    "ImagePreprocessing",
     "TextEncoder",
     "load_image_encoder",
     "load_text_encoder",
@@ -102,62 +101,25 @@ class TextEncoder(Encoder):
         return {**super().describe(), "max_seq_length": self.max_seq_length}
 
 
+def _open(path: str | Path, kind: str, flag: str, device: str | None) -> Any:
+    """``hsrl.models.folder.open_model`` (a folder, packaged name or Hub id) of the ``kind`` the flag serves."""
+    from hsrl.models.folder import open_model  # slow to import: only when a model is served
+
+    try:
+        opened = open_model(path, device=device)
+    except ValueError as error:  # the library names the flag --model; the service's flag is another
+        raise ValueError(str(error).replace("--model", flag, 1)) from None
+    if opened.kind != kind:
+        raise ValueError(f"{flag} {path}: a {opened.kind} model folder, not a {kind} one")
+    return opened
+
+
 def load_text_encoder(path: str | Path, *, device: str | None = None, name: str | None = None) -> TextEncoder:
-    """Load a sentence-transformers folder (offline) as the service's text encoder."""
-    folder = Path(path)
-    if not folder.is_dir():
-        if str(path).count("/") != 1 or str(path).startswith(("/", ".", "~")):
-            raise ValueError(f"text model folder not found: {folder} (nor is it a Hub id, org/name)")
-        from hsrl.models.text import resolve_model_path
-
-        # A Hub id (org/name): from the Hugging Face cache, downloaded first unless HF_HUB_OFFLINE=1.
-        name, folder = name or str(path), Path(resolve_model_path(str(path)))
-    from hsrl.models.text import load_sentence_transformer  # slow to import: only once the folder is there
-
-    model = load_sentence_transformer(folder, device=device)
-    encoder = TextEncoder(model, name or folder.name)
-    encoder.created = int(folder.stat().st_mtime)
+    """A text model folder, packaged name or Hub id (offline: the local cache) as the service's text encoder."""
+    opened = _open(path, "text", "--text-model", device)
+    encoder = TextEncoder(opened.module, name or (opened.path.name if Path(path).exists() else str(path)))
+    encoder.created = int(opened.path.stat().st_mtime)
     return encoder
-
-
-@dataclass(frozen=True)
-class ImagePreprocessing:
-    """How a decoded image becomes the model's input: the recipe of ``hsrl export`` and the evaluation view.
-
-    Convert to ``channels``, resize the shorter side to ``resize`` (bilinear), centre-crop ``size``. With
-    ``mean``/``std`` the array is scaled to [0, 1] and normalised; without them it stays uint8, for models
-    that normalise themselves (every ``hsrl.models.image`` encoder does).
-    """
-
-    size: int
-    channels: int = 3
-    resize: int | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if self.size < 1 or self.channels not in (1, 3) or (self.resize is not None and self.resize < self.size):
-            raise ValueError(f"bad image preprocessing {self}")
-        if (self.mean is None) != (self.std is None):
-            raise ValueError("give both mean and std, or neither")
-
-    def to_array(self, image: Any) -> np.ndarray:
-        """A PIL image to a ``(channels, size, size)`` array: uint8, or float32 normalised."""
-        from PIL import Image
-
-        picture = image.convert("L" if self.channels == 1 else "RGB")
-        scale = (self.resize or self.size) / min(picture.size)
-        width, height = max(1, round(picture.width * scale)), max(1, round(picture.height * scale))
-        picture = picture.resize((width, height), Image.Resampling.BILINEAR)
-        left, top = (picture.width - self.size) // 2, (picture.height - self.size) // 2
-        picture = picture.crop((left, top, left + self.size, top + self.size))
-        array = np.asarray(picture, dtype=np.uint8)
-        array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-        if self.mean is None or self.std is None:
-            return np.ascontiguousarray(array)
-        mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
-        std = np.asarray(self.std, dtype=np.float32)[:, None, None]
-        return np.ascontiguousarray((array.astype(np.float32) / 255.0 - mean) / std)
 
 
 class ImageEncoder(Encoder):
@@ -166,7 +128,8 @@ class ImageEncoder(Encoder):
     Args:
         model: an ``nn.Module`` mapping a ``(n, c, h, w)`` batch (what ``preprocessing`` makes) to ``(n, d)``.
         name: the name clients may pass as ``model``.
-        preprocessing: resize, crop and (optionally) normalisation.
+        preprocessing: the model's own :class:`hsrl.models.image.ImagePreprocess` (``to_array``: channels, resize,
+            centre crop; uint8 out, which hsrl encoders normalise themselves).
         dim: the output dimension; measured with one blank image when not given.
         device: where the model runs.
     """
@@ -174,7 +137,7 @@ class ImageEncoder(Encoder):
     modality = "image"
 
     def __init__(
-        self, model: Any, name: str, preprocessing: ImagePreprocessing, *, dim: int | None = None, device: str = "cpu"
+        self, model: Any, name: str, preprocessing: Any, *, dim: int | None = None, device: str = "cpu"
     ) -> None:
         import torch
 
@@ -203,19 +166,9 @@ class ImageEncoder(Encoder):
 
 
 def load_image_encoder(path: str | Path, *, device: str | None = None, name: str | None = None) -> ImageEncoder:
-    """Load an image model folder (``model.safetensors`` + ``hsrl_config.json``) with ``hsrl.models.image``."""
-    folder = Path(path)
-    if not (folder / "hsrl_config.json").is_file():
-        raise ValueError(f"image model folder {folder} has no hsrl_config.json")
-    try:
-        from hsrl.models import image as image_models
-    except ImportError as error:
-        raise ValueError(f"image models are not available in this install ({error})") from error
-    device = device or "cpu"
-    model = image_models.load(folder, map_location=device)
-    recipe = image_models.load_preprocess(folder)
-    # hsrl encoders take uint8 and normalise inside (their Normalize layer), so no mean/std here.
-    preprocessing = ImagePreprocessing(size=recipe.size, channels=recipe.channels, resize=recipe.resize)
-    encoder = ImageEncoder(model, name or folder.name, preprocessing, dim=getattr(model, "dim", None), device=device)
+    """An hsrl image model folder (or Hub id) as the service's image encoder, with the model's own preprocessing."""
+    opened = _open(path, "image", "--image-model", device or "cpu")
+    model, folder = opened.module, opened.path
+    encoder = ImageEncoder(model, name or folder.name, opened.preprocess, dim=opened.dim, device=device or "cpu")
     encoder.created = int(folder.stat().st_mtime)
     return encoder

@@ -15,6 +15,8 @@ from hsrl.training import FitResult, TrainConfig, fit, make_dataloader
 
 # All three terms: uniformity and the contrastive negatives need the global batch.
 OBJECTIVE = "align:1,alpha=2 + uniform:1,t=2 + contrastive:0.5,tau=0.5"
+#: Every term of the objective table, for the per-process share (each term has its own share function).
+EVERY_TERM = OBJECTIVE + " + quickthought:0.3,context=2,tau=0.5"
 
 
 class TinyEncoder(nn.Module):

@@ -3,9 +3,9 @@
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 \
         tests/distributed_worker.py OUT_DIR
 
-Writes, from process 0, ``OUT_DIR/result.pt`` with: the loss and the DDP-averaged
-parameter gradients of one step on a global batch split unevenly over the
-processes, and the weights after a few ``fit`` steps, plain and with gradient caching
+Writes, from process 0, ``OUT_DIR/result.pt`` with: the loss and the DDP-averaged parameter gradients of one
+step on a global batch split unevenly over the processes (the whole loss on every process, and each process's
+share of every term), and the weights after a few ``fit`` steps, plain and with gradient caching
 (``--cache-chunk-size 2``: each process embeds its 4 rows in two chunks).
 """
 
@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from hsrl.distributed import gather_with_grad, rank, world_size
+from hsrl.distributed import all_reduce_detached, gather_with_grad, rank, world_size
 from hsrl.losses import HypersphereLoss
 from hsrl.training import TrainConfig, training_session
 
 sys.path.insert(0, str(Path(__file__).parent))
-from distributed_cases import OBJECTIVE, TinyEncoder, fit_config, fit_tiny, global_batch
+from distributed_cases import EVERY_TERM, OBJECTIVE, TinyEncoder, fit_config, fit_tiny, global_batch
 
 
 def one_step(accelerator: Accelerator) -> dict[str, object]:
@@ -38,11 +38,27 @@ def one_step(accelerator: Accelerator) -> dict[str, object]:
     return {"loss": loss.detach(), "grads": grads}
 
 
+def share_step(accelerator: Accelerator) -> dict[str, object]:
+    """The same step with each process computing only its rows' share of every term (what ``fit`` does)."""
+    torch.manual_seed(0)
+    model = accelerator.prepare(TinyEncoder())
+    x, y = global_batch()
+    rows = slice(0, 10) if rank() == 0 else slice(10, 16)
+    zx, zy = model(x[rows]), model(y[rows])
+    shares = HypersphereLoss(EVERY_TERM).share_terms(
+        gather_with_grad(zx), gather_with_grad(zy), rows=rows, reduce=all_reduce_detached, processes=world_size()
+    )
+    accelerator.backward(shares["loss"] * world_size())
+    grads = {name: p.grad.detach().clone() for name, p in accelerator.unwrap_model(model).named_parameters()}
+    terms = {name: all_reduce_detached(value.detach()) for name, value in shares.items()}
+    return {"share_terms": terms, "share_grads": grads}
+
+
 def main(out: Path) -> None:
     config: TrainConfig = fit_config(out / "run", per_process_batch=4)
     with training_session(config) as accelerator:
         assert world_size() == 2, f"expected 2 processes, got {world_size()}"
-        step = one_step(accelerator)
+        step = {**one_step(accelerator), **share_step(accelerator)}
         result = fit_tiny(config, accelerator)
         cached_config = fit_config(out / "cached", per_process_batch=4)
         cached_config.cache_chunk_size = 2

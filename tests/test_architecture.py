@@ -11,8 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 #: installed package name -> its folder
 PACKAGES = {"hsrl": ROOT / "hsrl", "hsrl_service": ROOT / "service"}
@@ -115,7 +113,6 @@ def test_the_library_imports_neither_the_service_nor_the_recipes() -> None:
     assert upward == []
 
 
-@pytest.mark.xfail(strict=True, reason="next stage: hsrl reproduce still runs recipes/bookcorpus.py by its path")
 def test_the_library_loads_no_file_by_path() -> None:
     for path in PACKAGES["hsrl"].rglob("*.py"):
         text = path.read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,16 @@ from hsrl.losses import HypersphereLoss
 from hsrl.training import training_session
 
 sys.path.insert(0, str(Path(__file__).parent))
-from distributed_cases import OBJECTIVE, TinyEncoder, fit_config, fit_tiny, global_batch
+from distributed_cases import EVERY_TERM, OBJECTIVE, TinyEncoder, fit_config, fit_tiny, global_batch
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (other test runs on this machine use fixed ones)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def test_helpers_work_without_a_process_group() -> None:
@@ -46,7 +54,7 @@ def two_process_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "--dynamo_backend",
         "no",
         "--main_process_port",
-        "29533",
+        str(free_port()),
         str(WORKER),
         str(out),
     ]
@@ -69,6 +77,20 @@ def test_loss_and_gradients_equal_one_process_on_the_whole_batch(two_process_res
     torch.testing.assert_close(two_process_result["loss"], loss.detach(), rtol=0, atol=1e-6)
     for name, p in model.named_parameters():
         torch.testing.assert_close(two_process_result["grads"][name], p.grad, rtol=0, atol=1e-6)
+
+
+def test_each_process_share_adds_up_to_the_loss_and_its_gradients(two_process_result: dict) -> None:
+    """Every term's per-process share (its rows against the gathered batch) sums to the one-process value, and the
+    shares' gradients, back-propagated as fit does, equal the one-process gradients."""
+    torch.manual_seed(0)
+    model = TinyEncoder()
+    x, y = global_batch()
+    terms = HypersphereLoss(EVERY_TERM).terms(model(x), model(y))
+    terms["loss"].backward()
+    for name, value in terms.items():
+        torch.testing.assert_close(two_process_result["share_terms"][name], value.detach(), rtol=0, atol=1e-6)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(two_process_result["share_grads"][name], p.grad, rtol=0, atol=1e-6)
 
 
 def test_fit_on_two_processes_equals_fit_on_one_with_the_global_batch(two_process_result: dict, tmp_path: Path) -> None:

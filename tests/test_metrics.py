@@ -87,9 +87,7 @@ def test_alignment_function_on_tensors_arrays_and_batch_iterables():
     assert alignment(x, y, alpha=1.5, batch_size=7) == pytest.approx(expected, rel=1e-12)
     assert alignment(x.numpy(), y.numpy(), alpha=1.5) == pytest.approx(expected, rel=1e-12)
     batches_x, batches_y = x.split(10), y.split(10)
-    assert alignment(iter(batches_x), iter(batches_y), alpha=1.5) == pytest.approx(
-        expected, rel=1e-12
-    )
+    assert alignment(iter(batches_x), iter(batches_y), alpha=1.5) == pytest.approx(expected, rel=1e-12)
     # Antipodal pairs are 2 apart: alignment 2**alpha.
     assert alignment(x, -x, alpha=3.0) == pytest.approx(8.0, rel=1e-12)
 
@@ -120,9 +118,7 @@ def test_meter_uniformity_uses_both_views_of_every_pair():
     for rows in split(150, [17, 90]):
         meter.update(x[rows], y[rows])
     result = meter.compute()
-    assert result.uniformity == pytest.approx(
-        reference_uniformity(torch.cat([x, y]), 3.0), abs=1e-6
-    )
+    assert result.uniformity == pytest.approx(reference_uniformity(torch.cat([x, y]), 3.0), abs=1e-6)
     assert result.uniformity_is_exact
     assert (result.num_points_sampled, result.uniformity_pairs) == (300, 300 * 299 // 2)
 
@@ -221,9 +217,7 @@ def test_histogram_counts_every_pair_and_reports_the_mean_distance():
     np.testing.assert_allclose(hist.edges, expected_edges)
     assert hist.counts.sum() == hist.num_pairs == 1000
     assert hist.mean_distance == pytest.approx(distances.mean(), rel=1e-12)
-    assert trapezoid(np.repeat(hist.density, 2), np.repeat(hist.edges, 2)[1:-1]) == pytest.approx(
-        1.0
-    )
+    assert trapezoid(np.repeat(hist.density, 2), np.repeat(hist.edges, 2)[1:-1]) == pytest.approx(1.0)
 
 
 def test_histogram_end_bins_hold_identical_and_antipodal_pairs():
@@ -285,9 +279,7 @@ def test_angle_density_matches_scipy_kde_away_from_the_wrap():
 
 def test_angles_are_in_minus_pi_to_pi():
     z = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, -2.0]])
-    np.testing.assert_allclose(
-        angle_density(z).angles, [-math.pi, 0.0, math.pi / 2, -math.pi / 2], atol=1e-7
-    )
+    np.testing.assert_allclose(angle_density(z).angles, [-math.pi, 0.0, math.pi / 2, -math.pi / 2], atol=1e-7)
 
 
 # --------------------------------------------------------------------------- errors

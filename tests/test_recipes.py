@@ -12,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hub_standin import HubStandIn
+from model_folders import opens_everywhere
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
@@ -68,6 +69,10 @@ def test_quickstart_trains_evaluates_and_saves(quickstart_run: Path) -> None:
     assert (quickstart_run / "model" / "model.safetensors").stat().st_size > 0
     checkpoints = sorted(p.name for p in (quickstart_run / "checkpoints").iterdir())
     assert checkpoints == ["step-00000003", "step-00000005"]
+
+
+def test_the_quickstart_folder_opens_with_export_serve_and_eval(quickstart_run: Path, tmp_path: Path) -> None:
+    assert opens_everywhere(quickstart_run / "model", tmp_path) == "image"
 
 
 def test_quickstart_resumes_from_its_latest_checkpoint(quickstart_run: Path) -> None:

@@ -20,6 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from matplotlib.image import imread
+from model_folders import opens_everywhere
 
 from hsrl.cli import main as hsrl_main
 from hsrl.cli.reproduce import cli_main
@@ -97,6 +98,14 @@ def test_quick_run_writes_png_csv_and_report(quick_outputs: Path, experiment: st
         assert rows, f"{name} has no rows"
     report = (folder / "report.md").read_text()
     assert report.startswith("# ") and "Mode: quick" in report
+
+
+def test_every_reproduce_model_folder_opens_with_export_serve_and_eval(quick_outputs: Path, tmp_path: Path) -> None:
+    folders = sorted((quick_outputs / "table" / "runs").glob("*/model"))
+    assert folders, "the image runs keep their model folders"
+    assert opens_everywhere(folders[0], tmp_path) == "image"
+    text = sorted((quick_outputs / "table" / "runs").glob("text-*/model"))
+    assert text and opens_everywhere(text[0], tmp_path / "text") == "text"
 
 
 # --------------------------------------------------------------------------- figure 3

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_service_support import (
+from service_support import (
     SENTENCES,
     LiveServer,
     assert_error,
@@ -132,7 +132,7 @@ def test_model_is_chosen_by_modality_or_name(client) -> None:
 
 
 def test_images_by_data_uri_and_upload_equal_hsrl_export(client, tmp_path: Path) -> None:
-    from hsrl.export import _image_encoder as export_encoder  # the export's own model + preprocessing
+    from hsrl.models.folder import open_model  # what `hsrl export` encodes with: the model + its preprocessing
 
     images = [png_bytes(seed=1), png_bytes(64, 48, seed=2)]
     by_uri = client.post("/v1/embeddings", json={"input": [data_uri(b) for b in images]})
@@ -145,8 +145,7 @@ def test_images_by_data_uri_and_upload_equal_hsrl_export(client, tmp_path: Path)
     for i, data in enumerate(images):
         (tmp_path / f"{i}.png").write_bytes(data)
         paths.append(str(tmp_path / f"{i}.png"))
-    exported = export_encoder(image_model_folder(), "cpu")(paths)
-    exported /= np.linalg.norm(exported, axis=1, keepdims=True)
+    exported = open_model(image_model_folder(), device="cpu").encode(paths)
     np.testing.assert_allclose(_rows(by_uri.json()), exported, atol=1e-5)
     np.testing.assert_allclose(_rows(uploaded.json()), exported, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(_rows(uploaded.json()), axis=1), 1.0, atol=1e-5)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_service_support import SENTENCES, LiveServer, build_service, minilm, serve
+from service_support import SENTENCES, LiveServer, build_service, minilm, serve
 
 from hsrl_service.tokens import seed_tiktoken_cache
 

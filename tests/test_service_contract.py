@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_service_support import SENTENCES, LiveServer, build_service, make_index, minilm, serve
+from service_support import SENTENCES, LiveServer, build_service, make_index, minilm, serve
 
 from hsrl_service.limits import Limits
 

@@ -19,7 +19,7 @@ import psutil
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_service_support import SENTENCES, assert_error, build_service, metric_samples, minilm, serve
+from service_support import SENTENCES, assert_error, build_service, metric_samples, minilm, serve
 
 from hsrl_service.encoders import TextEncoder
 from hsrl_service.engine import plan_calls

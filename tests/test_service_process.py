@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_service_support import make_index, unit_rows
+from service_support import make_index, unit_rows
 
 from hsrl.index import VectorIndex
 from hsrl_service.cli import build_parser
@@ -114,7 +114,7 @@ def test_sigkill_during_adds_leaves_the_state_before_or_after(tmp_path: Path) ->
     [
         ([], "nothing to serve"),
         (["--index", "/does/not/exist"], "no index at /does/not/exist"),
-        (["--text-model", "/does/not/exist"], "text model folder not found"),
+        (["--text-model", "/does/not/exist"], "--text-model /does/not/exist: no such folder"),
         (["--index", "x", "--bogus"], "unrecognized arguments"),
         (["--index", "x", "--port", "http"], "invalid int value"),
     ],

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_service_support import LiveServer, build_service, make_index, unit_rows
+from service_support import LiveServer, build_service, make_index, unit_rows
 
 from hsrl_service.limits import Limits
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from model_folders import opens_everywhere
 
 from hsrl.configuration import parse_config
 from hsrl.models.image import load, load_preprocess
@@ -90,6 +91,7 @@ def test_fashion_mnist_defaults_under_a_time_budget_save_evaluate_summarise_and_
     assert report["knn_protocol"] == "lightly" and report["k"] == 200
     assert 0.1 < report["results"]["pretrained"]["output"]["knn200_t0.1"] <= 1
     assert "raw_pixels" in report["results"] and "random_encoder" in evaluated.stdout
+    assert opens_everywhere(out / "model", tmp_path / "opened") == "image"
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
+from model_folders import opens_everywhere
 
 from hsrl.data.text import load_austen
 from hsrl.data.text_sources import BookCorpusPairs, load_documents, read_text_file
@@ -272,6 +273,7 @@ def test_recipe_from_scratch_trains_evaluates_saves_and_resumes(tmp_path: Path, 
     card = (out / "model" / "README.md").read_text()  # the card filled from this run, not the generic one
     assert "`align:0.9,alpha=2 + uniform:0.1,t=5`" in card and "random initialisation" in card
     assert f"| `recall@10` | {metrics['summary']['recall@10']:.4f} |" in card and "2005.10242" in card
+    assert opens_everywhere(out / "model", tmp_path / "opened") == "text"
 
 
 def test_recipe_on_two_cpu_processes(tmp_path: Path, small_txt: Path) -> None:
@@ -303,6 +305,7 @@ def test_recipe_quickthought_gru_trains_and_reopens(tmp_path: Path, small_txt: P
     z = load_sentence_transformer(out / "model").encode(["Anne was there."], normalize_embeddings=False)
     assert z.shape == (1, 32)  # evaluation vector: f and g concatenated
     assert np.linalg.norm(z, axis=1) == pytest.approx([1.0], abs=1e-5)
+    assert opens_everywhere(out / "model", tmp_path / "opened") == "text"
 
 
 def test_two_from_scratch_runs_with_one_seed_save_identical_weights(tmp_path: Path, small_txt: Path) -> None:

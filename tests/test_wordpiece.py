@@ -31,7 +31,7 @@ def test_vocabulary_is_a_function_of_the_counts_alone(counts: dict[str, int], si
 def test_merges_follow_counts_and_ties_break_by_text() -> None:
     # "ab" occurs 5 times, "cd" 5 times, "ef" once: the two tied pairs merge in text order.
     vocab = learn_wordpiece_vocabulary(Counter({"ab": 5, "cd": 5, "ef": 1}), 100, [], min_frequency=2)
-    merges = vocab[len({"a", "##b", "c", "##d", "e", "##f"}):]
+    merges = vocab[len({"a", "##b", "c", "##d", "e", "##f"}) :]
     assert merges == ["ab", "cd"]  # "ef" is below min_frequency
 
 

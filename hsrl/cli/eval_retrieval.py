@@ -26,10 +26,9 @@ __all__ = ["cli_main"]
 def _load_model(path: str | None) -> Any:
     if path is None:
         return None
-    from hsrl.models.text import load_sentence_transformer, resolve_model_path  # lazy: heavy import
+    from hsrl.models.folder import open_model  # lazy: heavy import
 
-    folder = path if Path(path).is_dir() else resolve_model_path(path)  # a Hub id (org/name) too
-    return load_sentence_transformer(folder, device=None)
+    return open_model(path)
 
 
 def _parser() -> OneLineArgumentParser:

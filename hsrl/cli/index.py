@@ -66,7 +66,7 @@ def _parser() -> OneLineArgumentParser:
     search.add_argument("--index", required=True)
     search.add_argument("--vectors", help=".npy of (q, d) unit query rows")
     search.add_argument("--text", action="append", help="a query text (repeatable); needs --model")
-    search.add_argument("--model", help="sentence-transformers model folder for --text")
+    search.add_argument("--model", help="model folder (or packaged name / Hub id) that encodes --text")
     search.add_argument("--k", type=int, default=10)
     search.add_argument("--mmap", action="store_true", help="memory-map the index read-only")
     _search_parameter_flags(search)
@@ -128,12 +128,10 @@ def _query_rows(args: argparse.Namespace, dim: int) -> np.ndarray:
     if args.vectors is not None:
         return load_vectors(args.vectors)[0]
     if not args.model:
-        raise UsageError("hsrl index search: error: --text needs --model (a sentence-transformers folder)")
-    from hsrl.models.text import load_sentence_transformer, resolve_model_path  # lazy: heavy, text queries only
+        raise UsageError("hsrl index search: error: --text needs --model (a model folder that encodes text)")
+    from hsrl.models.folder import open_model  # lazy: heavy, text queries only
 
-    folder = args.model if Path(args.model).is_dir() else resolve_model_path(args.model)  # a Hub id too
-    model = load_sentence_transformer(folder, device="cpu")
-    return model.encode(args.text, normalize_embeddings=True, convert_to_numpy=True)
+    return open_model(args.model, device="cpu").encode(args.text, modality="text")
 
 
 def _cmd_search(args: argparse.Namespace) -> int:

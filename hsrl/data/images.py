@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import gzip
 import math
 import os
@@ -389,10 +390,11 @@ def _grey(x: Tensor) -> Tensor:
 
 
 def eval_transform(config: AugmentConfig) -> Callable[[Tensor], Tensor]:
-    """The evaluation view: resize the shorter side to ``eval_resize``, centre crop ``size`` (uint8 out)."""
-    from torchvision.transforms import v2 as T
+    """The evaluation view: resize the shorter side to ``eval_resize``, centre crop ``size`` (uint8 out); the
+    model's own :func:`hsrl.models.image.eval_view`, which export and the service apply too."""
+    from hsrl.models.image import eval_view
 
-    return T.Compose([T.Resize(config.eval_resize, antialias=True), T.CenterCrop(config.size)])
+    return functools.partial(eval_view, resize=config.eval_resize, size=config.size)
 
 
 # --------------------------------------------------------------------------- sources

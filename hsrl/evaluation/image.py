@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -350,19 +349,15 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def open_image_model(name: str, map_location: str | torch.device = "cpu") -> ImageEncoder:
-    """An image encoder from a local folder or a Hub id (``org/name``), as ``hsrl.models.text.resolve_model_path``
-    takes text models: a path that exists, or a name that is not ``org/name``, is a folder
-    (:func:`hsrl.models.image.load`); otherwise ``org/name`` goes through :meth:`ImageEncoder.from_pretrained`
-    (the Hugging Face cache, downloading first unless the user set ``HF_HUB_OFFLINE=1``, read when called).
+    """The image encoder of a model folder, packaged name or Hub id (``org/name``; offline: the local cache),
+    opened by :func:`hsrl.models.folder.open_model` like every other command opens a model.
 
     Raises:
-        ValueError: one line saying what is missing and what to do instead (``FileNotFoundError`` from
-            :func:`~hsrl.models.image.load` for a folder without weights, as before).
+        ValueError: one line saying what is missing, or that the folder holds another kind of model.
     """
-    from hsrl.hub import hub_model_errors, looks_like_hub_id
-    from hsrl.models.image import load
+    from hsrl.models.folder import open_model
 
-    if Path(name).exists() or not looks_like_hub_id(name):
-        return load(name, map_location=map_location)  # a folder; a missing one is load's "not an hsrl image model"
-    with hub_model_errors(name) as offline:
-        return ImageEncoder.from_pretrained(name, local_files_only=offline, map_location=str(map_location))
+    encoder = open_model(name, device=str(map_location))
+    if encoder.kind != "image":
+        raise ValueError(f"model {name} is a {encoder.kind} model; hsrl eval image needs an image model")
+    return encoder.module

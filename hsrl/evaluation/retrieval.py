@@ -260,9 +260,10 @@ def read_qrels(path: str | Path) -> dict[str, set[str]]:
 
 
 def embed_items(items: Items, model: Any, batch_size: int) -> np.ndarray:
-    """The items' rows: their exported embeddings, or ``model.encode`` of their texts (unit rows)."""
+    """The items' rows: their exported embeddings, or ``model.encode`` of their texts (an opened model folder,
+    :func:`hsrl.models.folder.open_model`; unit rows)."""
     if items.embeddings is not None:
         return items.embeddings
     if model is None:
-        raise ValueError("text queries or corpus need --model (a sentence-transformers folder)")
-    return model.encode(items.texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+        raise ValueError("text queries or corpus need --model (a model folder that encodes text)")
+    return model.encode(items.texts, modality="text", batch_size=batch_size)

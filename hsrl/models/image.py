@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
@@ -58,8 +59,10 @@ __all__ = [
     "Normalize",
     "ResNetEncoder",
     "SmallAlexNet",
+    "SmallCNN",
     "SmallResNet",
     "build_encoder",
+    "eval_view",
     "headline_layers",
     "load",
     "load_preprocess",
@@ -67,6 +70,7 @@ __all__ = [
     "resnet50",
     "save",
     "small_alexnet",
+    "small_cnn",
     "small_resnet",
 ]
 
@@ -86,6 +90,36 @@ class ImagePreprocess:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     resize: int
+
+    def to_array(self, image: Any) -> np.ndarray:
+        """An image file path or PIL image as the encoder's uint8 ``(channels, size, size)`` input: converted to
+        ``channels``, then :func:`eval_view` (export, the service and ``open_model`` all call this).
+
+        Raises:
+            ValueError: the file is not a readable image.
+        """
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            if isinstance(image, str | os.PathLike):
+                with Image.open(image) as opened:
+                    picture = opened.convert("L" if self.channels == 1 else "RGB")
+            else:
+                picture = image.convert("L" if self.channels == 1 else "RGB")
+        except (UnidentifiedImageError, OSError) as error:
+            raise ValueError(f"image {image}: not a readable image ({error})") from None
+        array = np.asarray(picture, dtype=np.uint8)
+        pixels = torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy())
+        return np.ascontiguousarray(eval_view(pixels, self.resize, self.size).numpy())
+
+
+def eval_view(images: Tensor, resize: int, size: int) -> Tensor:
+    """The evaluation view of uint8 ``(..., C, H, W)`` images: the shorter side resized to ``resize`` (bilinear,
+    antialiased), then a centre crop of ``size``. The one definition training-time evaluation
+    (:func:`hsrl.data.images.eval_transform`), export and serving share."""
+    from torchvision.transforms.v2 import functional as TF
+
+    return TF.center_crop(TF.resize(images, [resize], antialias=True), [size, size])
 
 
 class Normalize(nn.Module):
@@ -377,6 +411,69 @@ class ResNetEncoder(ImageEncoder):
         return taps
 
 
+# --------------------------------------------------------------------------- a small CNN for 28 px images
+
+
+class SmallCNN(ImageEncoder):
+    """Two conv blocks and a two-layer head for small greyscale images on a CPU: the quick start's encoder and the
+    one every ``hsrl reproduce`` experiment trains.
+
+    Args:
+        in_channels: 1 (greyscale) or 3.
+        image_size: input side (28 for Fashion-MNIST); a multiple of 4.
+        dim: output dimension.
+        width: channels of the first conv (the second has twice as many).
+        hidden: width of the head's hidden layer.
+        downsample: ``"pool"``: 3×3 convs each followed by a 2×2 max-pool (the quick start);
+            ``"stride"``: 3×3 stride-2 convs, about 4× cheaper (reproduce's sweeps).
+        mean, std: per-channel statistics for :class:`Normalize` (default 0 and 1: pixels in [0, 1]).
+        resize: evaluation resize before the centre crop.
+    """
+
+    layers = ("features", "output")
+    architecture = "small_cnn"
+
+    def __init__(
+        self, in_channels: int = 1, image_size: int = 28, dim: int = 64, width: int = 32, hidden: int = 256,
+        downsample: str = "pool", mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
+        resize: int | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        if downsample not in ("pool", "stride"):
+            raise ValueError(f"downsample must be pool or stride, got {downsample!r}")
+        if image_size % 4:
+            raise ValueError(f"small_cnn needs an image side divisible by 4, got {image_size}")
+        mean = (0.0,) * in_channels if mean is None else mean
+        std = (1.0,) * in_channels if std is None else std
+        self.config = {
+            **_common_config(in_channels, image_size, dim, mean, std, resize),
+            "width": width, "hidden": hidden, "downsample": downsample,
+        }  # fmt: skip
+        self.normalize = Normalize(tuple(self.config["mean"]), tuple(self.config["std"]))
+
+        def block(cin: int, cout: int) -> list[nn.Module]:
+            if downsample == "stride":
+                return [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+            return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)]
+
+        side = image_size // 4
+        self.features = nn.Sequential(
+            *block(in_channels, width), *block(width, 2 * width),
+            nn.Flatten(), nn.Linear(2 * width * side * side, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+        )  # fmt: skip
+        self.head = nn.Linear(hidden, dim)
+
+    def forward_taps(self, x: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:
+        """``features``: the head's ``hidden``-wide input; ``output``: the L2-normalised embedding."""
+        for layer in layers:
+            self._check_layer(layer)
+        features = self.features(self.normalize(x))
+        taps = {"features": features} if "features" in layers else {}
+        if "output" in layers:
+            taps["output"] = F.normalize(self.head(features), dim=1)
+        return taps
+
+
 # --------------------------------------------------------------------------- builders, save and load
 
 
@@ -496,6 +593,10 @@ def small_alexnet(**kwargs: Any) -> SmallAlexNet:
     return SmallAlexNet(**kwargs)
 
 
+def small_cnn(**kwargs: Any) -> SmallCNN:
+    return SmallCNN(**kwargs)
+
+
 def resnet18(**kwargs: Any) -> ResNetEncoder:
     return ResNetEncoder(depth=18, **kwargs)
 
@@ -507,6 +608,7 @@ def resnet50(**kwargs: Any) -> ResNetEncoder:
 ENCODERS: dict[str, Callable[..., ImageEncoder]] = {
     "small_alexnet": small_alexnet,
     "small_resnet": small_resnet,
+    "small_cnn": small_cnn,
     "resnet18": resnet18,
     "resnet50": resnet50,
 }
@@ -515,6 +617,7 @@ ENCODERS: dict[str, Callable[..., ImageEncoder]] = {
 DEFAULT_EVAL_LAYERS: dict[str, tuple[str, str]] = {
     "small_alexnet": ("fc7", "output"),
     "small_resnet": ("stage2", "stage2"),
+    "small_cnn": ("features", "output"),
     "resnet18": ("pool", "output"),
     "resnet50": ("pool", "output"),
 }

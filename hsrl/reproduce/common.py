@@ -4,7 +4,7 @@ A *run* is one training of the small CNN with one objective. It lives in its own
 ``RUNS/<name>-<key>``, where ``key`` hashes everything that defines the run (objective, budget, seed,
 starting weights, evaluation sizes): changing a setting starts a new run instead of reusing a stale one.
 Inside, :func:`hsrl.training.fit` keeps its checkpoints (an interrupted run resumes from the latest) and a
-finished run leaves ``metrics.json`` (written atomically) plus ``model.safetensors``. A run whose
+finished run leaves ``metrics.json`` (written atomically) plus ``model/``, an hsrl image model folder. A run whose
 ``metrics.json`` exists is skipped: its numbers are read back and, where a figure needs features, its
 weights are reloaded.
 
@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
@@ -39,9 +39,13 @@ from hsrl.data.images import ImageSplit, random_views, read_fashion_mnist
 from hsrl.evaluation.knn import knn_accuracy
 from hsrl.losses import HypersphereLoss
 from hsrl.metrics import alignment, uniformity
+from hsrl.models.folder import save_model
+from hsrl.models.image import SmallCNN
+from hsrl.models.image import load as load_image_model
 from hsrl.training import TrainConfig, fit, make_dataloader, training_session
 
 __all__ = [
+    "MODEL_FOLDER",
     "SUPERVISED",
     "UNTRAINED",
     "Context",
@@ -50,12 +54,12 @@ __all__ = [
     "ImageBudget",
     "RunOutcome",
     "RunSpec",
-    "SmallConvEncoder",
     "embed",
     "evaluate_encoder",
     "fashion_mnist",
-    "load_encoder",
+    "load_run_encoder",
     "run_folder",
+    "small_encoder",
     "train_run",
     "write_csv",
     "write_report",
@@ -67,6 +71,8 @@ SUPERVISED = "supervised"
 UNTRAINED = "none"
 #: Fashion-MNIST's pixel mean and standard deviation in [0, 1]; the encoder standardises with them.
 _MEAN, _STD = 0.2860, 0.3530
+#: a finished run's model folder inside its run folder (``hsrl export --model RUN/model`` opens it)
+MODEL_FOLDER = "model"
 #: Runs trained in this process (the tests read it to prove that finished runs are skipped).
 TRAINED_RUNS: list[str] = []
 
@@ -159,33 +165,21 @@ def fashion_mnist() -> tuple[ImageSplit, ImageSplit]:
     return _read_both(folder)
 
 
-class SmallConvEncoder(nn.Module):
-    """Two stride-2 convolutions and a two-layer head; L2-normalised ``dim``-d output.
+def small_encoder(budget: ImageBudget) -> SmallCNN:
+    """The experiments' encoder: :class:`hsrl.models.image.SmallCNN` with stride-2 convolutions, widths
+    ``width``/``2·width``, a 128-wide hidden layer and Fashion-MNIST's pixel statistics.
 
     Small on purpose (about 0.2 M multiply-adds per image): a sweep of 16 runs must fit in minutes on
-    two CPU cores. Strided convolutions instead of pooling keep it cheap at 28 × 28.
+    two CPU cores. Strided convolutions instead of pooling keep it cheap at 28 × 28. Its folder is an hsrl image
+    model folder, so every ``hsrl`` command opens it.
     """
-
-    def __init__(self, dim: int, width: int = 16) -> None:
-        super().__init__()
-        self.dim, self.width = dim, width
-        self.features = nn.Sequential(
-            nn.Conv2d(1, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
-            nn.Flatten(), nn.Linear(2 * width * 7 * 7, 128), nn.BatchNorm1d(128), nn.ReLU(),
-        )  # fmt: skip
-        self.head = nn.Linear(128, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.dtype == torch.uint8:
-            x = x.float() / 255.0
-        return F.normalize(self.head(self.features((x - _MEAN) / _STD)), dim=1)
+    return SmallCNN(dim=budget.dim, width=budget.width, hidden=128, downsample="stride", mean=(_MEAN,), std=(_STD,))
 
 
 class _SupervisedNet(nn.Module):
     """The encoder with a linear classifier on its normalised features (the paper's supervised baseline)."""
 
-    def __init__(self, encoder: SmallConvEncoder, classes: int = 10) -> None:
+    def __init__(self, encoder: SmallCNN, classes: int = 10) -> None:
         super().__init__()
         self.encoder = encoder
         self.classifier = nn.Linear(encoder.dim, classes)
@@ -229,10 +223,17 @@ def embed(model: nn.Module, images: Tensor, device: torch.device, batch: int = 2
     return torch.cat(parts)
 
 
-def load_encoder(folder: Path, budget: ImageBudget, device: torch.device) -> SmallConvEncoder:
-    """The encoder a finished run saved in ``folder/model.safetensors``."""
-    encoder = SmallConvEncoder(budget.dim, budget.width)
-    encoder.load_state_dict(load_file(str(folder / "model.safetensors")))
+def load_run_encoder(folder: Path, budget: ImageBudget, device: torch.device) -> SmallCNN:
+    """The encoder a finished run saved in ``folder/model`` (an hsrl image model folder).
+
+    Runs finished before the folder contract kept only ``folder/model.safetensors`` (the same layers, without the
+    normalisation's constant buffers); they are read too, so their training is not repeated.
+    """
+    if (folder / MODEL_FOLDER).is_dir():
+        return load_image_model(folder / MODEL_FOLDER, map_location=device).train()
+    encoder = small_encoder(budget)
+    weights = {**encoder.normalize.state_dict(prefix="normalize."), **load_file(str(folder / "model.safetensors"))}
+    encoder.load_state_dict(weights)
     return encoder.to(device)
 
 
@@ -291,12 +292,12 @@ def run_folder(spec: RunSpec, ctx: Context) -> Path:
     return ctx.runs_dir / f"{spec.name}-{spec.key()}"
 
 
-def _build(spec: RunSpec, ctx: Context) -> tuple[nn.Module, SmallConvEncoder, Callable[..., Tensor], Callable]:
+def _build(spec: RunSpec, ctx: Context) -> tuple[nn.Module, SmallCNN, Callable[..., Tensor], Callable]:
     """The model fit trains, the encoder inside it, the loss, and how a batch becomes two embeddings."""
     torch.manual_seed(spec.seed)  # the same seed gives the same initial weights
-    encoder = SmallConvEncoder(spec.budget.dim, spec.budget.width)
+    encoder = small_encoder(spec.budget)
     if spec.init_from is not None:
-        encoder.load_state_dict(load_file(str(Path(spec.init_from) / "model.safetensors")))
+        encoder.load_state_dict(load_run_encoder(Path(spec.init_from), spec.budget, torch.device("cpu")).state_dict())
     if spec.objective == UNTRAINED:
         return encoder, encoder, lambda x, y: x.sum() * 0, _two_views  # never trained: steps = 0
     if spec.objective != SUPERVISED:
@@ -311,7 +312,7 @@ def _build(spec: RunSpec, ctx: Context) -> tuple[nn.Module, SmallConvEncoder, Ca
     return net, encoder, objective, encode
 
 
-def _fit_until(spec: RunSpec, ctx: Context, folder: Path, steps: int) -> SmallConvEncoder:
+def _fit_until(spec: RunSpec, ctx: Context, folder: Path, steps: int) -> SmallCNN:
     """Train (or resume) the run up to ``steps`` optimizer steps; return its encoder."""
     budget = spec.budget
     config = TrainConfig(
@@ -340,10 +341,8 @@ def _fit_until(spec: RunSpec, ctx: Context, folder: Path, steps: int) -> SmallCo
     return encoder
 
 
-def _save_model(encoder: SmallConvEncoder, folder: Path) -> None:
-    tmp = folder / ".model.safetensors.tmp"
-    save_file({k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}, str(tmp))
-    os.replace(tmp, folder / "model.safetensors")
+def _save_model(encoder: SmallCNN, folder: Path) -> None:
+    save_model(encoder, folder / MODEL_FOLDER)  # atomic: a temporary folder renamed into place
 
 
 def train_run(spec: RunSpec, ctx: Context, *, keep_features: bool = False) -> RunOutcome:
@@ -351,7 +350,7 @@ def train_run(spec: RunSpec, ctx: Context, *, keep_features: bool = False) -> Ru
 
     A run with ``steps = 0`` is the randomly initialised encoder (evaluated, never trained).
     ``keep_features`` keeps the evaluation's features in ``outcome.evaluation`` (only when this call
-    trained the run; a skipped run's caller reloads the encoder with :func:`load_encoder`).
+    trained the run; a skipped run's caller reloads the encoder with :func:`load_run_encoder`).
     """
     folder = run_folder(spec, ctx)
     metrics_path = folder / "metrics.json"
@@ -386,9 +385,7 @@ def train_run(spec: RunSpec, ctx: Context, *, keep_features: bool = False) -> Ru
     return RunOutcome(spec, folder, metrics, True, trajectory, evaluation if keep_features else None)
 
 
-def _train_with_trajectory(
-    spec: RunSpec, ctx: Context, folder: Path
-) -> tuple[list[dict[str, float]], SmallConvEncoder | None]:
+def _train_with_trajectory(spec: RunSpec, ctx: Context, folder: Path) -> tuple[list[dict[str, float]], SmallCNN | None]:
     """Train in segments of ``eval_every`` steps, evaluating after each (and at step 0).
 
     Each evaluation is appended to ``trajectory.json`` atomically, and each segment ends with a
@@ -403,7 +400,7 @@ def _train_with_trajectory(
         trajectory.append({"step": 0, **evaluate_encoder(start, spec.eval_sizes, ctx.device).metrics()})
         atomic_write_json(path, trajectory)
     ends = [*range(spec.eval_every, spec.budget.steps, spec.eval_every), spec.budget.steps]
-    encoder: SmallConvEncoder | None = None
+    encoder: SmallCNN | None = None
     for end in ends:
         if end <= trajectory[-1]["step"]:
             continue

@@ -33,7 +33,7 @@ from hsrl.reproduce.common import (
     ImageBudget,
     RunSpec,
     evaluate_encoder,
-    load_encoder,
+    load_run_encoder,
     markdown_table,
     train_run,
     write_csv,
@@ -79,7 +79,7 @@ def run(ctx: Context) -> dict[str, object]:
         )
         outcome = train_run(spec, ctx, keep_features=True)
         ev = outcome.evaluation or evaluate_encoder(
-            load_encoder(outcome.folder, budget, ctx.device), settings.eval_sizes, ctx.device, keep_features=True
+            load_run_encoder(outcome.folder, budget, ctx.device), settings.eval_sizes, ctx.device, keep_features=True
         )
         assert ev.features is not None and ev.view1 is not None and ev.view2 is not None and ev.labels is not None
         hist = positive_distance_histogram(ev.view1, ev.view2, bins=settings.bins)

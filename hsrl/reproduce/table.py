@@ -72,7 +72,6 @@ def run(ctx: Context) -> dict[str, object]:
     """Train (or reuse) every (objective, seed) run; write ``table.png``, two CSVs and ``report.md``."""
     settings = QUICK if ctx.quick else FULL
     start = time.perf_counter()
-    text_table.require_recipe()  # say so before the image half trains, not after it
     per_seed, summary = [], []
     for name, objective in ENCODERS:
         budget = settings.budget if objective != UNTRAINED else ImageBudget(**{**settings.budget.__dict__, "steps": 0})

@@ -1,11 +1,12 @@
-"""Text half of the table: ``recipes/bookcorpus.py`` with align/uniform and with contrastive, same budget, seeds.
+"""Text half of the table: the text pipeline with align/uniform and with contrastive, same budget, seeds.
 
-The paper's Table 4 (BookCorpus, Quick-Thought encoders, 7 downstream tasks) finds align/uniform on par with or
-a little ahead of the contrastive objective. Here each (objective, seed) is one run of the text recipe on the
-embedded Austen corpus, fine-tuning the packaged all-MiniLM-L6-v2, and the numbers are the recipe's own held-out
-evaluation on *Persuasion* (never trained on): next-sentence retrieval (recall@1/10, MRR@10 over every sentence
-of the book), book attribution by 5-NN (even chapters → odd ones), and L_align / L_uniform of held-out
-neighbour pairs. The untouched MiniLM is measured in the same runs (the recipe's baseline).
+The paper's Table 4 (BookCorpus, Quick-Thought encoders, 7 downstream tasks) finds align/uniform on par with or a
+little ahead of the contrastive objective. Here each (objective, seed) is one run of the text pipeline
+(:func:`hsrl.pipelines.bookcorpus.run`, what ``recipes/bookcorpus.py`` runs) on the embedded Austen corpus, fine-
+tuning the packaged all-MiniLM-L6-v2, and the numbers are the recipe's own held-out evaluation on *Persuasion*
+(never trained on): next-sentence retrieval (recall@1/10, MRR@10 over every sentence of the book), book attribution
+by 5-NN (even chapters → odd ones), and L_align / L_uniform of held-out neighbour pairs. The untouched MiniLM is
+measured in the same runs (the recipe's baseline).
 
 Runs are found again by a hash of their settings: a finished run (its ``metrics.json`` exists) is read, an
 interrupted one resumes from its last checkpoint (``--resume latest``).
@@ -13,17 +14,14 @@ interrupted one resumes from its last checkpoint (``--resume latest``).
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import importlib.util
 import json
 import math
 import statistics
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import ModuleType
 
+from hsrl.pipelines import bookcorpus
 from hsrl.reproduce.common import TRAINED_RUNS, Context
 
 __all__ = [
@@ -33,8 +31,7 @@ __all__ = [
     "TEXT_METRICS",
     "TextBudget",
     "TextSettings",
-    "recipe_path",
-    "require_recipe",
+    "recipe_arguments",
     "run_text",
 ]
 
@@ -78,47 +75,31 @@ FULL = TextSettings(TextBudget(), (0, 1, 2))
 QUICK = TextSettings(TextBudget(steps=2, batch_size=8, max_seq_length=16, eval_max_sentences=60), (0, 1))
 
 
-def recipe_path() -> Path:
-    """``recipes/bookcorpus.py`` of the checkout this package runs from."""
-    return Path(__file__).resolve().parents[2] / "recipes" / "bookcorpus.py"
-
-
-def require_recipe() -> Path:
-    """The recipe's path, or a one-line ``ValueError`` when this install has no ``recipes/`` (not a checkout)."""
-    path = recipe_path()
-    if not path.is_file():
-        raise ValueError(f"the text table runs the text recipe, which is not at {path}: run from a checkout of hsrl")
-    return path
-
-
-@functools.cache  # imported once, and only when a run is left to train
-def _load_recipe() -> ModuleType:
-    path = require_recipe()
-    spec = importlib.util.spec_from_file_location("hsrl_recipe_bookcorpus", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the recipe is being executed
-    spec.loader.exec_module(module)
-    return module
-
-
 def run_key(objective: str, budget: TextBudget, seed: int) -> str:
     payload = json.dumps({"objective": objective, "budget": asdict(budget), "seed": seed}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:10]
 
 
-def recipe_arguments(objective: str, budget: TextBudget, seed: int, folder: Path, *, cpu: bool) -> list[str]:
-    """The recipe's command line for one run (also printed in the report, so it can be rerun by hand)."""
-    argv = [
-        "--dataset", "austen", "--model", budget.model, "--loss", objective, "--seed", str(seed),
-        "--max-steps", str(budget.steps), "--batch-size", str(budget.batch_size), "--lr", f"{budget.lr:g}",
-        "--max-seq-length", str(budget.max_seq_length), "--checkpoint-every", str(max(1, budget.steps // 2)),
-        "--log-with", "none", "--output-dir", str(folder),
-    ]  # fmt: skip
+def run_settings(objective: str, budget: TextBudget, seed: int, folder: Path, *, cpu: bool) -> dict[str, object]:
+    """The text pipeline's settings for one run (:class:`~hsrl.pipelines.bookcorpus.BookCorpusConfig` fields)."""
+    settings: dict[str, object] = {
+        "dataset": "austen", "model": budget.model, "loss": objective, "seed": seed, "max_steps": budget.steps,
+        "batch_size": budget.batch_size, "lr": budget.lr, "max_seq_length": budget.max_seq_length,
+        "checkpoint_every": max(1, budget.steps // 2), "log_with": "none", "output_dir": str(folder),
+    }  # fmt: skip
     if budget.eval_max_sentences is not None:
-        argv += ["--eval-max-sentences", str(budget.eval_max_sentences)]
+        settings["eval_max_sentences"] = budget.eval_max_sentences
     if cpu:
-        argv.append("--cpu")
+        settings["cpu"] = True
+    return settings
+
+
+def recipe_arguments(objective: str, budget: TextBudget, seed: int, folder: Path, *, cpu: bool) -> list[str]:
+    """The same run as ``recipes/bookcorpus.py`` flags (printed in the report, so it can be rerun by hand)."""
+    argv: list[str] = []
+    for key, value in run_settings(objective, budget, seed, folder, cpu=cpu).items():
+        flag = "--" + key.replace("_", "-")
+        argv += [flag] if value is True else [flag, f"{value:g}" if isinstance(value, float) else str(value)]
     return argv
 
 
@@ -127,11 +108,11 @@ def _train_or_reuse(objective: str, budget: TextBudget, seed: int, ctx: Context)
     folder = ctx.runs_dir / f"text-{family}-seed{seed}-{run_key(objective, budget, seed)}"
     metrics = folder / "metrics.json"
     if not metrics.is_file():
-        argv = recipe_arguments(objective, budget, seed, folder, cpu=ctx.device.type == "cpu")
+        settings = run_settings(objective, budget, seed, folder, cpu=ctx.device.type == "cpu")
         if any((folder / "checkpoints").glob("*")):
-            argv += ["--resume", "latest"]
+            settings["resume"] = "latest"
         ctx.log(f"  text run {folder.name}: training ({budget.steps} steps)")
-        code = _load_recipe().main(argv)
+        code = bookcorpus.run(bookcorpus.BookCorpusConfig(**settings))
         TRAINED_RUNS.append(folder.name)
         if code != 0 or not metrics.is_file():
             raise ValueError(f"the text recipe failed on {folder} (exit {code}); see the lines above")
@@ -141,7 +122,6 @@ def _train_or_reuse(objective: str, budget: TextBudget, seed: int, ctx: Context)
 def run_text(ctx: Context) -> tuple[list[dict[str, object]], list[dict[str, object]], TextSettings]:
     """Train (or reuse) every (objective, seed) text run; return (summary rows, per-seed rows, settings)."""
     settings = QUICK if ctx.quick else FULL
-    require_recipe()
     per_seed: list[dict[str, object]] = []
     baselines: list[dict] = []
     for name, objective in TEXT_ENCODERS:

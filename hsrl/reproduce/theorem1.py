@@ -53,7 +53,7 @@ from hsrl.reproduce.common import (
     embed,
     evaluation_views,
     fashion_mnist,
-    load_encoder,
+    load_run_encoder,
     markdown_table,
     train_run,
     write_csv,
@@ -233,7 +233,7 @@ def run(ctx: Context) -> dict[str, object]:
     settings = QUICK if ctx.quick else FULL
     start = time.perf_counter()
     outcome = train_run(settings.encoder, ctx)
-    encoder = load_encoder(outcome.folder, settings.encoder.budget, ctx.device)
+    encoder = load_run_encoder(outcome.folder, settings.encoder.budget, ctx.device)
     train, test = fashion_mnist()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)  # the pool's views: one fixed sample of p_data

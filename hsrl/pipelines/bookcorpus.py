@@ -1,0 +1,242 @@
+"""The text pipeline: Quick-Thought-style pretraining with the paper's objectives (its Table 4, BookCorpus).
+
+``recipes/bookcorpus.py`` is its command line (``accelerate launch recipes/bookcorpus.py --dataset austen``);
+``hsrl reproduce table`` and the tests call :func:`run` with a :class:`BookCorpusConfig` directly.
+
+A sentence and its neighbouring sentences (within ``--context-size``, never across a
+document) are positive pairs. ``--encoder gru`` is the paper's Quick-Thought encoder: sentences
+are encoded by f and their neighbours by g, and at evaluation a sentence is concat(f, g). The
+``quickthought`` objective trains on unshuffled batches of consecutive sentences instead of
+pairs (each sentence must pick out its neighbours in the batch).
+
+:func:`run` reads top to bottom: data, encoder, baseline evaluation of the starting model,
+``hsrl.training.fit``, evaluation, and the model written as a sentence-transformers folder with
+``OUTPUT/metrics.json``. Every hsrl command opens that folder (:func:`hsrl.models.folder.open_model`);
+``SentenceTransformer(OUTPUT/model)`` does too (a GRU model needs ``trust_remote_code=True``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from hsrl.checkpoints import atomic_write_json
+from hsrl.configuration import config_to_dict
+from hsrl.data.text import SentenceCorpus, SentencePairDataset, austen_splits
+from hsrl.data.text_sources import BookCorpusPairs, load_documents
+from hsrl.evaluation.text import (
+    eval_set_name,
+    evaluate_text_encoder,
+    format_comparison,
+    format_summary,
+    load_eval_documents,
+    summary_block,
+)
+from hsrl.hub import publish_run, push_to_hub_field
+from hsrl.losses import HypersphereLoss
+from hsrl.models.folder import save_model
+from hsrl.models.quickthought import (
+    ConsecutiveSentenceDataset,
+    build_gru_encoder,
+    consecutive_collate,
+    consecutive_encoder,
+    gru_pair_collate,
+    gru_pair_encoder,
+    load_encoder,
+)
+from hsrl.models.text import (
+    ScratchConfig,
+    build_text_encoder,
+    pair_collate,
+    pair_encoder,
+    save_text_encoder,
+    set_dropout,
+)
+from hsrl.training import TrainConfig, TrainingDivergedError, fit, make_dataloader, training_session
+
+#: Streamed sentences a from-scratch tokenizer is trained on when the data is BookCorpus.
+TOKENIZER_SAMPLE = 200_000
+
+
+@dataclass
+class BookCorpusConfig(TrainConfig):
+    """Quick-Thought-style pretraining of a text encoder with align/uniform or contrastive losses."""
+
+    dataset: str = field(default="bookcorpus", metadata={"help": "bookcorpus (streamed), austen (embedded) or a path"})
+    encoder: Literal["transformer", "gru"] = field(
+        default="transformer", metadata={"help": "transformer, or gru: the paper's Quick-Thought encoder (f and g)"}
+    )
+    model: str | None = field(
+        default=None, metadata={"help": "starting checkpoint: minilm (packaged), a folder, or none = from scratch"}
+    )
+    gru_dim: int = field(
+        default=1200, metadata={"help": "gru: width of each of f and g (paper: 1200); evaluation uses both"}
+    )
+    gru_embedding_dim: int = field(default=300, metadata={"help": "gru: word-embedding width"})
+    loss: str = field(
+        default="align:0.9,alpha=2 + uniform:0.1,t=5",
+        metadata={"help": "objective as the paper writes it (default: its BookCorpus setting, Table 4)"},
+    )
+    context_size: int = field(default=1, metadata={"help": "neighbours within this many sentences are positives"})
+    pairs: Literal["shuffled", "same-book", "consecutive"] = field(
+        default="shuffled",
+        metadata={"help": "shuffled pairs; same-book: every batch from one book (harder negatives); or batches "
+                          "of consecutive sentences (the paper's)"},
+    )  # fmt: skip
+    pooling: Literal["mean", "cls"] = field(default="mean", metadata={"help": "token pooling (new encoders)"})
+    projection_dim: int | None = field(default=None, metadata={"help": "add a linear projection head"})
+    max_seq_length: int = field(default=64, metadata={"help": "truncate sentences to this many tokens"})
+    scratch_layers: int = field(default=4, metadata={"help": "from scratch: transformer layers"})
+    scratch_hidden: int = field(default=256, metadata={"help": "from scratch: hidden size"})
+    vocab_size: int = field(default=8000, metadata={"help": "from scratch: WordPiece vocabulary size"})
+    eval_max_sentences: int | None = field(
+        default=None, metadata={"help": "evaluate on the first N held-out sentences"}
+    )
+    eval_dataset: str = field(
+        default="factbook",
+        metadata={"help": "other evaluation sets, comma-separated: factbook (embedded, another domain), a path, "
+                          "or none"},
+    )  # fmt: skip
+    dropout: float | None = field(
+        default=None, metadata={"help": "set every dropout probability of the encoder (default: the model's own)"}
+    )
+    optimizer: Literal["sgd", "adam", "adamw"] = field(default="adam", metadata={"help": "optimizer (paper: Adam)"})
+    lr: float = field(default=5e-4, metadata={"help": "learning rate (paper: 5e-4)"})
+    batch_size: int = field(default=400, metadata={"help": "pairs per process and step (paper: 400)"})
+    max_grad_norm: float | None = field(default=1.0, metadata={"help": "clip gradients to this norm"})
+    push_to_hub: str | None = push_to_hub_field()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.context_size < 1 or self.max_seq_length < 8:
+            raise ValueError("--context-size must be >= 1 and --max-seq-length >= 8")
+        if self.model is not None and self.model.lower() == "none":
+            self.model = None
+        if self.encoder == "gru" and (self.model is not None or self.gru_dim < 2 or self.gru_dim % 2):
+            raise ValueError("--encoder gru trains from scratch (no --model) and needs an even --gru-dim >= 2")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.pairs == "same-book" and self.dataset == "bookcorpus":
+            raise ValueError("--pairs same-book needs documents with book ids; the hub's BookCorpus has none")
+        if self.cache_chunk_size and (self.encoder == "gru" or self.pairs == "consecutive"):
+            raise ValueError("--cache-chunk-size works with --encoder transformer on shuffled pairs; the GRU and "
+                             "consecutive batches are not split into chunks")  # fmt: skip
+
+
+def run(config: BookCorpusConfig) -> int:
+    """Train, evaluate against the starting model, and save; the exit status (0, 1 diverged, 2 bad input)."""
+    output = Path(config.output_dir)
+    try:
+        loss = HypersphereLoss(config.loss)
+        # The Quick-Thought objective scores each sentence against a batch of consecutive
+        # sentences, so its views are f(s) and g(s) of the same sentences, not neighbour pairs.
+        names = {term.name for term in loss.objective}
+        consecutive = "quickthought" in names
+        if consecutive and names & {"align", "contrastive"}:
+            raise ValueError("--loss: quickthought trains on consecutive batches (x = f(s), y = g(s) of the same "
+                             "sentences); combine it only with uniform")  # fmt: skip
+        if consecutive and config.cache_chunk_size:
+            raise ValueError("--cache-chunk-size: the quickthought objective trains on consecutive batches, which "
+                             "are not split into chunks; drop --cache-chunk-size")  # fmt: skip
+        eval_names = [n.strip() for n in config.eval_dataset.split(",") if n.strip() and n.strip() != "none"]
+        eval_sets = {eval_set_name(name): load_eval_documents(name) for name in eval_names}
+        if config.dataset == "bookcorpus":
+            train_pairs = BookCorpusPairs()  # in corpus order: its first sentences are consecutive too
+            # A from-scratch tokenizer learns its vocabulary from the start of the stream.
+            train_sentences = [a for a, _ in itertools.islice(train_pairs, TOKENIZER_SAMPLE)]
+            _, heldout = austen_splits()  # BookCorpus has no held-out split: evaluate on Persuasion
+        else:
+            train_docs, heldout = load_documents(config.dataset)
+            train_sentences = SentenceCorpus.from_documents(train_docs).sentences
+            if consecutive:
+                train_pairs = ConsecutiveSentenceDataset(train_sentences)
+            else:
+                train_pairs = SentencePairDataset.from_documents(train_docs, context_size=config.context_size)
+            if len(train_pairs) == 0:
+                raise ValueError(f"--dataset {config.dataset}: no neighbour pairs in the training documents")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    with training_session(config) as accelerator:
+        scratch = ScratchConfig(config.scratch_layers, config.scratch_hidden, max(1, config.scratch_hidden // 64),
+                                4 * config.scratch_hidden, config.vocab_size, config.max_seq_length)  # fmt: skip
+        try:
+            start = config.model
+            if config.encoder == "gru":  # the main process trains the tokenizer and draws the weights once
+                start = str(output / "gru-init")
+                if accelerator.is_main_process:
+                    gru = build_gru_encoder(
+                        train_sentences, vocab_size=config.vocab_size, embedding_dim=config.gru_embedding_dim,
+                        hidden_dim=config.gru_dim, max_seq_length=config.max_seq_length,
+                        workdir=output / "gru-tokenizer",
+                    )  # fmt: skip
+                    save_text_encoder(gru, start)
+                accelerator.wait_for_everyone()
+            elif start is None:  # the main process trains the tokenizer and draws the weights once
+                start = str(output / "scratch-init")
+                if accelerator.is_main_process:
+                    build_text_encoder(None, sentences=train_sentences, scratch=scratch, workdir=start,
+                                       max_seq_length=config.max_seq_length)  # fmt: skip
+                accelerator.wait_for_everyone()
+            if config.encoder == "gru":
+                encoder = load_encoder(start, device=str(accelerator.device))
+            else:
+                encoder = build_text_encoder(
+                    start, pooling=config.pooling, projection_dim=config.projection_dim,
+                    max_seq_length=config.max_seq_length, device=str(accelerator.device),
+                )  # fmt: skip
+        except (ValueError, OSError) as error:
+            accelerator.print(f"error: {error}")
+            return 2
+        if config.dropout is not None:
+            set_dropout(encoder, config.dropout)
+
+        evaluate = dict(attribution=config.dataset == "austen", max_sentences=config.eval_max_sentences,
+                        eval_sets=eval_sets)  # fmt: skip
+        baseline = None
+        if accelerator.is_main_process and not config.resume:
+            baseline = evaluate_text_encoder(encoder, heldout, **evaluate)
+            atomic_write_json(output / "baseline_metrics.json", baseline)
+        accelerator.wait_for_everyone()
+
+        if consecutive:  # unshuffled: each batch is one run of consecutive sentences
+            collate, encode = consecutive_collate(encoder), consecutive_encoder(encoder)
+        elif config.encoder == "gru":  # x = f(sentence), y = g(neighbour)
+            collate, encode = gru_pair_collate(encoder), gru_pair_encoder(encoder)
+        else:
+            collate, encode = pair_collate(encoder), pair_encoder(encoder)
+        groups = getattr(train_pairs, "groups", None) if config.pairs == "same-book" else None
+        loader = make_dataloader(train_pairs, config, collate_fn=collate, groups=groups,
+                                 shuffle=config.pairs != "consecutive" and not consecutive)  # fmt: skip
+        try:
+            result = fit(encoder, loss, loader, config, accelerator=accelerator, encode=encode)
+        except (TrainingDivergedError, ValueError) as error:
+            accelerator.print(f"error: {error}")
+            return 1
+
+        if accelerator.is_main_process:
+            if baseline is None and (output / "baseline_metrics.json").is_file():
+                baseline = json.loads((output / "baseline_metrics.json").read_text())
+            trained = evaluate_text_encoder(result.model, heldout, **evaluate)
+            save_model(result.model, output / "model")  # every hsrl command opens it
+            summary = summary_block(baseline, trained, list(eval_sets), steps=result.steps,
+                                    train_seconds=result.train_seconds)  # fmt: skip
+            atomic_write_json(output / "metrics.json", {
+                "summary": summary, "baseline": baseline, "trained": trained, "steps": result.steps,
+                "final_loss": result.last_loss, "config": config_to_dict(config),
+            })  # fmt: skip
+            start_name = config.model or ("random init (gru)" if config.encoder == "gru" else "random init")
+            if baseline:
+                print(format_comparison(baseline, trained, (f"start ({start_name})", f"after {result.steps} steps")))
+            print(format_summary(summary))
+            print(f"model: {output / 'model'} (SentenceTransformer-compatible); metrics: {output / 'metrics.json'}")
+            if config.encoder == "gru":
+                print("open it with hsrl.models.quickthought.load_encoder(path) "
+                      "or SentenceTransformer(path, trust_remote_code=True)")  # fmt: skip
+            return publish_run(output, kind="text", push_to_hub=config.push_to_hub)  # card; upload if asked
+    return 0

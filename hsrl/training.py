@@ -2,7 +2,7 @@
 
 A recipe builds its data, its encoder and its loss, then calls :func:`fit`::
 
-    config = parse_config(MyConfig)              # a TrainConfig subclass
+    config = parse_config(MyConfig)              # a TrainConfig subclass; hsrl.cli.config.parse_config
     with training_session(config) as accelerator:
         loader = make_dataloader(dataset, config)
         model = build_model(...)
@@ -10,8 +10,10 @@ A recipe builds its data, its encoder and its loss, then calls :func:`fit`::
 
 The Accelerator owns devices, processes and mixed precision; the loop owns the
 science: the two views are encoded, gathered from every process *with gradients*
-(so the loss sees the global batch, as in the paper's single-process runs), and
-the loss, its parts and the alignment/uniformity of the batch are logged.
+(so the loss sees the global batch, as in the paper's single-process runs), each
+process computes its rows' share of the loss (the shares add up to the loss and
+its gradients), and the loss, its parts and the alignment/uniformity of the batch
+are logged.
 
 Resuming is exact: checkpoints hold the model, optimizer, LR schedule and every
 random state, and the position inside the epoch. The sampler's order depends
@@ -772,8 +774,3 @@ def _loss_terms(
         return dict(zip(names, summed, strict=True)), shares["loss"] * processes
     terms = loss_fn.terms(x, y) if hasattr(loss_fn, "terms") else {"loss": loss_fn(x, y)}
     return {name: value.detach() for name, value in terms.items()}, terms["loss"]
-
-
-def write_run_metrics(path: str | os.PathLike[str], metrics: Mapping[str, Any]) -> None:
-    """Write ``metrics.json`` atomically (the file downstream tools read)."""
-    atomic_write_json(path, dict(metrics))

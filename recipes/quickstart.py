@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from hsrl.checkpoints import atomic_write_json
 from hsrl.cli.config import parse_config
 from hsrl.configuration import config_to_dict
 from hsrl.data.images import random_views, read_fashion_mnist
 from hsrl.evaluation.knn import knn_accuracy
+from hsrl.evaluation.summary import format_summary, write_metrics
 from hsrl.hub import publish_run, push_to_hub_field
 from hsrl.losses import HypersphereLoss
 from hsrl.metrics import alignment, uniformity
@@ -120,10 +120,16 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         if accelerator.is_main_process:
             metrics = {**evaluate(result.model, config), "steps": result.steps, "final_loss": result.last_loss}
+            summary = {  # the key scheme of every recipe (hsrl.evaluation.summary)
+                "knn5": metrics["knn5_accuracy"], "random_encoder_knn5": metrics["knn5_accuracy_random_encoder"],
+                "raw_pixels_knn5": metrics["knn5_accuracy_raw_pixels"], "align": metrics["alignment_test_views"],
+                "uniform": metrics["uniformity_test"], "steps": float(result.steps),
+                "train_seconds": round(result.train_seconds, 1),
+            }  # fmt: skip
             save_model(result.model, Path(config.output_dir) / "model")  # every hsrl command opens it
-            atomic_write_json(Path(config.output_dir) / "metrics.json", {**metrics, "config": config_to_dict(config)})
-            for name, value in metrics.items():
-                print(f"{name:32s} {value:.4f}")
+            write_metrics(Path(config.output_dir) / "metrics.json",
+                          {**metrics, "summary": summary, "config": config_to_dict(config)})  # fmt: skip
+            print(format_summary(summary))
             return publish_run(
                 config.output_dir,
                 kind="image",

@@ -35,11 +35,12 @@ from typing import Literal
 from hsrl.cli.config import parse_config
 from hsrl.configuration import config_to_dict
 from hsrl.data.images import augment_defaults, dataset_kind, make_view_loader, open_images, two_view_dataset
-from hsrl.evaluation.image import evaluate_image_encoder, format_image_summary, format_report, image_summary
+from hsrl.evaluation.image import evaluate_image_encoder, format_report, image_summary
+from hsrl.evaluation.summary import format_summary, write_metrics
 from hsrl.hub import publish_run, push_to_hub_field
 from hsrl.losses import HypersphereLoss
 from hsrl.models.image import DEFAULT_EVAL_LAYERS, build_encoder, headline_layers, save
-from hsrl.training import TrainConfig, TrainingDivergedError, fit, training_session, write_run_metrics
+from hsrl.training import TrainConfig, TrainingDivergedError, fit, training_session
 
 #: Settings by preset; a field the command line leaves unset (None) takes the preset's value.
 PRESETS: dict[str, dict[str, object]] = {
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                     channels=config.channels, seed=config.seed, num_workers=min(config.num_workers, 4),
                 )  # fmt: skip
             except (ValueError, FileNotFoundError) as error:
-                write_run_metrics(output / "metrics.json", {**metrics, "config": config_to_dict(config)})
+                write_metrics(output / "metrics.json", {**metrics, "config": config_to_dict(config)})
                 print(f"error: evaluation failed: {error}", file=sys.stderr)
                 return 2
             results = report["results"]
@@ -203,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                                     train_seconds=result.train_seconds)  # fmt: skip
             metrics.update({"evaluation": report, "summary": summary})
             print(format_report(report))
-            print(format_image_summary(summary))
-        write_run_metrics(output / "metrics.json", {**metrics, "config": config_to_dict(config)})
+            print(format_summary(summary))
+        write_metrics(output / "metrics.json", {**metrics, "config": config_to_dict(config)})
         print(f"model: {output / 'model'}  metrics: {output / 'metrics.json'}")
         return publish_run(output, kind="image", push_to_hub=config.push_to_hub)
     return 0

@@ -11,14 +11,13 @@ import torch
 from hsrl.cli.eval_image import cli_main
 from hsrl.evaluation.image import (
     evaluate_image_encoder,
-    format_image_summary,
     format_report,
     image_summary,
-    knn_classify,
     summary_metrics,
 )
-from hsrl.evaluation.knn import KNN_PROTOCOLS, knn_predict, knn_vote
+from hsrl.evaluation.knn import KNN_PROTOCOLS, knn_classify, knn_predict, knn_vote
 from hsrl.evaluation.linear import LinearProbeConfig, linear_probe
+from hsrl.evaluation.summary import format_summary
 from hsrl.models.image import save, small_alexnet
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
@@ -126,7 +125,9 @@ def test_report_has_the_model_a_random_encoder_and_raw_pixels() -> None:
     assert summary["random_encoder_knn5"] == results["random_encoder"]["output"]["knn5"]
     assert summary["output_knn5"] == summary["knn5"] and summary["steps"] == 7 and summary["train_seconds"] == 1.2
     assert summary["align"] == results["pretrained"]["alignment"]
-    assert "| random_encoder_knn5 |" in format_image_summary(summary)
+    table = format_summary(summary)
+    assert "| summary | random encoder | raw pixels | trained | change |" in table
+    assert f"| knn5 | {summary['random_encoder_knn5']:.4f} | {summary['raw_pixels_knn5']:.4f} | " in table
     assert "random_encoder   fc7" in format_report(report)
 
 

@@ -66,6 +66,10 @@ def test_quickstart_trains_evaluates_and_saves(quickstart_run: Path) -> None:
     for key in ("knn5_accuracy", "knn5_accuracy_random_encoder", "knn5_accuracy_raw_pixels"):
         assert 0.1 < metrics[key] <= 1.0  # ten classes: far above chance even untrained
     assert 0 <= metrics["alignment_test_views"] <= 4 and -4 <= metrics["uniformity_test"] <= 0
+    summary = metrics["summary"]  # the shared key scheme: the trained value, and each baseline by prefix
+    assert summary["knn5"] == metrics["knn5_accuracy"] and summary["steps"] == 5
+    assert summary["random_encoder_knn5"] == metrics["knn5_accuracy_random_encoder"]
+    assert summary["raw_pixels_knn5"] == metrics["knn5_accuracy_raw_pixels"]
     assert (quickstart_run / "model" / "model.safetensors").stat().st_size > 0
     checkpoints = sorted(p.name for p in (quickstart_run / "checkpoints").iterdir())
     assert checkpoints == ["step-00000003", "step-00000005"]

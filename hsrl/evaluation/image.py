@@ -38,7 +38,7 @@ from hsrl.data.images import (
     open_images,
     view_transform,
 )
-from hsrl.evaluation.knn import KNN_PROTOCOLS, KNNProtocol, knn_predict, knn_vote
+from hsrl.evaluation.knn import KNN_PROTOCOLS, KNNProtocol, knn_classify
 from hsrl.evaluation.linear import LinearProbeConfig, linear_probe
 from hsrl.metrics import alignment, uniformity
 from hsrl.models.image import DEFAULT_EVAL_LAYERS, ENCODERS, ImageEncoder
@@ -47,66 +47,13 @@ __all__ = [
     "REPRESENTATIONS",
     "evaluate_image_encoder",
     "extract_features",
-    "format_image_summary",
     "format_report",
     "image_summary",
-    "knn_classify",
     "open_image_model",
     "summary_metrics",
 ]
 
 REPRESENTATIONS = ("pretrained", "random_encoder", "raw_pixels")
-
-
-def knn_classify(
-    train: Tensor,
-    train_labels: Tensor,
-    queries: Tensor,
-    *,
-    k: int = 5,
-    backend: str = "auto",
-    temperature: float | None = None,
-) -> tuple[Tensor, str]:
-    r"""k-NN labels of ``queries`` by inner product of L2-normalised rows (:mod:`hsrl.evaluation.knn`'s rules).
-
-    Args:
-        train: ``(N, D)`` features; rows are L2-normalised here.
-        train_labels: ``(N,)`` class indices.
-        queries: ``(M, D)`` features.
-        k: neighbours per query.
-        backend: ``"index"`` (:class:`hsrl.index.VectorIndex`, exact ``Flat``), ``"torch"`` (exact matmul),
-            or ``"auto"``: the index when ``hsrl.index`` is importable.
-        temperature: ``None`` for a majority vote (the paper), else votes weighted by
-            :math:`e^{s/\tau}` (lightly's protocol: ``k=200, temperature=0.1``).
-
-    Returns:
-        ``(predictions (M,), backend used)``.
-    """
-    train = F.normalize(train.flatten(1).float(), dim=1)
-    queries = F.normalize(queries.flatten(1).float(), dim=1)
-    # An all-zero row (a black image, a dead ReLU layer) has no direction: the index only takes unit
-    # rows, so such data goes to the exact torch search, where it simply scores 0 against everything.
-    has_zero_rows = bool((train.abs().sum(1) == 0).any() or (queries.abs().sum(1) == 0).any())
-    if backend == "index" and has_zero_rows:
-        raise ValueError("the index needs unit rows, and some features are all zero")
-    if backend not in ("auto", "index", "torch"):
-        raise ValueError(f"backend must be auto, index or torch, got {backend!r}")
-    if backend != "torch" and not has_zero_rows:
-        try:
-            from hsrl.index import VectorIndex
-        except ImportError:
-            if backend == "index":
-                raise
-        else:
-            index = VectorIndex.create(train.shape[1], factory="Flat")
-            index.add(train.cpu().numpy(), torch.arange(train.shape[0]).numpy())
-            scores, ids = index.search(queries.cpu().numpy(), k)
-            neighbours = torch.as_tensor(ids, dtype=torch.long)
-            classes = int(train_labels.max()) + 1
-            similarities = torch.as_tensor(scores, dtype=torch.float32)
-            return knn_vote(train_labels.cpu()[neighbours], similarities, classes, temperature), "index"
-    predicted = knn_predict(train, train_labels.to(train.device), queries, k=k, temperature=temperature)
-    return predicted.cpu(), "torch"
 
 
 @torch.no_grad()
@@ -320,15 +267,6 @@ def image_summary(
     summary.update(align=pretrained["alignment"], uniform=pretrained["uniformity"])
     summary.update(steps=float(steps), train_seconds=round(float(train_seconds), 1))
     return summary
-
-
-def format_image_summary(summary: dict[str, float | str]) -> str:
-    """The summary as a Markdown table (one row per metric), printed at the end of an image recipe."""
-    lines = ["| summary | value |", "| --- | --- |"]
-    for key, value in summary.items():
-        lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) and key not in {"steps", "train_seconds"}
-                     else f"| {key} | {value:g} |" if isinstance(value, float) else f"| {key} | {value} |")  # fmt: skip
-    return "\n".join(lines)
 
 
 def format_report(report: dict[str, Any]) -> str:

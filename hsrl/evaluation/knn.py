@@ -10,16 +10,32 @@ Two voting rules (:data:`KNN_PROTOCOLS`):
   similarity of :math:`q` and neighbour :math:`i`, so CIFAR-10 results compare with their published numbers.
 
 Ties go to the smallest class index in both.
+
+This is hsrl's one k-NN: image evaluation, text book attribution, ``hsrl eval retrieval --labels``, the recipes
+and ``hsrl reproduce`` all classify through :func:`knn_predict` (exact search in torch, or
+:class:`hsrl.index.VectorIndex` with ``backend="index"``) and :func:`knn_vote`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["KNN_PROTOCOLS", "KNNProtocol", "knn_accuracy", "knn_predict", "knn_vote"]
+__all__ = [
+    "KNN_PROTOCOLS",
+    "KNNProtocol",
+    "class_indices",
+    "knn_accuracy",
+    "knn_classify",
+    "knn_predict",
+    "knn_vote",
+    "nearest",
+]
 
 
 @dataclass(frozen=True)
@@ -58,6 +74,29 @@ def knn_vote(neighbour_labels: Tensor, similarities: Tensor, classes: int, tempe
     return (one_hot * weights).sum(dim=1).argmax(dim=1)
 
 
+def nearest(
+    train: Tensor, queries: Tensor, k: int, *, backend: str = "torch", factory: str = "Flat", chunk: int = 1024
+) -> tuple[Tensor, Tensor]:
+    """``(similarities, indices)``, both ``(M, k)``, of the ``k`` rows of ``train`` with the largest inner product
+    with each query, best first: exact matmul in chunks of queries (``backend="torch"``, O(chunk * N) memory) or
+    a :class:`hsrl.index.VectorIndex` of ``factory`` (``"index"``; unit rows only)."""
+    if backend == "index":
+        from hsrl.index import build_index  # lazy: FAISS is an optional extra
+
+        rows = train.detach().cpu().float().numpy()
+        index = build_index(rows, factory=factory, recall_queries=0)
+        scores, ids = index.search(queries.detach().cpu().float().numpy(), k)
+        return torch.as_tensor(scores, dtype=torch.float32), torch.as_tensor(ids, dtype=torch.long)
+    if backend != "torch":
+        raise ValueError(f"backend must be torch or index, got {backend!r}")
+    values, indices = [], []
+    for start in range(0, queries.shape[0], chunk):
+        best = (queries[start : start + chunk] @ train.T).topk(k, dim=1)
+        values.append(best.values)
+        indices.append(best.indices)
+    return torch.cat(values), torch.cat(indices)
+
+
 def knn_predict(
     train: Tensor,
     train_labels: Tensor,
@@ -67,29 +106,80 @@ def knn_predict(
     chunk: int = 1024,
     exclude_self: bool = False,
     temperature: float | None = None,
+    backend: str = "torch",
+    factory: str = "Flat",
 ) -> Tensor:
     r"""k-NN labels of ``queries`` by inner product with ``train`` (cosine on the sphere).
 
     Majority vote of the ``k`` nearest (``temperature=None``, the paper's rule), or similarity-weighted
     votes :math:`\sum_i e^{s_i/\tau}[y_i = c]` (``temperature=0.1``: lightly's rule); ties go to the
-    smallest class index. Exact search in chunks of queries, O(chunk * N) memory. ``exclude_self`` drops the
-    best match (leave-one-out, when queries are the training set).
+    smallest class index. The search is :func:`nearest` (``backend``, ``factory``, ``chunk``). ``exclude_self``
+    drops the best match (leave-one-out, when queries are the training set).
     """
     if train.shape[0] != train_labels.shape[0]:
         raise ValueError("train and train_labels must have the same number of rows")
     if train.shape[1] != queries.shape[1]:
         raise ValueError(f"dimension mismatch: train has {train.shape[1]}, queries {queries.shape[1]}")
     need = k + int(exclude_self)
-    if not 1 <= need <= train.shape[0]:
-        raise ValueError(f"k must be in [1, {train.shape[0] - int(exclude_self)}], got {k}")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= need <= train.shape[0]:
+        raise ValueError(f"k must be in [1, {train.shape[0] - int(exclude_self)}], got {k!r}")
     classes = int(train_labels.max()) + 1
-    predictions = []
-    for start in range(0, queries.shape[0], chunk):
-        scores = queries[start : start + chunk] @ train.T
-        best = scores.topk(need, dim=1)
-        skip = int(exclude_self)
-        predictions.append(knn_vote(train_labels[best.indices[:, skip:]], best.values[:, skip:], classes, temperature))
-    return torch.cat(predictions)
+    similarities, indices = nearest(train, queries, need, backend=backend, factory=factory, chunk=chunk)
+    skip = int(exclude_self)
+    labels = train_labels.to(indices.device)[indices[:, skip:]]
+    return knn_vote(labels, similarities[:, skip:], classes, temperature)
+
+
+def knn_classify(
+    train: Tensor,
+    train_labels: Tensor,
+    queries: Tensor,
+    *,
+    k: int = 5,
+    backend: str = "auto",
+    temperature: float | None = None,
+    factory: str = "Flat",
+) -> tuple[Tensor, str]:
+    r"""k-NN labels of ``queries`` after L2-normalising every row (features of any layer), on the CPU.
+
+    Args:
+        train: ``(N, D)`` features (flattened and L2-normalised here).
+        train_labels: ``(N,)`` class indices.
+        queries: ``(M, D)`` features.
+        k: neighbours per query.
+        backend: ``"index"`` (:class:`hsrl.index.VectorIndex` of ``factory``), ``"torch"`` (exact matmul), or
+            ``"auto"``: the index when ``hsrl.index`` (FAISS) is importable.
+        temperature: ``None`` for a majority vote (the paper), else votes weighted by
+            :math:`e^{s/\tau}` (lightly's protocol: ``k=200, temperature=0.1``).
+
+    Returns:
+        ``(predictions (M,), backend used)``.
+    """
+    if backend not in ("auto", "index", "torch"):
+        raise ValueError(f"backend must be auto, index or torch, got {backend!r}")
+    train = F.normalize(train.flatten(1).float(), dim=1)
+    queries = F.normalize(queries.flatten(1).float(), dim=1)
+    # An all-zero row (a black image, a dead ReLU layer) has no direction: the index only takes unit
+    # rows, so such data goes to the exact torch search, where it simply scores 0 against everything.
+    has_zero_rows = bool((train.abs().sum(1) == 0).any() or (queries.abs().sum(1) == 0).any())
+    if backend == "index" and has_zero_rows:
+        raise ValueError("the index needs unit rows, and some features are all zero")
+    if backend == "auto":
+        try:
+            import faiss  # noqa: F401  (the index's engine; without it the exact torch search)
+        except ImportError:
+            backend = "torch"
+        else:
+            backend = "torch" if has_zero_rows else "index"
+    predicted = knn_predict(train, train_labels.to(train.device), queries, k=k, temperature=temperature,
+                            backend=backend, factory=factory)  # fmt: skip
+    return predicted.cpu(), backend
+
+
+def class_indices(labels: Sequence[Any], classes: Sequence[Any]) -> Tensor:
+    """Labels of any sortable kind as indices into ``classes`` (sorted: ties go to the smallest label)."""
+    position = {label: i for i, label in enumerate(classes)}
+    return torch.tensor([position[label] for label in labels], dtype=torch.long)
 
 
 def knn_accuracy(

@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from hsrl.evaluation.knn import class_indices, knn_predict
 from hsrl.index import VectorIndex, check_unit_rows
 
 __all__ = [
@@ -175,21 +177,18 @@ def knn_classification_accuracy(
     k: int = 5,
     factory: str = "Flat",
 ) -> float:
-    """Share of queries whose ``k`` nearest corpus items' majority label is theirs (ties: smallest label)."""
+    """Share of queries whose ``k`` nearest corpus items' majority label is theirs (ties: smallest label), by
+    :func:`hsrl.evaluation.knn.knn_predict` searching a ``factory`` index of the corpus."""
     if len(query_labels) != len(query_embeddings) or len(corpus_labels) != len(corpus_embeddings):
         raise ValueError("need one label per query and per corpus embedding")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(corpus_labels):
         raise ValueError(f"k must be in [1, {len(corpus_labels)}], got {k!r}")
-    order = sorted(set(corpus_labels))
-    rank = {label: i for i, label in enumerate(order)}
-    positions = [str(i) for i in range(len(corpus_labels))]
-    rankings = rank_corpus(query_embeddings, corpus_embeddings, positions, k, factory=factory)
-    correct = 0
-    for hits, truth in zip(rankings, query_labels, strict=True):
-        votes = Counter(rank[corpus_labels[int(p)]] for _, p in hits)
-        best = max(votes.values())
-        correct += order[min(c for c, n in votes.items() if n == best)] == truth
-    return correct / len(query_labels)
+    corpus_rows = check_unit_rows(corpus_embeddings, np.asarray(corpus_embeddings).shape[-1], "corpus embeddings")
+    classes = sorted(set(corpus_labels))
+    predicted = knn_predict(torch.from_numpy(corpus_rows), class_indices(corpus_labels, classes),
+                            torch.from_numpy(np.asarray(query_embeddings, dtype=np.float32)), k=k, backend="index",
+                            factory=factory)  # fmt: skip
+    return sum(classes[int(p)] == truth for p, truth in zip(predicted, query_labels, strict=True)) / len(query_labels)
 
 
 # --------------------------------------------------------------------------- files

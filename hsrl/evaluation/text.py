@@ -37,6 +37,7 @@ from torch import Tensor
 from hsrl.data.text import AUSTEN_BOOKS, Document, SentenceCorpus, austen_splits, load_austen, load_factbook
 from hsrl.data.text_sources import read_text_file
 from hsrl.evaluation.knn import knn_accuracy
+from hsrl.evaluation.summary import format_change
 from hsrl.losses import align_loss, uniform_loss
 
 __all__ = [
@@ -45,7 +46,6 @@ __all__ = [
     "eval_set_name",
     "evaluate_text_encoder",
     "format_comparison",
-    "format_summary",
     "load_eval_documents",
     "neighbour_retrieval",
     "senteval",
@@ -261,39 +261,11 @@ def summary_block(baseline: dict[str, float] | None, trained: dict[str, float], 
     return summary
 
 
-def lower_is_better(key: str) -> bool:
-    """Alignment and uniformity are losses (lower is better); every other metric is a score."""
-    return key.rsplit("_", 1)[-1] in {"align", "uniform"}
-
-
-def _change(start: float, value: float, key: str) -> str:
-    delta = value - start
-    better = delta < 0 if lower_is_better(key) else delta > 0
-    mark = " ✓" if better and abs(delta) > 1e-9 else ""
-    ratio = f" ({value / start:.2f}×)" if not lower_is_better(key) and start > 0 else ""
-    return f"{delta:+.4f}{ratio}{mark}"
-
-
-def format_summary(summary: dict[str, float]) -> str:
-    """The summary as a Markdown table: metric, starting model, trained model, change (✓ = better)."""
-    lines = ["| summary | start | trained | change |", "| --- | --- | --- | --- |"]
-    for key, value in summary.items():
-        if key.startswith("baseline_") or key in {"steps", "train_seconds"}:
-            continue
-        start = summary.get(f"baseline_{key}")
-        if start is None:
-            lines.append(f"| {key} | | {value:.4f} | |")
-        else:
-            lines.append(f"| {key} | {start:.4f} | {value:.4f} | {_change(start, value, key)} |")
-    lines.append(f"| steps / train seconds | | {summary['steps']:.0f} / {summary['train_seconds']:.0f} s | |")
-    return "\n".join(lines)
-
-
 def format_comparison(baseline: dict[str, float], trained: dict[str, float], names: tuple[str, str]) -> str:
     """A Markdown table: metric, baseline, trained, change (better changes marked)."""
     lines = [f"| metric | {names[0]} | {names[1]} | change |", "| --- | --- | --- | --- |"]
     for key, value in trained.items():
         if key not in baseline or key == "heldout_sentences":
             continue
-        lines.append(f"| {key} | {baseline[key]:.4f} | {value:.4f} | {_change(baseline[key], value, key)} |")
+        lines.append(f"| {key} | {baseline[key]:.4f} | {value:.4f} | {format_change(baseline[key], value, key)} |")
     return "\n".join(lines)

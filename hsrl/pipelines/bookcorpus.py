@@ -28,11 +28,11 @@ from hsrl.checkpoints import atomic_write_json
 from hsrl.configuration import config_to_dict
 from hsrl.data.text import SentenceCorpus, SentencePairDataset, austen_splits
 from hsrl.data.text_sources import BookCorpusPairs, load_documents
+from hsrl.evaluation.summary import format_summary, write_metrics
 from hsrl.evaluation.text import (
     eval_set_name,
     evaluate_text_encoder,
     format_comparison,
-    format_summary,
     load_eval_documents,
     summary_block,
 )
@@ -226,7 +226,7 @@ def run(config: BookCorpusConfig) -> int:
             save_model(result.model, output / "model")  # every hsrl command opens it
             summary = summary_block(baseline, trained, list(eval_sets), steps=result.steps,
                                     train_seconds=result.train_seconds)  # fmt: skip
-            atomic_write_json(output / "metrics.json", {
+            write_metrics(output / "metrics.json", {
                 "summary": summary, "baseline": baseline, "trained": trained, "steps": result.steps,
                 "final_loss": result.last_loss, "config": config_to_dict(config),
             })  # fmt: skip

@@ -40,9 +40,11 @@ data:
 	fi
 	@echo "==> the Austen corpus ships inside the package (hsrl/data/corpora/austen.jsonl.gz)"
 
+# Two workers: many tests spend their time waiting for a launched process (accelerate, a server) to start.
+# --dist loadscope keeps each module's tests (and its module-scoped fixtures, e.g. one recipe run) on one worker.
 test: setup
 	@echo "==> pytest (fast suite; slow tests: make test-slow)"
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadscope
 
 # Long runs live here, outside CI (e.g. the MiniLM gradient-caching recipe comparison; exit 5, no tests, is not a failure).
 test-slow: setup

@@ -152,64 +152,6 @@ def align_loss(
 # --------------------------------------------------------------------------- uniformity
 
 
-class _UniformLoss(torch.autograd.Function):
-    r"""``log mean_{i<j} exp(-t ||x_i - x_j||^2)`` with a closed-form gradient.
-
-    Write :math:`-t d_{ij} = 2t\,x_i^\top x_j - t n_i - t n_j` with :math:`n_i = \lVert x_i \rVert^2`,
-    :math:`b_i = e^{t(1 - n_i)}` (close to 1 on the sphere) and, per row block with
-    largest exponent :math:`m`, :math:`e_{ij} = e^{2t x_i^\top x_j - m}` (0 on the diagonal). Then
-    :math:`\sum_{i \ne j} e^{-t d_{ij}} = e^{m - 2t} s` with :math:`s = \sum_{i \ne j} b_i e_{ij} b_j`, and
-
-    .. math::
-        \frac{\partial L}{\partial x_i}
-        = -\frac{4t}{s}\, b_i \Big(x_i \sum_j e_{ij} b_j - \sum_j e_{ij} b_j x_j\Big).
-
-    Forward computes ``Z = E @ [b * x, b]`` block by block, so only ``Z`` (N x (d+1)) is
-    kept for backward: no N x N matrix outlives a block, and backward needs no second
-    pass over the pairs.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, t: float, block: int) -> Tensor:  # type: ignore[override]
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            xc = x.detach().to(torch.float64 if x.dtype == torch.float64 else torch.float32)
-            n = xc.shape[0]
-            b = torch.exp(t * (1 - xc.pow(2).sum(dim=1)))
-            weighted = torch.cat([xc * b[:, None], b[:, None]], dim=1)
-            scaled = xc * (2 * t)
-            z = torch.empty_like(weighted)
-            shifts = []
-            for start in range(0, n, block):
-                rows = slice(start, min(start + block, n))
-                e = scaled[rows] @ xc.T
-                idx = torch.arange(e.shape[0], device=e.device)
-                e[idx, idx + start] = float("-inf")  # i == j is not a pair
-                shift = e.max()
-                z[rows] = e.sub_(shift).exp_() @ weighted
-                shifts.append(shift)
-            # Bring every block to the common shift m (a no-op with one block).
-            shift_per_block = torch.stack(shifts)
-            m = shift_per_block.max()
-            if len(shifts) > 1:
-                factors = torch.exp(shift_per_block - m).repeat_interleave(
-                    torch.tensor([min(block, n - s) for s in range(0, n, block)], device=x.device)
-                )
-                z.mul_(factors[:, None])
-            s = (b * z[:, -1]).sum()
-            ctx.save_for_backward(x, b, z)
-            ctx.t, ctx.s = t, s
-            return (m - 2 * t + s.log() - math.log(n * (n - 1))).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_output: Tensor):  # type: ignore[override]
-        x, b, z = ctx.saved_tensors
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            xc = x.detach().to(z.dtype)
-            scale = (-4.0 * ctx.t / ctx.s) * grad_output.to(z.dtype)
-            grad = (z[:, -1:] * xc - z[:, :-1]) * (b[:, None] * scale)
-            return grad.to(x.dtype), None, None
-
-
 def _auto_block(n: int, device: torch.device) -> int:
     elements = AUTO_BLOCK_ELEMENTS.get(device.type, AUTO_BLOCK_ELEMENTS["cuda"])
     return max(1, min(n, elements // n))
@@ -253,7 +195,7 @@ def uniform_loss(x: Tensor, t: float = 2.0, *, block_size: int | None = None, no
         raise ValueError(f"block_size must be a positive integer or None, got {block_size!r}")
     x = _on_sphere(x, "x", normalize)
     block = _auto_block(x.shape[0], x.device) if block_size is None else block_size
-    return _UniformLoss.apply(x, float(t), block)
+    return _Uniform.apply(x, float(t), 0, x.shape[0], block, _no_reduce)  # every row: the whole loss
 
 
 #: ``reduce(value, op)``: ``value`` (a detached tensor) summed (``op="sum"``) or maximised (``"max"``) over the
@@ -265,16 +207,27 @@ def _no_reduce(value: Tensor, op: str) -> Tensor:
     return value
 
 
-class _UniformRowsShare(torch.autograd.Function):
-    r"""One process's share of :class:`_UniformLoss` on a gathered batch: its rows ``R`` against every row.
+class _Uniform(torch.autograd.Function):
+    r"""``log mean_{i<j} exp(-t ||x_i - x_j||^2)`` with a closed-form gradient, or one process's share of it.
 
-    With the notation of :class:`_UniformLoss` (a shift ``m`` common to every process, from ``reduce(·, "max")``),
-    the process computes :math:`Z_R = E_{R,:} [b x, b]` and :math:`s_R = \sum_{i \in R} b_i Z_{i,d}`, and
-    ``reduce`` gives :math:`s = \sum_R s_R`. Its value is :math:`(s_R / s)\,L`, so the shares add up to
-    :math:`L`; its backward is :math:`\partial L / \partial x_i` for :math:`i \in R` (the full gradient of those
-    rows, which needs only their own row sums because the kernel is symmetric) and 0 for the other rows, so the
-    gradients add up to :math:`\partial L / \partial x`. Work: :math:`|R| \cdot N` pairs instead of
-    :math:`N^2`.
+    Write :math:`-t d_{ij} = 2t\,x_i^\top x_j - t n_i - t n_j` with :math:`n_i = \lVert x_i \rVert^2`,
+    :math:`b_i = e^{t(1 - n_i)}` (close to 1 on the sphere) and, with a shift :math:`m` (the largest exponent),
+    :math:`e_{ij} = e^{2t x_i^\top x_j - m}` (0 on the diagonal). Then
+    :math:`\sum_{i \ne j} e^{-t d_{ij}} = e^{m - 2t} s` with :math:`s = \sum_{i \ne j} b_i e_{ij} b_j`, and
+
+    .. math::
+        \frac{\partial L}{\partial x_i}
+        = -\frac{4t}{s}\, b_i \Big(x_i \sum_j e_{ij} b_j - \sum_j e_{ij} b_j x_j\Big).
+
+    Forward computes ``Z = E @ [b * x, b]`` for the rows ``R = start:stop``, block by block, so only ``Z``
+    (|R| x (d+1)) is kept for backward: no N x N matrix outlives a block, and backward needs no second pass.
+
+    A process's share (``R`` its rows of a gathered batch): ``reduce`` makes the shift common (max) and sums
+    :math:`s_R = \sum_{i \in R} b_i Z_{i,d}` into :math:`s`. The value is :math:`(s_R / s)\,L`, so the shares add
+    up to :math:`L`; the backward is :math:`\partial L / \partial x_i` for :math:`i \in R` (the full gradient of
+    those rows: the kernel is symmetric, so their own row sums suffice) and 0 for the other rows, so the gradients
+    add up to :math:`\partial L / \partial x`. Work: :math:`|R| \cdot N` pairs instead of :math:`N^2`. With every
+    row and no ``reduce`` it is the whole loss.
     """
 
     @staticmethod
@@ -336,7 +289,7 @@ def uniform_loss_share(
     _check_positive(t, "t")
     start, stop, _ = rows.indices(x.shape[0])
     block = _auto_block(x.shape[0], x.device) if block_size is None else block_size
-    return _UniformRowsShare.apply(_on_sphere(x, "x", False), float(t), start, stop, block, reduce)
+    return _Uniform.apply(_on_sphere(x, "x", False), float(t), start, stop, block, reduce)
 
 
 # --------------------------------------------------------------------------- contrastive

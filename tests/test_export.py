@@ -13,9 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+from conftest import free_port
 
 from hsrl.cli import main as hsrl_main
 from hsrl.export import EncodeFn, export_embeddings, index_inputs, load_embeddings
@@ -109,7 +107,7 @@ def test_accelerate_launch_on_two_processes_exports_every_shard_once(
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     command = [
         str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29547",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
         "-m", "hsrl.cli", "export", "--model", MODEL, "--dataset", str(sentences_txt), "--output", str(out),
         "--shard-size", "15", "--no-progress",
     ]  # fmt: skip

@@ -27,7 +27,6 @@ from hsrl.models.text import (
     set_dropout,
 )
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 OBJECTIVES = ["align:1,alpha=2 + uniform:1,t=2", "contrastive:1,tau=0.2", "align:3 + uniform:1,t=5"]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -28,8 +27,6 @@ from hsrl.models.quickthought import (
 )
 from hsrl.models.text import encode_texts, save_text_encoder
 from hsrl.training import TrainConfig, fit, make_dataloader, training_session
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 HIDDEN = 12  # each encoder's width; evaluation vectors are 2 * HIDDEN
 

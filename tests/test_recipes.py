@@ -3,29 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
+from conftest import OFFLINE, ROOT, launch
 from hub_standin import HubStandIn
 from model_folders import opens_everywhere
-
-ROOT = Path(__file__).resolve().parents[1]
-ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
-LAUNCH = [ACCELERATE, "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
-          "--dynamo_backend", "no"]  # fmt: skip
-OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-
-
-def launch(script: str, *args: str, timeout: int = 600, env: dict[str, str] | None = None
-           ) -> subprocess.CompletedProcess[str]:  # fmt: skip
-    return subprocess.run([*LAUNCH, str(ROOT / "recipes" / script), *args], env=env or OFFLINE,
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)  # fmt: skip
-
 
 QUICK = ["--batch-size", "64", "--eval-train-size", "2000", "--eval-test-size", "400", "--log-with", "none",
          "--no-progress", "--checkpoint-every", "3"]  # fmt: skip

@@ -5,30 +5,22 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import LAUNCH, OFFLINE, ROOT, hsrl_command, needs_fashion_mnist
 from model_folders import opens_everywhere
 
-from hsrl.configuration import parse_config
+from hsrl.cli.config import parse_config
 from hsrl.models.image import load, load_preprocess
 
-ROOT = Path(__file__).resolve().parents[1]
-ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
-LAUNCH = [ACCELERATE, "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
-          "--dynamo_backend", "no"]  # fmt: skip
-OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 SHORT = ["--dataset", "fashion-mnist", "--batch-size", "32", "--eval-train-size", "300", "--eval-test-size", "100",
          "--linear-protocol", "fast", "--log-with", "none", "--no-progress"]  # fmt: skip
 
-pytestmark = pytest.mark.skipif(
-    not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file(),
-    reason="dataset-fashion-mnist absent",
-)
+pytestmark = needs_fashion_mnist
 
 
 def recipe_config(*args: str) -> Any:
@@ -67,7 +59,7 @@ def test_fashion_mnist_defaults_under_a_time_budget_save_evaluate_summarise_and_
         assert 0.1 < summary[key] <= 1.0, key  # ten classes: above chance even after a few steps
     assert 0 <= summary["align"] <= 4 and -4 <= summary["uniform"] <= 0
     assert summary["knn5"] == metrics["evaluation"]["results"]["pretrained"]["stage2"]["knn5"]
-    assert "| raw_pixels_knn5 |" in done.stdout  # the summary table printed at the end
+    assert "| summary | random encoder | raw pixels | trained | change |" in done.stdout  # printed at the end
     assert metrics["config"]["optimizer"] == "adamw" and metrics["config"]["encoder"] == "small_resnet"
     model = load(out / "model")
     assert model.architecture == "small_resnet" and model.config["in_channels"] == 1
@@ -81,9 +73,9 @@ def test_fashion_mnist_defaults_under_a_time_budget_save_evaluate_summarise_and_
 
     report_path = tmp_path / "report.json"
     evaluated = subprocess.run(
-        [sys.executable, "-m", "hsrl.cli", "eval", "image", "--model", str(out / "model"), "--dataset",
+        hsrl_command("eval", "image", "--model", str(out / "model"), "--dataset",
          "fashion-mnist", "--layer", "output", "--train-size", "300", "--test-size", "100", "--linear-protocol",
-         "none", "--knn-protocol", "lightly", "--output", str(report_path)],
+         "none", "--knn-protocol", "lightly", "--output", str(report_path)),
         env=OFFLINE, capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]

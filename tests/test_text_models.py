@@ -1,0 +1,70 @@
+"""Text encoders: a deterministic WordPiece tokenizer, from-scratch transformers, the packaged MiniLM, model names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hsrl.models.text import (
+    ScratchConfig,
+    build_text_encoder,
+    encode_texts,
+    resolve_model_path,
+    save_text_encoder,
+)
+from hsrl.models.wordpiece import train_wordpiece_tokenizer
+
+TINY = ScratchConfig(layers=1, hidden=32, heads=2, intermediate=64, vocab_size=400, max_seq_length=16)
+
+
+def test_wordpiece_tokenizer_trains_offline(tmp_path: Path, sentences: list[str]) -> None:
+    from transformers import AutoTokenizer
+
+    train_wordpiece_tokenizer(sentences, vocab_size=300, output_dir=tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path))
+    assert len(tokenizer) <= 300
+    ids = tokenizer("Anne Elliot")["input_ids"]
+    assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+    assert tokenizer.unk_token_id not in ids  # frequent words of the training text are in the vocabulary
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_scratch_transformer_is_unit_norm_and_round_trips_through_sentence_transformers(
+    tmp_path: Path, sentences: list[str], pooling: str
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    torch.manual_seed(0)
+    build_text_encoder(None, sentences=sentences, scratch=TINY, workdir=tmp_path / "init", max_seq_length=16)
+    encoder = build_text_encoder(str(tmp_path / "init"), pooling=pooling, projection_dim=8, max_seq_length=16)
+    z = encode_texts(encoder, sentences[:10])
+    assert z.shape == (10, 8)
+    torch.testing.assert_close(z.norm(dim=1), torch.ones(10), rtol=0, atol=1e-5)
+    save_text_encoder(encoder, tmp_path / "model")
+    for name in ("modules.json", "config_sentence_transformers.json", "1_Pooling"):
+        assert (tmp_path / "model" / name).exists()
+    reopened = SentenceTransformer(str(tmp_path / "model"), device="cpu")
+    again = torch.as_tensor(reopened.encode(sentences[:10], normalize_embeddings=False))
+    torch.testing.assert_close(again, z, rtol=0, atol=1e-5)
+
+
+def test_packaged_minilm_loads_and_matches_sentence_transformers(sentences: list[str]) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    encoder = build_text_encoder("minilm", max_seq_length=256)
+    reference = SentenceTransformer(resolve_model_path("minilm"), device="cpu")
+    expected = torch.as_tensor(reference.encode(sentences[:8], normalize_embeddings=True))
+    torch.testing.assert_close(encode_texts(encoder, sentences[:8]), expected, rtol=0, atol=1e-5)
+
+
+def test_model_names_that_do_not_resolve_are_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(ValueError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE=1"):
+        resolve_model_path("sentence-transformers/all-mpnet-base-v2")
+    with pytest.raises(ValueError, match="no such folder, and not a Hub id"):
+        resolve_model_path(str(tmp_path / "missing" / "deeper" / "folder"))
+    with pytest.raises(ValueError, match="not a sentence-transformers"):
+        resolve_model_path(str(tmp_path))

@@ -1,0 +1,132 @@
+"""recipes/bookcorpus.py end to end, launched as users launch it: from scratch, resumed, on two processes, the
+Quick-Thought GRU, a time budget, gradient caching, and its model folder opened by every command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import OFFLINE, ROOT, launch
+from model_folders import opens_everywhere
+
+SCRATCH_FLAGS = ["--scratch-layers", "1", "--scratch-hidden", "32", "--vocab-size", "400", "--max-seq-length", "16",
+                 "--batch-size", "16", "--log-with", "none", "--no-progress", "--lr", "1e-3"]  # fmt: skip
+
+
+def run_recipe(args: list[str], processes: int = 1, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    return launch("bookcorpus.py", *args, processes=processes, env={"OMP_NUM_THREADS": "1"}, timeout=timeout)
+
+
+def test_recipe_from_scratch_trains_evaluates_saves_and_resumes(tmp_path: Path, small_txt: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    out = tmp_path / "run"
+    common = ["--dataset", str(small_txt), "--output-dir", str(out), "--checkpoint-every", "2", *SCRATCH_FLAGS]
+    first = run_recipe([*common, "--max-steps", "2"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "| recall@10 |" in first.stdout
+    resumed = run_recipe([*common, "--max-steps", "4", "--resume", "latest"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout and "(step 2," in resumed.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 4 and {"align", "uniform", "recall@1", "mrr@10"} <= set(metrics["trained"])
+    z = SentenceTransformer(str(out / "model"), device="cpu").encode(["Anne was there."])
+    assert np.linalg.norm(z, axis=1) == pytest.approx([1.0], abs=1e-5)
+    card = (out / "model" / "README.md").read_text()  # the card filled from this run, not the generic one
+    assert "`align:0.9,alpha=2 + uniform:0.1,t=5`" in card and "random initialisation" in card
+    assert f"| `recall@10` | {metrics['summary']['recall@10']:.4f} |" in card and "2005.10242" in card
+    assert opens_everywhere(out / "model", tmp_path / "opened") == "text"
+
+
+def test_recipe_on_two_cpu_processes(tmp_path: Path, small_txt: Path) -> None:
+    out = tmp_path / "two"
+    done = run_recipe(["--dataset", str(small_txt), "--output-dir", str(out), "--max-steps", "2",
+                       "--checkpoint-every", "none", *SCRATCH_FLAGS], processes=2)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 2
+    assert "terminate called" not in done.stderr
+
+
+def test_recipe_bad_loss_is_one_line(tmp_path: Path, small_txt: Path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "recipes" / "bookcorpus.py"), "--dataset", str(small_txt),
+                           "--loss", "align:1 + uniform:one", "--output-dir", str(tmp_path)],
+                          env=OFFLINE, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "the weight of 'uniform' must be a number" in done.stderr.strip().splitlines()[-1]
+
+
+def test_recipe_quickthought_gru_trains_and_reopens(tmp_path: Path, small_txt: Path) -> None:
+    from hsrl.models.text import load_sentence_transformer
+
+    out = tmp_path / "gru"
+    done = run_recipe(["--dataset", str(small_txt), "--output-dir", str(out), "--max-steps", "2", "--encoder", "gru",
+                       "--gru-dim", "16", "--gru-embedding-dim", "8", "--loss", "quickthought:1,tau=0.1",
+                       "--checkpoint-every", "none", *SCRATCH_FLAGS])  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    z = load_sentence_transformer(out / "model").encode(["Anne was there."], normalize_embeddings=False)
+    assert z.shape == (1, 32)  # evaluation vector: f and g concatenated
+    assert np.linalg.norm(z, axis=1) == pytest.approx([1.0], abs=1e-5)
+    assert opens_everywhere(out / "model", tmp_path / "opened") == "text"
+
+
+def test_two_from_scratch_runs_with_one_seed_save_identical_weights(tmp_path: Path, small_txt: Path) -> None:
+    """Two processes train the tokenizer (hash-map order differs between them) and the model."""
+    from safetensors.torch import load_file
+
+    for name in ("a", "b"):
+        done = run_recipe(["--dataset", str(small_txt), "--output-dir", str(tmp_path / name), "--max-steps", "2",
+                           "--seed", "5", "--checkpoint-every", "none", "--eval-dataset", "none",
+                           *SCRATCH_FLAGS])  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+    vocab = [json.loads((tmp_path / n / "model" / "tokenizer.json").read_text())["model"]["vocab"] for n in "ab"]
+    assert vocab[0] == vocab[1] and len(vocab[0]) > 100
+    a, b = (load_file(tmp_path / n / "model" / "model.safetensors") for n in "ab")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_recipe_under_a_time_budget_stops_saves_and_evaluates(tmp_path: Path, small_txt: Path) -> None:
+    out = tmp_path / "budget"
+    done = run_recipe(["--dataset", str(small_txt), "--output-dir", str(out), "--time-budget-min", "0.05",
+                       "--checkpoint-every", "none", "--eval-dataset", "factbook", "--eval-max-sentences", "200",
+                       *SCRATCH_FLAGS])  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "time budget:" in done.stdout
+    summary = json.loads((out / "metrics.json").read_text())["summary"]
+    assert summary["steps"] >= 1 and summary["train_seconds"] >= 0.8 * 3.0
+    for key in ("recall@10", "align", "uniform", "factbook_recall@10", "factbook_align", "factbook_uniform"):
+        assert key in summary and f"baseline_{key}" in summary
+    assert (out / "model" / "modules.json").is_file()
+    assert "| factbook_recall@10 |" in done.stdout  # the summary table is printed
+
+
+def test_recipe_refuses_a_budget_with_max_steps_in_one_line(tmp_path: Path, small_txt: Path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "recipes" / "bookcorpus.py"), "--dataset", str(small_txt),
+                           "--time-budget-min", "5", "--max-steps", "10", "--output-dir", str(tmp_path)],
+                          env=OFFLINE, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--time-budget-min and --max-steps both set" in done.stderr.strip().splitlines()[-1]
+
+
+def test_two_process_recipe_with_cache_chunk_size_equals_the_plain_run(tmp_path: Path, small_txt: Path) -> None:
+    """2 processes x 8 pairs, re-embedded in chunks of 4: same logged losses, same saved weights."""
+    from safetensors.torch import load_file
+
+    for name, extra in (("plain", []), ("cached", ["--cache-chunk-size", "4"])):
+        done = run_recipe(["--dataset", str(small_txt), "--output-dir", str(tmp_path / name), "--max-steps", "3",
+                           "--seed", "2", "--dropout", "0", "--checkpoint-every", "none", "--eval-dataset", "none",
+                           "--log-every", "1", *SCRATCH_FLAGS, "--batch-size", "8", *extra], processes=2)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    from test_gradcache import logged_losses
+
+    assert len(logged_losses(tmp_path / "plain")) == 3
+    assert logged_losses(tmp_path / "cached") == pytest.approx(logged_losses(tmp_path / "plain"), abs=1e-5)
+    a, b = (load_file(tmp_path / n / "model" / "model.safetensors") for n in ("plain", "cached"))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-4

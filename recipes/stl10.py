@@ -39,7 +39,8 @@ from hsrl.evaluation.image import evaluate_image_encoder, format_report, image_s
 from hsrl.evaluation.summary import format_summary, write_metrics
 from hsrl.hub import publish_run, push_to_hub_field
 from hsrl.losses import HypersphereLoss
-from hsrl.models.image import DEFAULT_EVAL_LAYERS, build_encoder, headline_layers, save
+from hsrl.models.folder import save_model
+from hsrl.models.image import DEFAULT_EVAL_LAYERS, build_encoder, headline_layers
 from hsrl.training import TrainConfig, TrainingDivergedError, fit, training_session
 
 #: Settings by preset; a field the command line leaves unset (None) takes the preset's value.
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
 
         output = Path(config.output_dir)
-        save(result.model, output / "model")
+        save_model(result.model, output / "model")  # every hsrl command opens it
         metrics = {"steps": result.steps, "final_loss": result.last_loss, "skipped_images": images.skipped}
         if config.eval:
             # The architecture's taps (small_alexnet: the paper's, linear on fc7 and k-NN on the output) and the

@@ -7,10 +7,11 @@ import argparse
 from collections.abc import Sequence
 
 from hsrl.checkpoints import atomic_write_json
-from hsrl.cli.harness import OneLineArgumentParser, run_cli
+from hsrl.cli.harness import OneLineArgumentParser, UsageError, run_cli
 from hsrl.data.text_sources import load_documents
 from hsrl.evaluation.text import eval_set_name, evaluate_text_encoder, format_comparison, load_eval_documents
-from hsrl.models.text import build_text_encoder, resolve_model_path
+from hsrl.models.folder import open_model
+from hsrl.models.text import resolve_model_path
 
 __all__ = ["cli_main"]
 
@@ -45,7 +46,10 @@ def _run(args: argparse.Namespace) -> int:
     results = {}
     for role, folder in folders.items():
         if folder:
-            encoder = build_text_encoder(folder)
+            opened = open_model(folder)  # the one model-folder contract
+            if opened.kind != "text":
+                raise UsageError(f"--{role} {folder} is an {opened.kind} model; hsrl eval text needs a text model")
+            encoder = opened.module
             results[role] = evaluate_text_encoder(
                 encoder, heldout, attribution=args.dataset == "austen", senteval_dir=args.senteval,
                 max_sentences=args.max_sentences, eval_sets=eval_sets,

@@ -108,8 +108,8 @@ class ImagePreprocess:
                 picture = image.convert("L" if self.channels == 1 else "RGB")
         except (UnidentifiedImageError, OSError) as error:
             raise ValueError(f"image {image}: not a readable image ({error})") from None
-        array = np.asarray(picture, dtype=np.uint8)
-        pixels = torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy())
+        array = np.array(picture, dtype=np.uint8)  # a writable copy: torch shares its memory
+        pixels = torch.from_numpy(array[None] if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1)))
         return np.ascontiguousarray(eval_view(pixels, self.resize, self.size).numpy())
 
 

@@ -22,7 +22,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from hsrl.checkpoints import atomic_write_json
 from hsrl.configuration import config_to_dict
@@ -127,69 +127,96 @@ class BookCorpusConfig(TrainConfig):
                              "consecutive batches are not split into chunks")  # fmt: skip
 
 
+def _objective(config: BookCorpusConfig) -> tuple[HypersphereLoss, bool]:
+    """The loss, and whether it trains on batches of consecutive sentences (the ``quickthought`` term).
+
+    The Quick-Thought objective scores each sentence against a batch of consecutive sentences, so its views are
+    f(s) and g(s) of the same sentences, not neighbour pairs.
+    """
+    loss = HypersphereLoss(config.loss)
+    names = {term.name for term in loss.objective}
+    consecutive = "quickthought" in names
+    if consecutive and names & {"align", "contrastive"}:
+        raise ValueError("--loss: quickthought trains on consecutive batches (x = f(s), y = g(s) of the same "
+                         "sentences); combine it only with uniform")  # fmt: skip
+    if consecutive and config.cache_chunk_size:
+        raise ValueError("--cache-chunk-size: the quickthought objective trains on consecutive batches, which "
+                         "are not split into chunks; drop --cache-chunk-size")  # fmt: skip
+    return loss, consecutive
+
+
+def _training_data(config: BookCorpusConfig, consecutive: bool) -> tuple[Any, list[str], list[Any]]:
+    """``(training pairs or sentences, sentences for a from-scratch tokenizer, held-out documents)``."""
+    if config.dataset == "bookcorpus":
+        train_pairs = BookCorpusPairs()  # in corpus order: its first sentences are consecutive too
+        # A from-scratch tokenizer learns its vocabulary from the start of the stream.
+        train_sentences = [a for a, _ in itertools.islice(train_pairs, TOKENIZER_SAMPLE)]
+        _, heldout = austen_splits()  # BookCorpus has no held-out split: evaluate on Persuasion
+        return train_pairs, train_sentences, heldout
+    train_docs, heldout = load_documents(config.dataset)
+    train_sentences = SentenceCorpus.from_documents(train_docs).sentences
+    if consecutive:
+        train_pairs: Any = ConsecutiveSentenceDataset(train_sentences)
+    else:
+        train_pairs = SentencePairDataset.from_documents(train_docs, context_size=config.context_size)
+    if len(train_pairs) == 0:
+        raise ValueError(f"--dataset {config.dataset}: no neighbour pairs in the training documents")
+    return train_pairs, train_sentences, heldout
+
+
+def _starting_encoder(config: BookCorpusConfig, accelerator: Any, train_sentences: list[str]) -> Any:
+    """The encoder training starts from: a checkpoint, or (drawn once, by the main process) a from-scratch
+    transformer or Quick-Thought GRU with a tokenizer trained on ``train_sentences``."""
+    output = Path(config.output_dir)
+    scratch = ScratchConfig(config.scratch_layers, config.scratch_hidden, max(1, config.scratch_hidden // 64),
+                            4 * config.scratch_hidden, config.vocab_size, config.max_seq_length)  # fmt: skip
+    start = config.model
+    if config.encoder == "gru":
+        start = str(output / "gru-init")
+        if accelerator.is_main_process:
+            gru = build_gru_encoder(
+                train_sentences, vocab_size=config.vocab_size, embedding_dim=config.gru_embedding_dim,
+                hidden_dim=config.gru_dim, max_seq_length=config.max_seq_length, workdir=output / "gru-tokenizer",
+            )  # fmt: skip
+            save_text_encoder(gru, start)
+        accelerator.wait_for_everyone()
+        return load_encoder(start, device=str(accelerator.device))
+    if start is None:
+        start = str(output / "scratch-init")
+        if accelerator.is_main_process:
+            build_text_encoder(None, sentences=train_sentences, scratch=scratch, workdir=start,
+                               max_seq_length=config.max_seq_length)  # fmt: skip
+        accelerator.wait_for_everyone()
+    return build_text_encoder(
+        start, pooling=config.pooling, projection_dim=config.projection_dim,
+        max_seq_length=config.max_seq_length, device=str(accelerator.device),
+    )  # fmt: skip
+
+
+def _views(config: BookCorpusConfig, encoder: Any, consecutive: bool) -> tuple[Any, Any]:
+    """``(collate, encode)``: how a batch is built, and how it becomes the two views ``(x, y)``."""
+    if consecutive:  # unshuffled: each batch is one run of consecutive sentences
+        return consecutive_collate(encoder), consecutive_encoder(encoder)
+    if config.encoder == "gru":  # x = f(sentence), y = g(neighbour)
+        return gru_pair_collate(encoder), gru_pair_encoder(encoder)
+    return pair_collate(encoder), pair_encoder(encoder)
+
+
 def run(config: BookCorpusConfig) -> int:
     """Train, evaluate against the starting model, and save; the exit status (0, 1 diverged, 2 bad input)."""
     output = Path(config.output_dir)
     try:
-        loss = HypersphereLoss(config.loss)
-        # The Quick-Thought objective scores each sentence against a batch of consecutive
-        # sentences, so its views are f(s) and g(s) of the same sentences, not neighbour pairs.
-        names = {term.name for term in loss.objective}
-        consecutive = "quickthought" in names
-        if consecutive and names & {"align", "contrastive"}:
-            raise ValueError("--loss: quickthought trains on consecutive batches (x = f(s), y = g(s) of the same "
-                             "sentences); combine it only with uniform")  # fmt: skip
-        if consecutive and config.cache_chunk_size:
-            raise ValueError("--cache-chunk-size: the quickthought objective trains on consecutive batches, which "
-                             "are not split into chunks; drop --cache-chunk-size")  # fmt: skip
+        loss, consecutive = _objective(config)
         eval_names = [n.strip() for n in config.eval_dataset.split(",") if n.strip() and n.strip() != "none"]
         eval_sets = {eval_set_name(name): load_eval_documents(name) for name in eval_names}
-        if config.dataset == "bookcorpus":
-            train_pairs = BookCorpusPairs()  # in corpus order: its first sentences are consecutive too
-            # A from-scratch tokenizer learns its vocabulary from the start of the stream.
-            train_sentences = [a for a, _ in itertools.islice(train_pairs, TOKENIZER_SAMPLE)]
-            _, heldout = austen_splits()  # BookCorpus has no held-out split: evaluate on Persuasion
-        else:
-            train_docs, heldout = load_documents(config.dataset)
-            train_sentences = SentenceCorpus.from_documents(train_docs).sentences
-            if consecutive:
-                train_pairs = ConsecutiveSentenceDataset(train_sentences)
-            else:
-                train_pairs = SentencePairDataset.from_documents(train_docs, context_size=config.context_size)
-            if len(train_pairs) == 0:
-                raise ValueError(f"--dataset {config.dataset}: no neighbour pairs in the training documents")
+        train_pairs, train_sentences, heldout = _training_data(config, consecutive)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
     with training_session(config) as accelerator:
-        scratch = ScratchConfig(config.scratch_layers, config.scratch_hidden, max(1, config.scratch_hidden // 64),
-                                4 * config.scratch_hidden, config.vocab_size, config.max_seq_length)  # fmt: skip
         try:
-            start = config.model
-            if config.encoder == "gru":  # the main process trains the tokenizer and draws the weights once
-                start = str(output / "gru-init")
-                if accelerator.is_main_process:
-                    gru = build_gru_encoder(
-                        train_sentences, vocab_size=config.vocab_size, embedding_dim=config.gru_embedding_dim,
-                        hidden_dim=config.gru_dim, max_seq_length=config.max_seq_length,
-                        workdir=output / "gru-tokenizer",
-                    )  # fmt: skip
-                    save_text_encoder(gru, start)
-                accelerator.wait_for_everyone()
-            elif start is None:  # the main process trains the tokenizer and draws the weights once
-                start = str(output / "scratch-init")
-                if accelerator.is_main_process:
-                    build_text_encoder(None, sentences=train_sentences, scratch=scratch, workdir=start,
-                                       max_seq_length=config.max_seq_length)  # fmt: skip
-                accelerator.wait_for_everyone()
-            if config.encoder == "gru":
-                encoder = load_encoder(start, device=str(accelerator.device))
-            else:
-                encoder = build_text_encoder(
-                    start, pooling=config.pooling, projection_dim=config.projection_dim,
-                    max_seq_length=config.max_seq_length, device=str(accelerator.device),
-                )  # fmt: skip
+            encoder = _starting_encoder(config, accelerator, train_sentences)
         except (ValueError, OSError) as error:
             accelerator.print(f"error: {error}")
             return 2
@@ -204,12 +231,7 @@ def run(config: BookCorpusConfig) -> int:
             atomic_write_json(output / "baseline_metrics.json", baseline)
         accelerator.wait_for_everyone()
 
-        if consecutive:  # unshuffled: each batch is one run of consecutive sentences
-            collate, encode = consecutive_collate(encoder), consecutive_encoder(encoder)
-        elif config.encoder == "gru":  # x = f(sentence), y = g(neighbour)
-            collate, encode = gru_pair_collate(encoder), gru_pair_encoder(encoder)
-        else:
-            collate, encode = pair_collate(encoder), pair_encoder(encoder)
+        collate, encode = _views(config, encoder, consecutive)
         groups = getattr(train_pairs, "groups", None) if config.pairs == "same-book" else None
         loader = make_dataloader(train_pairs, config, collate_fn=collate, groups=groups,
                                  shuffle=config.pairs != "consecutive" and not consecutive)  # fmt: skip

@@ -70,8 +70,11 @@ def test_fit_on_two_processes_equals_fit_on_one_with_the_global_batch(two_proces
     with training_session(config) as accelerator:
         result = fit_tiny(config, accelerator)
     assert result.steps == two_process_result["steps"] == 4
+    # Each process back-propagates only its rows' share of the loss, so the float32 sums run in another order
+    # than on one process: 1.4e-6 apart after 4 steps of lr 0.5 with momentum (a missing or doubled share would
+    # be off by ~1e-1). The one-step loss and gradients are compared at 1e-6 above.
     for name, value in result.model.state_dict().items():
-        torch.testing.assert_close(two_process_result["weights"][name], value, rtol=0, atol=1e-6)
+        torch.testing.assert_close(two_process_result["weights"][name], value, rtol=0, atol=1e-5)
 
 
 def test_gradient_caching_on_two_processes_equals_the_plain_run(two_process_result: dict) -> None:

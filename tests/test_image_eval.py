@@ -150,6 +150,6 @@ def test_cli_writes_a_report_and_fails_in_one_line(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "takes colour (3 channels) images but fashion-mnist" in err
     assert cli_main(["--model", str(tmp_path / "missing"), *args]) == 2
-    assert "not an hsrl image model folder" in capsys.readouterr().err
+    assert "missing: no such folder" in capsys.readouterr().err
     assert cli_main(["--model", str(tmp_path / "grey"), "--dataset", "cifar10", "--data-root", str(tmp_path)]) == 2
     assert "cifar10 is not in" in capsys.readouterr().err

@@ -123,9 +123,7 @@ def make_loss(case: str, impl: str, block: int | None) -> Callable[..., torch.Te
         return pdist_uniform
     if case == "align+uniform":
         if impl == "hsrl":
-            return lambda x, y: (
-                align_loss(x, y, alpha=ALPHA) + (uniform_loss(x, t=T) + uniform_loss(y, t=T)) / 2
-            )
+            return lambda x, y: align_loss(x, y, alpha=ALPHA) + (uniform_loss(x, t=T) + uniform_loss(y, t=T)) / 2
         return lambda x, y: paper_align(x, y) + (pdist_uniform(x) + pdist_uniform(y)) / 2
     if impl == "hsrl":
         return lambda x, y: contrastive_loss(x, y, tau=TAU)
@@ -257,9 +255,7 @@ def time_worker(job: dict) -> dict:
             continue
         (value, grads), (ref_value, ref_grads) = first[label], first[reference]
         out[label]["value_rel"] = abs(value - ref_value) / abs(ref_value)
-        out[label]["grad_max"] = max(
-            float((g - r).abs().max()) for g, r in zip(grads, ref_grads, strict=True)
-        )
+        out[label]["grad_max"] = max(float((g - r).abs().max()) for g, r in zip(grads, ref_grads, strict=True))
     return out
 
 
@@ -318,9 +314,7 @@ class Runner:
         # (device, case, label) -> (N, median seconds) of the last measured size
         self.history: dict[tuple[str, str, str], tuple[int, float]] = {}
 
-    def pre_skip(
-        self, device: str, case: str, label: str, impl: str, n: int, limit_s: float
-    ) -> str | None:
+    def pre_skip(self, device: str, case: str, label: str, impl: str, n: int, limit_s: float) -> str | None:
         need = estimated_bytes(case, impl, n, self.args.dim)
         free = available_bytes(device)
         if need > 0.5 * free:
@@ -516,11 +510,7 @@ def verdict(device: str, by_n: dict[int, dict[str, dict]]) -> str | None:
     if "median_ms" not in hsrl or "median_ms" not in ref:
         return f"[{device}] target at N=4096: not measured"
     speedup = ref["median_ms"] / hsrl["median_ms"]
-    ok = (
-        speedup >= 3
-        and hsrl.get("value_rel", 1) <= VALUE_RTOL
-        and hsrl.get("grad_max", 1) <= GRAD_ATOL
-    )
+    ok = speedup >= 3 and hsrl.get("value_rel", 1) <= VALUE_RTOL and hsrl.get("grad_max", 1) <= GRAD_ATOL
     return (
         f"[{device}] target at N=4096 (uniform_loss ≥ 3× faster than pdist, value ≤ 1e-5 rel, "
         f"grad ≤ 1e-6): speed-up {speedup:.2f}×, value {hsrl.get('value_rel', float('nan')):.1e},"
@@ -573,11 +563,7 @@ def run(args: argparse.Namespace) -> str:
             for b in blocks:
                 title = f"uniform_loss(block_size={b if b else f'None → {auto_block(n, device)}'})"
                 label = f"hsrl-{b or 'auto'}"
-                lines.append(
-                    table_row(
-                        title, n, results[label], "`pdist` formula", results["pdist"], compared=True
-                    )
-                )
+                lines.append(table_row(title, n, results[label], "`pdist` formula", results["pdist"], compared=True))
         lines.append("")
         target = verdict(device, by_n)
         if target:
@@ -590,9 +576,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048, 4096, 16384])
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=30, help="most timed calls per case")
-    parser.add_argument(
-        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
-    )
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--warmup", type=int, default=2, help="extra warm-up calls if < 1 s")
     parser.add_argument(
         "--budget",
@@ -621,13 +605,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=[4096, 16384],
         help="N for the block-size sweep of uniform_loss",
     )
-    parser.add_argument(
-        "--block-sizes", nargs="+", default=["auto", "128", "256", "512", "1024", "2048", "4096"]
-    )
+    parser.add_argument("--block-sizes", nargs="+", default=["auto", "128", "256", "512", "1024", "2048", "4096"])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/losses.md")
-    parser.add_argument(
-        "--quick", action="store_true", help="small sizes and few repeats: a smoke run"
-    )
+    parser.add_argument("--quick", action="store_true", help="small sizes and few repeats: a smoke run")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:

@@ -27,23 +27,58 @@ ROOT = Path(__file__).resolve().parents[1]
 #: name -> recipe flags. Same data and evaluation everywhere; each row changes one thing
 #: against the row it is compared with (see the table's notes).
 CONFIGS: dict[str, list[str]] = {
-    "old demo: a1+u1, lr 3e-5, 60x32": ["--loss", "align:1,alpha=2 + uniform:1,t=2", "--lr", "3e-5",
-                                         "--batch-size", "32", "--max-steps", "60"],
+    "old demo: a1+u1, lr 3e-5, 60x32": [
+        "--loss",
+        "align:1,alpha=2 + uniform:1,t=2",
+        "--lr",
+        "3e-5",
+        "--batch-size",
+        "32",
+        "--max-steps",
+        "60",
+    ],
     "a1+u1, lr 3e-5, 100x64": ["--loss", "align:1,alpha=2 + uniform:1,t=2", "--lr", "3e-5"],
     "a3+u1, lr 3e-5, 100x64": ["--loss", "align:3,alpha=2 + uniform:1,t=2", "--lr", "3e-5"],
     "a2+u1 t=5, lr 1e-4, 100x64": ["--loss", "align:2,alpha=2 + uniform:1,t=5", "--lr", "1e-4"],
     "a2+u1, lr 3e-5, 100x64": ["--loss", "align:2,alpha=2 + uniform:1,t=2", "--lr", "3e-5"],
     "a1.5+u1, lr 3e-5, 100x64": ["--loss", "align:1.5,alpha=2 + uniform:1,t=2", "--lr", "3e-5"],
     "a1.5+u1, lr 1e-4, 100x64": ["--loss", "align:1.5,alpha=2 + uniform:1,t=2", "--lr", "1e-4"],
-    "a1.5+u1, lr 3e-5, 100x64, same-book": ["--loss", "align:1.5,alpha=2 + uniform:1,t=2", "--lr", "3e-5",
-                                             "--pairs", "same-book"],
-    "a1+u1, lr 3e-5, 100x64, same-book": ["--loss", "align:1,alpha=2 + uniform:1,t=2", "--lr", "3e-5",
-                                           "--pairs", "same-book"],
+    "a1.5+u1, lr 3e-5, 100x64, same-book": [
+        "--loss",
+        "align:1.5,alpha=2 + uniform:1,t=2",
+        "--lr",
+        "3e-5",
+        "--pairs",
+        "same-book",
+    ],
+    "a1+u1, lr 3e-5, 100x64, same-book": [
+        "--loss",
+        "align:1,alpha=2 + uniform:1,t=2",
+        "--lr",
+        "3e-5",
+        "--pairs",
+        "same-book",
+    ],
     "contrastive tau=0.05, lr 3e-5, 100x64": ["--loss", "contrastive:1,tau=0.05", "--lr", "3e-5"],
     "contrastive tau=0.05, lr 1e-4, 100x64": ["--loss", "contrastive:1,tau=0.05", "--lr", "1e-4"],
 }
-COMMON = ["--dataset", "austen", "--model", "minilm", "--batch-size", "64", "--max-steps", "100",
-          "--max-seq-length", "48", "--checkpoint-every", "100000", "--log-with", "none", "--no-progress"]
+COMMON = [
+    "--dataset",
+    "austen",
+    "--model",
+    "minilm",
+    "--batch-size",
+    "64",
+    "--max-steps",
+    "100",
+    "--max-seq-length",
+    "48",
+    "--checkpoint-every",
+    "100000",
+    "--log-with",
+    "none",
+    "--no-progress",
+]
 
 
 def run(name: str, flags: list[str], runs_dir: Path, extra: list[str], train: bool = True) -> dict:
@@ -52,11 +87,24 @@ def run(name: str, flags: list[str], runs_dir: Path, extra: list[str], train: bo
     if not metrics.is_file() and not train:
         return {"name": name, "error": ["not run"]}
     if not metrics.is_file():
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-               "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
         # Later flags win in argparse, so the configuration's own flags override COMMON.
-        cmd = [sys.executable, str(ROOT / "recipes" / "bookcorpus.py"), *COMMON, *flags, *extra,
-               "--output-dir", str(folder)]
+        cmd = [
+            sys.executable,
+            str(ROOT / "recipes" / "bookcorpus.py"),
+            *COMMON,
+            *flags,
+            *extra,
+            "--output-dir",
+            str(folder),
+        ]
         started = time.perf_counter()
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if done.returncode != 0:
@@ -68,8 +116,10 @@ def run(name: str, flags: list[str], runs_dir: Path, extra: list[str], train: bo
 
 
 def table(results: list[dict]) -> str:
-    head = ("| configuration | recall@10 (× untouched) | align | uniform | factbook recall@10 (×) "
-            "| factbook align | factbook uniform | wall s |")
+    head = (
+        "| configuration | recall@10 (× untouched) | align | uniform | factbook recall@10 (×) "
+        "| factbook align | factbook uniform | wall s |"
+    )
     lines = [head, "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         if "error" in r:

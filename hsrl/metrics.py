@@ -155,9 +155,7 @@ class AlignUniformMeter:
         0.0
     """
 
-    def __init__(
-        self, alpha: float = 2.0, t: float = 2.0, *, sample_size: int = 4096, seed: int = 0
-    ) -> None:
+    def __init__(self, alpha: float = 2.0, t: float = 2.0, *, sample_size: int = 4096, seed: int = 0) -> None:
         _check_positive(alpha, "alpha")
         _check_positive(t, "t")
         self.alpha = float(alpha)
@@ -219,8 +217,7 @@ class AlignUniformMeter:
             _check_embeddings(y, "y")
             if x.shape != y.shape:
                 raise ValueError(
-                    "x and y must be paired row for row, got shapes "
-                    f"{tuple(x.shape)} and {tuple(y.shape)}"
+                    f"x and y must be paired row for row, got shapes {tuple(x.shape)} and {tuple(y.shape)}"
                 )
         if self._dim is not None and x.shape[1] != self._dim:
             raise ValueError(f"earlier batches had {self._dim} features, this one has {x.shape[1]}")
@@ -272,14 +269,10 @@ class AlignUniformMeter:
                 # SeedSequence mixes (seed, block) into well-separated generator seeds.
                 state = np.random.SeedSequence([self.seed, block]).generate_state(1, np.uint64)
                 generator = torch.Generator().manual_seed(int(state[0]))
-                self._block_uniforms = torch.rand(
-                    _RANDOM_BLOCK, generator=generator, dtype=torch.float64
-                )
+                self._block_uniforms = torch.rand(_RANDOM_BLOCK, generator=generator, dtype=torch.float64)
                 self._block_id = block
             base = block * _RANDOM_BLOCK
-            parts.append(
-                self._block_uniforms[max(lo, base) - base : min(hi, base + _RANDOM_BLOCK) - base]
-            )
+            parts.append(self._block_uniforms[max(lo, base) - base : min(hi, base + _RANDOM_BLOCK) - base])
         return torch.cat(parts)
 
     @torch.no_grad()
@@ -341,9 +334,7 @@ def _batches(x: Embeddings, name: str, batch_size: int) -> Iterator[Tensor]:
         yield _as_tensor(batch, f"a batch of {name}")
 
 
-def alignment(
-    x: Embeddings, y: Embeddings, alpha: float = 2.0, *, batch_size: int = 65536
-) -> float:
+def alignment(x: Embeddings, y: Embeddings, alpha: float = 2.0, *, batch_size: int = 65536) -> float:
     r"""Dataset alignment: :math:`\frac{1}{P}\sum_i \lVert x_i - y_i \rVert_2^{\alpha}`.
 
     Exact (a float64 running sum), computed in batches so memory stays bounded.
@@ -368,9 +359,7 @@ def alignment(
     # Only alignment is read back; the smallest sample keeps the reservoir's cost nil.
     meter = AlignUniformMeter(alpha=alpha, sample_size=2)
     missing = object()
-    batches = zip_longest(
-        _batches(x, "x", batch_size), _batches(y, "y", batch_size), fillvalue=missing
-    )
+    batches = zip_longest(_batches(x, "x", batch_size), _batches(y, "y", batch_size), fillvalue=missing)
     for xb, yb in batches:
         if xb is missing or yb is missing:
             raise ValueError("x and y have different numbers of batches")
@@ -426,9 +415,7 @@ class DistanceHistogram:
 def _pair_distances(x: Tensor, y: Tensor) -> np.ndarray:
     """``‖x_i − y_i‖₂`` in float64, a chunk of rows at a time."""
     parts = [
-        torch.linalg.vector_norm(
-            x[s : s + _ROW_CHUNK].double() - y[s : s + _ROW_CHUNK].double(), dim=1
-        ).cpu()
+        torch.linalg.vector_norm(x[s : s + _ROW_CHUNK].double() - y[s : s + _ROW_CHUNK].double(), dim=1).cpu()
         for s in range(0, x.shape[0], _ROW_CHUNK)
     ]
     return torch.cat(parts).numpy()
@@ -467,18 +454,14 @@ def positive_distance_histogram(
     _check_embeddings(x, "x")
     _check_embeddings(y, "y")
     if x.shape != y.shape:
-        raise ValueError(
-            f"x and y must be paired row for row, got shapes {tuple(x.shape)} and {tuple(y.shape)}"
-        )
+        raise ValueError(f"x and y must be paired row for row, got shapes {tuple(x.shape)} and {tuple(y.shape)}")
     _check_count(bins, "bins", 1)
     try:
         low, high = (float(v) for v in range)
     except (TypeError, ValueError):
         low, high = math.nan, math.nan
     if not (math.isfinite(low) and math.isfinite(high) and low < high):
-        raise ValueError(
-            f"range must be two finite numbers (low, high) with low < high, got {range!r}"
-        )
+        raise ValueError(f"range must be two finite numbers (low, high) with low < high, got {range!r}")
     _on_sphere(x, "x", False)
     _on_sphere(y, "y", False)
     distances = _pair_distances(x.detach(), y.detach())
@@ -526,9 +509,7 @@ def _scott_bandwidth(angles: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def angle_density(
-    z: Tensor | np.ndarray, num_points: int = 512, bandwidth: float | None = None
-) -> AngleDensity:
+def angle_density(z: Tensor | np.ndarray, num_points: int = 512, bandwidth: float | None = None) -> AngleDensity:
     r"""Wrapped Gaussian kernel density of the angles of 2-D features.
 
     With :math:`\theta_i = \operatorname{atan2}(z_{i,2}, z_{i,1}) \in [-\pi, \pi)`,

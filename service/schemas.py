@@ -32,7 +32,6 @@ __all__ = [
 ]
 
 
-
 def _json_integer(value: Any) -> Any:
     """JSON Schema's integer: a number with no fractional part (``5`` or ``5.0``), never ``true`` or ``"5"``."""
     if isinstance(value, bool) or not isinstance(value, int | float):

@@ -23,6 +23,7 @@ __all__ = [
     "unit_vectors",
 ]
 
+
 def check_count(items: Sequence[Any], limits: Limits, field: str) -> None:
     if len(items) == 0:
         raise ServiceError(422, f"{field} must not be empty", "empty_input")

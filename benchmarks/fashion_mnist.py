@@ -21,6 +21,7 @@ import argparse
 import fcntl
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -122,7 +123,9 @@ def baselines(metrics: dict[str, Any]) -> list[str]:
 
 def ablation(args: argparse.Namespace) -> list[str]:
     title = f"# Fashion-MNIST ablations: one change at a time, {args.minutes:g}-minute budget each, seed {args.seed}"
-    command = f"Command: `python benchmarks/fashion_mnist.py ablation --minutes {args.minutes:g}`"
+    command = f"Command: `python benchmarks/fashion_mnist.py ablation --minutes {args.minutes:g}" + (
+        f" --recipe-flags '{args.recipe_flags}'`" if args.recipe_flags else "`"
+    )
     lines = [title, "", command, "", *HEADER]
     first: dict[str, Any] | None = None
     for name, flags in ABLATIONS.items():
@@ -174,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lock", type=Path, help="hold an exclusive flock on this file during each run")
     parser.add_argument("--report-only", action="store_true", help="tables from finished runs only")
     parser.add_argument("--output", type=Path, help="also write the table here")
-    parser.add_argument("extra", nargs="*", help="flags added to every run (after --)")
+    parser.add_argument("--recipe-flags", default="", help='flags added to every run, e.g. "--linear-protocol fast"')
     args = parser.parse_args(argv)
+    args.extra = shlex.split(args.recipe_flags)
     if args.minutes <= 0:
         parser.error("--minutes must be > 0")
     lines = ablation(args) if args.mode == "ablation" else budget(args)

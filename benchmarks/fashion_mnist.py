@@ -42,7 +42,6 @@ ABLATIONS: dict[str, list[str]] = {
     "no channels-last": ["--no-channels-last"],
     "views by torchvision per image in 2 loader workers (not batched)": ["--no-batched-views", "--num-workers", "2"],
     "batch 512": ["--batch-size", "512"],
-    "lr 5e-3": ["--lr", "5e-3"],
     "crop scale 0.08-1": ["--crop-scale", "0.08"],
     "random erasing p 0.5": ["--erase", "0.5"],
     "contrastive (InfoNCE, tau 0.2) instead of align/uniform": ["--loss", "contrastive:1,tau=0.2"],

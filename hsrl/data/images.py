@@ -778,7 +778,28 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
     return h >> 1
 
 
-class TwoViewDataset(Dataset):
+class _EpochViews(Dataset):
+    """Views of ``source`` that depend on (seed, epoch, index): the epoch lives in shared memory, so
+    persistent loader workers see what the main process sets with :meth:`set_epoch`."""
+
+    def __init__(self, source: ImageSource, config: AugmentConfig, seed: int = 0) -> None:
+        if source.channels != config.channels:
+            check_channels(config.channels, source)
+        self.source, self.config, self.seed = source, config, seed
+        self._epoch = torch.zeros(1, dtype=torch.long).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch[0] = epoch
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+
+class TwoViewDataset(_EpochViews):
     """``(view1, view2)`` of each image: two independent draws of the augmentation.
 
     The draws for item ``i`` in epoch ``e`` come from the CPU generator seeded with
@@ -796,22 +817,8 @@ class TwoViewDataset(Dataset):
     def __init__(
         self, source: ImageSource, config: AugmentConfig, seed: int = 0, dtype: Literal["uint8", "float32"] = "uint8"
     ) -> None:
-        if source.channels != config.channels:
-            check_channels(config.channels, source)
-        self.source, self.config, self.seed = source, config, seed
+        super().__init__(source, config, seed)
         self.transform = view_transform(config, dtype)
-        # Shared memory: persistent workers see the epoch the main process sets.
-        self._epoch = torch.zeros(1, dtype=torch.long).share_memory_()
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch[0] = epoch
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch[0])
-
-    def __len__(self) -> int:
-        return len(self.source)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         image, _ = self.source[index]
@@ -820,7 +827,7 @@ class TwoViewDataset(Dataset):
             return self.transform(image), self.transform(image)
 
 
-class BatchedTwoViews(Dataset):
+class BatchedTwoViews(_EpochViews):
     """Two views per image, made a whole batch at a time (:func:`batch_views`) in the loader's collate step.
 
     Items are ``(uint8 image, index)``; :meth:`collate` stacks a batch and draws both views from one CPU
@@ -828,22 +835,6 @@ class BatchedTwoViews(Dataset):
     views depend only on which images it holds and the epoch: exact resume holds as for
     :class:`TwoViewDataset`. Same ``set_epoch`` contract (shared memory, seen by persistent workers).
     """
-
-    def __init__(self, source: ImageSource, config: AugmentConfig, seed: int = 0) -> None:
-        if source.channels != config.channels:
-            check_channels(config.channels, source)
-        self.source, self.config, self.seed = source, config, seed
-        self._epoch = torch.zeros(1, dtype=torch.long).share_memory_()
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch[0] = epoch
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch[0])
-
-    def __len__(self) -> int:
-        return len(self.source)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         image, _ = self.source[index]

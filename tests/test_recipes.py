@@ -39,7 +39,7 @@ def test_quickstart_writes_a_filled_card_and_pushes_the_model_folder(quickstart_
     card = (out / "model" / "README.md").read_text()
     metrics = json.loads((out / "metrics.json").read_text())
     assert "`align:1,alpha=2 + uniform:1,t=2`" in card and "zalando-datasets/fashion_mnist" in card
-    assert f"| `knn5_accuracy` | {metrics['knn5_accuracy']:.4f} |" in card and "2005.10242" in card
+    assert f"| `knn5` | {metrics['summary']['knn5']:.4f} |" in card and "2005.10242" in card  # the summary block
     sent = hub.files["someone/quickstart"]
     assert set(sent) == {"README.md", "model.safetensors", "hsrl_config.json"}
     assert all(sent[name] == (out / "model" / name).read_bytes() for name in sent)

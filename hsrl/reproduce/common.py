@@ -39,9 +39,8 @@ from hsrl.data.images import ImageSplit, random_views, read_fashion_mnist
 from hsrl.evaluation.knn import knn_accuracy
 from hsrl.losses import HypersphereLoss
 from hsrl.metrics import alignment, uniformity
-from hsrl.models.folder import save_model
+from hsrl.models.folder import open_model, save_model
 from hsrl.models.image import SmallCNN
-from hsrl.models.image import load as load_image_model
 from hsrl.training import TrainConfig, fit, make_dataloader, training_session
 
 __all__ = [
@@ -230,7 +229,7 @@ def load_run_encoder(folder: Path, budget: ImageBudget, device: torch.device) ->
     normalisation's constant buffers); they are read too, so their training is not repeated.
     """
     if (folder / MODEL_FOLDER).is_dir():
-        return load_image_model(folder / MODEL_FOLDER, map_location=device).train()
+        return open_model(folder / MODEL_FOLDER, device=str(device)).module.train()
     encoder = small_encoder(budget)
     weights = {**encoder.normalize.state_dict(prefix="normalize."), **load_file(str(folder / "model.safetensors"))}
     encoder.load_state_dict(weights)

@@ -27,13 +27,10 @@ then ``OUTPUT/model`` (:func:`hsrl.models.two_tower.save_two_tower`) and the eva
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-
-import torch
 
 from hsrl.configuration import config_to_dict, parse_config
 from hsrl.data.captions import FashionCaptions
@@ -92,11 +89,6 @@ class ImageTextConfig(TrainConfig):
     eval_pairs: int = field(default=1000, metadata={"help": "test pairs for retrieval and geometry"})
     eval_test_size: int | None = field(default=None, metadata={"help": "evaluate on the first N test images only"})
     linear_probe: bool = field(default=False, metadata={"help": "also a linear probe on the image embeddings"})
-    threads: int | None = field(
-        default=None,
-        metadata={"help": "torch threads per process (default: the cores shared by the processes; `accelerate "
-                          "launch` alone would give each process one)"},
-    )  # fmt: skip
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -122,8 +114,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     with training_session(config) as accelerator:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        torch.set_num_threads(config.threads or max(1, cores // accelerator.num_processes))
         text_encoder = build_text_encoder(config.text_model, projection_dim=config.dim, device=str(accelerator.device))
         image_encoder = build_encoder(
             config.image_encoder, in_channels=config.channels, image_size=config.image_size, dim=config.image_dim,

@@ -198,3 +198,36 @@ def test_search_page_in_a_headless_browser(served: dict, tmp_path: Path) -> None
     assert screenshot.stat().st_size > 1000
     if os.environ.get("HSRL_SCREENSHOT"):  # how the README's screenshot is made
         shutil.copyfile(screenshot, os.environ["HSRL_SCREENSHOT"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--multimodal-model", "m", "--text-model", "t"], "--multimodal-model serves both modalities"),
+        (["--multimodal-model", "/nowhere/model"], "multimodal model folder not found: /nowhere/model"),
+    ],
+)
+def test_serve_multimodal_bad_input_is_one_line(args: list[str], message: str, capsys, tmp_path: Path) -> None:
+    from hsrl_service.cli import main as serve_main
+
+    assert serve_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_serve_refuses_a_folder_that_is_not_two_towers(capsys, tmp_path: Path) -> None:
+    from hsrl_service.cli import main as serve_main
+
+    assert serve_main(["--multimodal-model", str(tmp_path)]) == 2
+    assert "is not an hsrl multimodal model folder" in capsys.readouterr().err
+
+
+def test_a_modality_the_served_model_lacks_is_a_json_4xx_naming_it(tmp_path: Path) -> None:
+    from test_service_support import assert_error, build_service, data_uri, make_index, png_bytes, serve
+
+    index = make_index(tmp_path / "texts", dim=384)
+    with serve(build_service(text=True, image=False, indexes=[("texts", index)])) as live, live.client() as http:
+        embedded = http.post("/v1/embeddings", json={"input": [data_uri(png_bytes())], "modality": "image"})
+        assert "no image model is loaded" in assert_error(embedded, 422)["message"]
+        searched = http.post("/search", json={"index": "texts", "image": data_uri(png_bytes()), "k": 3})
+        assert "no image model is loaded" in assert_error(searched, 422)["message"]

@@ -131,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
             accelerator.print(f"error: {error}")
             return 2
         loss = CrossModalLoss(config.loss, model)
+        if config.cache_chunk_size and loss.uses_scales():
+            accelerator.print("error: --cache-chunk-size with clip/siglip: the cached backward reaches the towers, not "
+                              "the learnable scale; use align/uniform terms or drop --cache-chunk-size")  # fmt: skip
+            return 2
         # Parameters no term reads would get no gradient (and DDP would wait for them): freeze them.
         model.log_logit_scale.requires_grad_(loss.uses_scales())
         model.logit_bias.requires_grad_("siglip" in {term.name for term in loss.objective})

@@ -53,12 +53,14 @@ def fit_config(output_dir: Path, per_process_batch: int) -> TrainConfig:
                        seed=3)  # fmt: skip
 
 
-def fit_two_towers(config: TrainConfig, accelerator: Accelerator) -> FitResult:
+def fit_two_towers(config: TrainConfig, accelerator: Accelerator, objective: str = OBJECTIVE) -> FitResult:
     """``fit`` of a freshly seeded tiny two-tower model (MiniLM locked, its projection and the scales learned)."""
     torch.manual_seed(config.seed)
     model = TwoTowerModel(ImageTower(TinyImageEncoder(), 6), TextTower(build_text_encoder("minilm", projection_dim=6)),
                           logit_scale=10.0, logit_bias=-10.0)  # fmt: skip
-    loss = CrossModalLoss(OBJECTIVE, model)
+    loss = CrossModalLoss(objective, model)
+    model.log_logit_scale.requires_grad_(loss.uses_scales())
+    model.logit_bias.requires_grad_("siglip" in objective)
     loader = make_pair_loader(TinyPairs(), config)
     return fit(model, loss, loader, config, accelerator=accelerator, encode=lambda m, b: m(b.images, b.captions))
 

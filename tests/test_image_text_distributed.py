@@ -49,3 +49,25 @@ def test_two_tower_fit_on_two_processes_equals_one_process_on_the_global_batch(
         torch.testing.assert_close(two_process_result["weights"][name], value, rtol=0, atol=1e-5)
     # The scales did learn (the test would pass vacuously if they were frozen).
     assert float(reference["logit_bias"]) != -10.0
+
+
+def test_gradient_caching_equals_the_plain_step_for_two_towers(tmp_path: Path) -> None:
+    objective = "align:1 + uniform:1 + uniform_union:0.5"
+    states = []
+    for chunk in (None, 3):
+        config = fit_config(tmp_path / str(chunk), per_process_batch=8)
+        config.cache_chunk_size = chunk
+        with training_session(config) as accelerator:
+            states.append(trained_state(fit_two_towers(config, accelerator, objective)))
+    for name, value in states[0].items():
+        torch.testing.assert_close(states[1][name], value, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(states[0]["image.projection.weight"], fit_two_towers_initial_projection())
+
+
+def fit_two_towers_initial_projection() -> torch.Tensor:
+    torch.manual_seed(3)
+    from image_text_cases import TinyImageEncoder
+
+    from hsrl.models.two_tower import ImageTower
+
+    return ImageTower(TinyImageEncoder(), 6).projection.weight.detach().clone()

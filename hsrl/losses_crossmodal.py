@@ -29,10 +29,19 @@ Example:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hsrl.losses import HypersphereLoss, LossTerm, _check_embeddings, _on_sphere, register_term, uniform_loss
+from hsrl.losses import (
+    SIGLIP_BIAS,
+    TERMS,
+    LossTerm,
+    _check_embeddings,
+    clip_loss,
+    parse_objective,
+    siglip_loss,
+    uniform_loss,
+    uniform_union_loss,
+)
 
 __all__ = [
     "MAX_LOGIT_SCALE",
@@ -48,86 +57,11 @@ __all__ = [
 MAX_LOGIT_SCALE = 100.0
 
 
-def _paired(x: Tensor, y: Tensor, normalize: bool) -> tuple[Tensor, Tensor]:
-    _check_embeddings(x, "image embeddings")
-    _check_embeddings(y, "text embeddings")
-    if x.shape != y.shape:
-        raise ValueError(f"image and text embeddings must be paired row for row, got {tuple(x.shape)} and "
-                         f"{tuple(y.shape)}")  # fmt: skip
-    return _on_sphere(x, "image embeddings", normalize), _on_sphere(y, "text embeddings", normalize)
-
-
-def clip_loss(x: Tensor, y: Tensor, logit_scale: Tensor | float, *, normalize: bool = False) -> Tensor:
-    r"""CLIP's symmetric InfoNCE: :math:`\tfrac12[\mathrm{CE}(s\,xy^\top, I) + \mathrm{CE}(s\,yx^\top, I)]`.
-
-    Args:
-        x: ``(N, d)`` unit image embeddings.
-        y: ``(N, d)`` unit caption embeddings, row ``i`` the caption of image ``i``.
-        logit_scale: :math:`s = 1/\tau` (a tensor to learn it).
-
-    Example:
-        >>> x = F.normalize(torch.randn(4, 3), dim=1)
-        >>> float(clip_loss(x, x, 100.0)) < float(clip_loss(x, x.roll(1, 0), 100.0))
-        True
-    """
-    x, y = _paired(x, y, normalize)
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        logits = torch.as_tensor(logit_scale, dtype=torch.float32, device=x.device) * (x.float() @ y.float().T)
-        target = torch.arange(x.shape[0], device=x.device)
-        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-
-
-def siglip_loss(
-    x: Tensor, y: Tensor, logit_scale: Tensor | float, logit_bias: Tensor | float, *, normalize: bool = False
-) -> Tensor:
-    r"""SigLIP: :math:`-\frac1N \sum_{i,j} \log\sigma(z_{ij}(t\,x_i^\top y_j + b))`, :math:`z = 2I - 1`.
-
-    Example:
-        >>> x = F.normalize(torch.randn(4, 3), dim=1)
-        >>> float(siglip_loss(x, x, 10.0, -10.0)) < float(siglip_loss(x, -x, 10.0, -10.0))
-        True
-    """
-    x, y = _paired(x, y, normalize)
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        t = torch.as_tensor(logit_scale, dtype=torch.float32, device=x.device)
-        b = torch.as_tensor(logit_bias, dtype=torch.float32, device=x.device)
-        logits = t * (x.float() @ y.float().T) + b
-        signs = 2 * torch.eye(x.shape[0], device=x.device) - 1
-        return -F.logsigmoid(signs * logits).sum() / x.shape[0]
-
-
-def uniform_union_loss(x: Tensor, y: Tensor, t: float = 2.0, *, normalize: bool = False) -> Tensor:
-    r"""Uniformity of both modalities as one set: :math:`L_{uniform}([x; y]; t)` over all distinct pairs."""
-    x, y = _paired(x, y, normalize)
-    return uniform_loss(torch.cat([x, y]), t=t)
-
-
 def modality_gap(x: Tensor, y: Tensor) -> Tensor:
     r"""The distance between the modalities' centres, :math:`\lVert \bar x - \bar y \rVert_2` (Liang et al. 2022)."""
     _check_embeddings(x, "image embeddings")
     _check_embeddings(y, "text embeddings")
     return torch.linalg.vector_norm(x.float().mean(0) - y.float().mean(0))
-
-
-def _clip_term(x: Tensor, y: Tensor, *, tau: float = 0.07) -> Tensor:
-    return clip_loss(x, y, 1.0 / tau)
-
-
-#: SigLIP's initial bias (the paper's b = −10: most pairs are negatives).
-SIGLIP_BIAS = -10.0
-
-
-def _siglip_term(x: Tensor, y: Tensor, *, t: float = 10.0) -> Tensor:
-    return siglip_loss(x, y, t, SIGLIP_BIAS)
-
-
-def _uniform_union_term(x: Tensor, y: Tensor, *, t: float = 2.0) -> Tensor:
-    return uniform_union_loss(x, y, t=t)
-
-
-register_term("clip", _clip_term, {"tau": 0.07})
-register_term("siglip", _siglip_term, {"t": 10.0})
-register_term("uniform_union", _uniform_union_term, {"t": 2.0})
 
 
 def initial_scales(objective: str | list[LossTerm]) -> tuple[float, float]:
@@ -141,7 +75,7 @@ def initial_scales(objective: str | list[LossTerm]) -> tuple[float, float]:
     return 10.0, SIGLIP_BIAS
 
 
-class CrossModalLoss(HypersphereLoss):
+class CrossModalLoss(nn.Module):
     """An image–text objective (``x`` images, ``y`` captions) with learnable CLIP/SigLIP scales.
 
     Args:
@@ -155,7 +89,11 @@ class CrossModalLoss(HypersphereLoss):
     """
 
     def __init__(self, objective: str | list[LossTerm], model: nn.Module | None = None, *, gather: bool = False):
-        super().__init__(objective, gather=gather)
+        super().__init__()
+        self.objective = parse_objective(objective) if isinstance(objective, str) else list(objective)
+        if not self.objective:
+            raise ValueError("an objective needs at least one term")
+        self.gather = gather
         # Not a submodule: the loss must not own (or save) the model's parameters.
         self.__dict__["scales_from"] = model
 
@@ -184,8 +122,6 @@ class CrossModalLoss(HypersphereLoss):
             elif term.name == "siglip" and self.learnable:
                 value = siglip_loss(x, y, *self._scale_and_bias())
             else:
-                from hsrl.losses import TERMS
-
                 value = TERMS[term.name][0](x, y, **term.params)
             values[term.name] = value
             total = value * term.weight if total is None else total + value * term.weight
@@ -196,6 +132,12 @@ class CrossModalLoss(HypersphereLoss):
             scale, bias = self._scale_and_bias()
             values["logit_scale"], values["logit_bias"] = scale.detach(), bias.detach()
         return values
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.terms(x, y)["loss"]
+
+    def extra_repr(self) -> str:
+        return " + ".join(str(term) for term in self.objective)
 
     @staticmethod
     def diagnostics(x: Tensor, y: Tensor) -> dict[str, Tensor]:

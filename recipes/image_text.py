@@ -32,15 +32,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from hsrl.configuration import config_to_dict, parse_config
+from hsrl.cli.config import parse_config
+from hsrl.configuration import config_to_dict
 from hsrl.data.captions import FashionCaptions
 from hsrl.data.pairs import make_pair_loader, open_pairs
 from hsrl.evaluation.image_text import evaluate_image_text, format_summary
+from hsrl.evaluation.summary import write_metrics
 from hsrl.losses_crossmodal import CrossModalLoss, initial_scales
+from hsrl.models.folder import save_model
 from hsrl.models.image import build_encoder
 from hsrl.models.text import build_text_encoder
-from hsrl.models.two_tower import ImageTower, TextTower, TwoTowerModel, save_two_tower
-from hsrl.training import TrainConfig, TrainingDivergedError, fit, training_session, write_run_metrics
+from hsrl.models.two_tower import ImageTower, TextTower, TwoTowerModel
+from hsrl.training import TrainConfig, TrainingDivergedError, fit, training_session
 
 
 @dataclass
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
         output = Path(config.output_dir)
         model = result.model
-        save_two_tower(model, output / "model")
+        save_model(model, output / "model")
         skipped = pairs.skips.as_dict() if hasattr(pairs, "skips") else {}
         metrics = {"steps": result.steps, "final_loss": result.last_loss, "train_seconds": result.train_seconds,
                    "skipped_pairs": skipped}  # fmt: skip
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                                          linear_probe=config.linear_probe, test_size=config.eval_test_size)  # fmt: skip
             metrics.update({"evaluation": report, "summary": report["summary"]})
             print(format_summary(report["summary"]))
-        write_run_metrics(output / "metrics.json", {**metrics, "config": config_to_dict(config)})
+        write_metrics(output / "metrics.json", {**metrics, "config": config_to_dict(config)})
         print(f"model: {output / 'model'}  metrics: {output / 'metrics.json'}")
     return 0
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hsrl_service.encoders import Encoder, ImageEncoder, ImagePreprocessing, TextEncoder
+from hsrl_service.encoders import Encoder, ImageEncoder, TextEncoder
 
 __all__ = ["load_multimodal_encoders"]
 
@@ -21,20 +21,14 @@ def load_multimodal_encoders(path: str | Path, *, device: str | None = None, nam
     folder = Path(path)
     if not folder.is_dir():
         raise ValueError(f"multimodal model folder not found: {folder}")
-    try:
-        from hsrl.models import image as image_models
-        from hsrl.models.two_tower import load_image_tower, load_text_tower, read_two_tower_config
-    except ImportError as error:
-        raise ValueError(f"multimodal models are not available in this install ({error})") from error
-    read_two_tower_config(folder)
-    device = device or "cpu"
+    from hsrl.models.folder import open_model  # slow to import: only when a model is served
+
+    opened = open_model(folder, device=device or "cpu")
+    if opened.kind != "two_tower":
+        raise ValueError(f"--multimodal-model {folder}: a {opened.kind} model folder, not a two-tower one")
     base = name or folder.name
-    text = TextEncoder(load_text_tower(folder, device=device), f"{base}-text")
-    tower = load_image_tower(folder, device=device)
-    recipe = image_models.load_preprocess(folder / "image")
-    # The image tower takes uint8 and normalises inside (the encoder's Normalize layer): no mean/std here.
-    preprocessing = ImagePreprocessing(size=recipe.size, channels=recipe.channels, resize=recipe.resize)
-    image = ImageEncoder(tower, f"{base}-image", preprocessing, dim=tower.dim, device=device)
-    created = int(folder.stat().st_mtime)
-    text.created = image.created = created
+    text = TextEncoder(opened.module.text.encoder, f"{base}-text")
+    image = ImageEncoder(opened.module.image, f"{base}-image", opened.preprocess, dim=opened.dim,
+                         device=device or "cpu")  # fmt: skip
+    text.created = image.created = int(folder.stat().st_mtime)
     return [text, image]

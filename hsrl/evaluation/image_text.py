@@ -17,12 +17,8 @@ r"""Image–text evaluation of a two-tower model: zero-shot, cross-modal retriev
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +33,6 @@ from hsrl.metrics import alignment, uniformity
 __all__ = [
     "SUMMARY_KEYS",
     "class_embeddings",
-    "cli_main",
     "evaluate_image_text",
     "format_summary",
     "paired_recall",
@@ -180,35 +175,3 @@ def format_summary(summary: dict[str, float]) -> str:
     """The summary as a two-column table."""
     width = max(len(k) for k in summary)
     return "\n".join(f"{key:<{width}}  {value:.4f}" for key, value in summary.items())
-
-
-def cli_main(argv: Sequence[str]) -> int:
-    """``hsrl eval image-text --model MODEL [--unseen-classes a,b] [--output FILE]``."""
-    from hsrl.index import OneLineArgumentParser, run_cli
-
-    parser = OneLineArgumentParser(prog="hsrl eval image-text", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="a two-tower model folder (recipes/image_text.py)")
-    parser.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist"], help="evaluation data")
-    parser.add_argument("--unseen-classes", default="", help="classes held out of training, comma-separated")
-    parser.add_argument("--pairs", type=int, default=1000, help="test pairs for retrieval and geometry")
-    parser.add_argument("--linear-probe", action="store_true", help="also a linear probe on the image embeddings")
-    parser.add_argument("--output", default=None, help="write the report as JSON here")
-
-    def run(args: argparse.Namespace) -> int:
-        from hsrl.models.two_tower import load_two_tower
-
-        unseen = FashionCaptions.parse_unseen([c for c in args.unseen_classes.split(",") if c.strip()])
-        model = load_two_tower(args.model)
-        report = evaluate_image_text(model, captions=FashionCaptions(unseen), pairs=args.pairs,
-                                     linear_probe=args.linear_probe)  # fmt: skip
-        print(format_summary(report["summary"]))
-        if args.output:
-            from hsrl.checkpoints import atomic_write_json
-
-            atomic_write_json(Path(args.output), report)
-        else:
-            json.dump(report["summary"], sys.stdout)
-            print()
-        return 0
-
-    return run_cli(parser, argv, run)

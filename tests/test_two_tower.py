@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -112,6 +113,16 @@ def test_folder_round_trip_gives_the_same_embeddings(tmp_path: Path) -> None:
     loaded = load_two_tower(folder)
     torch.testing.assert_close(loaded.encode_images(images), model.encode_images(images))
     torch.testing.assert_close(loaded.encode_texts(captions), model.encode_texts(captions), atol=1e-6, rtol=1e-5)
+    # The one model-folder contract opens it as kind two_tower, encoding either modality.
+    from hsrl.models.folder import model_kind, open_model, save_model
+
+    opened = open_model(folder)
+    assert model_kind(folder) == "two_tower" and opened.modalities == ("image", "text") and opened.dim == 8
+    np.testing.assert_allclose(opened.encode(captions, modality="text"), model.encode_texts(captions).numpy(),
+                               atol=1e-5)  # fmt: skip
+    with pytest.raises(ValueError, match="say which"):
+        opened.encode(captions)
+    assert model_kind(save_model(model, tmp_path / "again")) == "two_tower"
     # The text tower alone is a plain sentence-transformers folder embedding into the shared space.
     from sentence_transformers import SentenceTransformer
 

@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup data test test-slow demo demo-images lint bench clean
+.PHONY: setup data browser test test-slow demo demo-images lint bench clean
 
 setup: $(STAMP) data
 
@@ -40,11 +40,21 @@ data:
 	fi
 	@echo "==> the Austen corpus ships inside the package (hsrl/data/corpora/austen.jsonl.gz)"
 
+# The search page's test drives a real headless browser: Debian's chromium and its driver (Selenium comes with the
+# dev extra). HSRL_REQUIRE_BROWSER makes that test fail, not skip, when they are missing.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+		echo "==> chromium and chromedriver present"; \
+	else \
+		echo "==> installing Debian's chromium and chromium-driver (the browser test)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver; \
+	fi
+
 # Two workers: many tests spend their time waiting for a launched process (accelerate, a server) to start.
 # --dist loadscope keeps each module's tests (and its module-scoped fixtures, e.g. one recipe run) on one worker.
-test: setup
+test: setup browser
 	@echo "==> pytest (fast suite; slow tests: make test-slow)"
-	$(PY) -m pytest -n 2 --dist loadscope
+	HSRL_REQUIRE_BROWSER=1 $(PY) -m pytest -n 2 --dist loadscope
 
 # Long runs live here, outside CI (e.g. the MiniLM gradient-caching recipe comparison; exit 5, no tests, is not a failure).
 test-slow: setup

@@ -366,6 +366,8 @@ def export_embeddings(
     model_path, dataset_path, out = local_model_folder(model), Path(dataset), Path(output)
     kind = model_kind(model_path)
     records = read_dataset(dataset_path)
+    if kind == "two_tower":  # one space, two towers: the dataset's modality picks the tower
+        kind = records.kind
     if records.kind != kind:
         raise ValueError(f"model {model_path} is a {kind} model but dataset {dataset_path} holds {records.kind}s")
     manifest = _manifest(model_path, dataset_path, kind, records, shard_size)
@@ -375,7 +377,7 @@ def export_embeddings(
     todo = [s for s in mine if not _shard_done(out, s)]
     if todo and encode is None:
         encoder = open_model(model_path, device=device)
-        encode = functools.partial(encoder.encode, batch_size=batch_size)
+        encode = functools.partial(encoder.encode, batch_size=batch_size, modality=records.kind)
     _export_shards(out, records, todo, shard_size, batch_size, encode, progress and rank == 0)
     return {**manifest, "exported": todo, "skipped": [s for s in mine if s not in todo]}
 

@@ -37,12 +37,15 @@ __all__ = [
     "HypersphereLoss",
     "LossTerm",
     "align_loss",
+    "clip_loss",
     "contrastive_loss",
     "parse_objective",
     "quickthought_loss",
     "quickthought_targets",
+    "siglip_loss",
     "uniform_loss",
     "uniform_loss_share",
+    "uniform_union_loss",
 ]
 
 #: Largest allowed deviation of a row norm from 1 before a loss refuses the input.
@@ -463,6 +466,78 @@ class LossTerm:
         return f"{self.name}:{self.weight:g}{extra}"
 
 
+# --------------------------------------------------------------------------- image–text (two towers)
+
+#: SigLIP's initial bias (the paper's b = −10: most pairs are negatives).
+SIGLIP_BIAS = -10.0
+
+
+def _paired(x: Tensor, y: Tensor, normalize: bool) -> tuple[Tensor, Tensor]:
+    _check_embeddings(x, "image embeddings")
+    _check_embeddings(y, "text embeddings")
+    if x.shape != y.shape:
+        raise ValueError(f"image and text embeddings must be paired row for row, got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")  # fmt: skip
+    return _on_sphere(x, "image embeddings", normalize), _on_sphere(y, "text embeddings", normalize)
+
+
+def clip_loss(x: Tensor, y: Tensor, logit_scale: Tensor | float, *, normalize: bool = False) -> Tensor:
+    r"""CLIP's symmetric InfoNCE: :math:`\tfrac12[\mathrm{CE}(s\,xy^\top, I) + \mathrm{CE}(s\,yx^\top, I)]`.
+
+    Args:
+        x: ``(N, d)`` unit image embeddings.
+        y: ``(N, d)`` unit caption embeddings, row ``i`` the caption of image ``i``.
+        logit_scale: :math:`s = 1/\tau` (a tensor to learn it).
+
+    Example:
+        >>> x = F.normalize(torch.randn(4, 3), dim=1)
+        >>> float(clip_loss(x, x, 100.0)) < float(clip_loss(x, x.roll(1, 0), 100.0))
+        True
+    """
+    x, y = _paired(x, y, normalize)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        logits = torch.as_tensor(logit_scale, dtype=torch.float32, device=x.device) * (x.float() @ y.float().T)
+        target = torch.arange(x.shape[0], device=x.device)
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def siglip_loss(
+    x: Tensor, y: Tensor, logit_scale: Tensor | float, logit_bias: Tensor | float, *, normalize: bool = False
+) -> Tensor:
+    r"""SigLIP: :math:`-\frac1N \sum_{i,j} \log\sigma(z_{ij}(t\,x_i^\top y_j + b))`, :math:`z = 2I - 1`.
+
+    Example:
+        >>> x = F.normalize(torch.randn(4, 3), dim=1)
+        >>> float(siglip_loss(x, x, 10.0, -10.0)) < float(siglip_loss(x, -x, 10.0, -10.0))
+        True
+    """
+    x, y = _paired(x, y, normalize)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        t = torch.as_tensor(logit_scale, dtype=torch.float32, device=x.device)
+        b = torch.as_tensor(logit_bias, dtype=torch.float32, device=x.device)
+        logits = t * (x.float() @ y.float().T) + b
+        signs = 2 * torch.eye(x.shape[0], device=x.device) - 1
+        return -F.logsigmoid(signs * logits).sum() / x.shape[0]
+
+
+def uniform_union_loss(x: Tensor, y: Tensor, t: float = 2.0, *, normalize: bool = False) -> Tensor:
+    r"""Uniformity of both modalities as one set: :math:`L_{uniform}([x; y]; t)` over all distinct pairs."""
+    x, y = _paired(x, y, normalize)
+    return uniform_loss(torch.cat([x, y]), t=t)
+
+
+def _clip_term(x: Tensor, y: Tensor, *, tau: float = 0.07) -> Tensor:
+    return clip_loss(x, y, 1.0 / tau)
+
+
+def _siglip_term(x: Tensor, y: Tensor, *, t: float = 10.0) -> Tensor:
+    return siglip_loss(x, y, t, SIGLIP_BIAS)
+
+
+def _uniform_union_term(x: Tensor, y: Tensor, *, t: float = 2.0) -> Tensor:
+    return uniform_union_loss(x, y, t=t)
+
+
 def _align_term(x: Tensor, y: Tensor, *, alpha: float = 2.0) -> Tensor:
     return align_loss(x, y, alpha=alpha)
 
@@ -513,6 +588,10 @@ TERMS: Mapping[str, tuple[Callable[..., Tensor], Mapping[str, float]]] = Mapping
         "uniform": (_uniform_term, {"t": 2.0}),
         "contrastive": (_contrastive_term, {"tau": 0.5, "symmetric": 1.0}),
         "quickthought": (_quickthought_term, {"context": 1.0, "tau": 1.0}),
+        # x = images, y = captions (hsrl.losses_crossmodal binds CLIP/SigLIP's scales to a model's parameters)
+        "clip": (_clip_term, {"tau": 0.07}),
+        "siglip": (_siglip_term, {"t": 10.0}),
+        "uniform_union": (_uniform_union_term, {"t": 2.0}),
     }
 )
 #: name -> this process's share of the term on a gathered batch (``fn(x, y, rows, reduce, **params)``): over the

@@ -13,7 +13,7 @@ from hsrl_service.contract import install_contract
 from hsrl_service.errors import CatchAll, install_error_handlers
 from hsrl_service.limits import BodySizeLimit
 from hsrl_service.metrics import RequestMetrics
-from hsrl_service.routes import docs, embeddings, ops, search
+from hsrl_service.routes import docs, embeddings, ops, search, ui
 from hsrl_service.runtime import Service, service_version
 
 __all__ = ["create_app"]
@@ -51,6 +51,7 @@ def create_app(service: Service) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(ops.guarded_router, dependencies=reads)
     app.include_router(docs.build_router(app), dependencies=reads)
+    app.include_router(ui.router, dependencies=reads)
     install_contract(app, service)
     if service.config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware

@@ -33,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--text-model", metavar="[NAME=]PATH", help="sentence-transformers model folder")
     models.add_argument("--image-model", metavar="[NAME=]PATH", help="hsrl image model folder")
     models.add_argument(
+        "--multimodal-model",
+        metavar="[NAME=]PATH",
+        help="two-tower image-text model folder (recipes/image_text.py): serves NAME-text and NAME-image into one "
+        "space; not with --text-model or --image-model",
+    )
+    models.add_argument(
         "--index",
         metavar="[NAME=]PATH",
         action="append",
@@ -128,8 +134,10 @@ def _build_service(args: argparse.Namespace):  # -> hsrl_service.runtime.Service
     from hsrl_service.limits import Limits
     from hsrl_service.runtime import BatchingConfig, Service, ServiceConfig
 
-    if not (args.text_model or args.image_model or args.index):
-        raise UsageError("nothing to serve: give --text-model, --image-model or --index")
+    if not (args.text_model or args.image_model or args.multimodal_model or args.index):
+        raise UsageError("nothing to serve: give --text-model, --image-model, --multimodal-model or --index")
+    if args.multimodal_model and (args.text_model or args.image_model):
+        raise UsageError("--multimodal-model serves both modalities: drop --text-model and --image-model")
     if not 1 <= args.port <= 65535:
         raise UsageError(f"--port must be 1..65535, got {args.port}")
     limits = Limits(
@@ -172,6 +180,11 @@ def _build_service(args: argparse.Namespace):  # -> hsrl_service.runtime.Service
     if args.image_model:
         name, folder = named_path(args.image_model, "--image-model")
         encoders.append(load_image_encoder(folder, device=args.device, name=name))
+    if args.multimodal_model:
+        from hsrl_service.multimodal import load_multimodal_encoders
+
+        name, folder = named_path(args.multimodal_model, "--multimodal-model")
+        encoders.extend(load_multimodal_encoders(folder, device=args.device, name=name))
     return Service(encoders, indexes, config)
 
 

@@ -1,4 +1,4 @@
-"""``hsrl eval text|image|retrieval``: dispatch to the evaluator of each kind."""
+"""``hsrl eval text|image|retrieval|image-text``: dispatch to the evaluator of each kind."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ KINDS: dict[str, str] = {
     "text": "hsrl.cli.eval_text",
     "image": "hsrl.cli.eval_image",
     "retrieval": "hsrl.cli.eval_retrieval",
+    "image-text": "hsrl.cli.eval_image_text",
 }
 
 
@@ -17,7 +18,7 @@ def main(argv: Sequence[str]) -> int:
     """``hsrl eval KIND ...``: the evaluator of KIND, imported only when used."""
     args = list(argv)
     if not args or args[0] in {"-h", "--help"}:
-        print("usage: hsrl eval {text,image,retrieval} [options]  (hsrl eval KIND --help for each)")
+        print("usage: hsrl eval {text,image,retrieval,image-text} [options]  (hsrl eval KIND --help for each)")
         return 0
     kind = args[0]
     if kind not in KINDS:

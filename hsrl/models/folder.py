@@ -11,6 +11,8 @@ it, what it saves, how to save it):
 * ``image``: ``model.safetensors`` + ``hsrl_config.json`` (``"format": "hsrl-image-encoder"``), rebuilt by
   :func:`hsrl.models.image.load`; its :class:`~hsrl.models.image.ImagePreprocess` (resize the shorter side,
   centre-crop, channels) is the one preprocessing training-time evaluation, export and the service share.
+* ``two_tower``: an image–text model (``hsrl_multimodal.json``, ``image/``, ``text/``;
+  :mod:`hsrl.models.two_tower`): both modalities into one space, ``encode(items, modality="image"|"text")``.
 * ``text``: a sentence-transformers folder (``modules.json``; the Quick-Thought GRU included), opened by
   :func:`hsrl.models.text.load_sentence_transformer`; a bare 🤗 transformers folder is mean-pooled.
 
@@ -35,6 +37,7 @@ __all__ = [
     "ImageModel",
     "ModelKind",
     "TextModel",
+    "TwoTowerEncoder",
     "local_model_folder",
     "model_kind",
     "open_model",
@@ -121,6 +124,39 @@ class ImageModel(Encoder):
         return _unit_rows(np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32))
 
 
+class TwoTowerEncoder(Encoder):
+    """A two-tower folder opened by :func:`hsrl.models.folder.open_model`: kind ``two_tower``, both modalities.
+
+    ``encode(items, modality="image")`` takes image paths or PIL images (the image tower's own preprocessing);
+    ``modality="text"`` takes strings. Either way the rows are unit vectors of the shared space.
+    """
+
+    kind = "two_tower"
+    modalities = ("image", "text")
+
+    def __init__(self, model: Any, path: Path, device: str = "cpu") -> None:
+        from hsrl.models.image import load_preprocess
+
+        self.module, self.path, self.device = model.eval(), Path(path), device
+        self.dim = int(model.dim)
+        self.preprocess = load_preprocess(Path(path) / "image")
+
+    def encode(self, items: Sequence[Any], *, modality: str | None = None, batch_size: int = 64) -> np.ndarray:
+        import torch
+
+        if self._modality(modality) == "text":
+            rows = self.module.text.encoder.encode(list(items), batch_size=batch_size, normalize_embeddings=True,
+                                                   convert_to_numpy=True, show_progress_bar=False)  # fmt: skip
+        else:
+            parts = []
+            for start in range(0, len(items), batch_size):
+                batch = np.stack([self.preprocess.to_array(item) for item in items[start : start + batch_size]])
+                with torch.inference_mode():
+                    parts.append(self.module.image(torch.from_numpy(batch).to(self.device)).float().cpu().numpy())
+            rows = np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
+        return _unit_rows(rows)
+
+
 # --------------------------------------------------------------------------- the kinds
 
 
@@ -182,6 +218,28 @@ def _save_text(model: Any, folder: Path) -> Path:
     return save_text_encoder(_unwrapped(model), folder)
 
 
+def _is_two_tower_folder(folder: Path) -> bool:
+    return _read_json(folder / "hsrl_multimodal.json").get("format") == "hsrl-two-tower"
+
+
+def _open_two_tower(folder: Path, device: str) -> Encoder:
+    from hsrl.models.two_tower import load_two_tower
+
+    return TwoTowerEncoder(load_two_tower(folder, device=device), folder, device)
+
+
+def _owns_two_tower(model: Any) -> bool:
+    from hsrl.models.two_tower import TwoTowerModel
+
+    return isinstance(_unwrapped(model), TwoTowerModel)
+
+
+def _save_two_tower(model: Any, folder: Path) -> Path:
+    from hsrl.models.two_tower import save_two_tower
+
+    return save_two_tower(model, folder)
+
+
 def _unwrapped(model: Any) -> Any:
     """The model inside a DDP / compiled wrapper."""
     while True:
@@ -205,6 +263,13 @@ class ModelKind:
 
 #: Every kind of model folder hsrl reads and writes, tried in this order.
 KINDS: dict[str, ModelKind] = {
+    "two_tower": ModelKind(
+        _is_two_tower_folder,
+        _open_two_tower,
+        _owns_two_tower,
+        _save_two_tower,
+        "an hsrl two-tower image-text folder (hsrl_multimodal.json, image/, text/)",
+    ),
     "image": ModelKind(
         _is_image_folder,
         _open_image,

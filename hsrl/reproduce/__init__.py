@@ -5,7 +5,8 @@
     hsrl reproduce fig8      fine-tuning a contrastive encoder with align only, uniform only, both
     hsrl reproduce theorem1  L_contrastive(τ, M) − log M against its limit, M = 1 … 16384
     hsrl reproduce table     align/uniform vs contrastive, same budget, 3 seeds, mean ± std
-    hsrl reproduce all       the five, each in its own sub-folder
+    hsrl reproduce multimodal  images and captions of a 2-D two-tower model on S¹, with the modality gap
+    hsrl reproduce all       all of them, each in its own sub-folder
 
 Each writes a PNG, the CSV of the numbers it shows and ``report.md`` into ``--output-dir``
 (default ``runs/reproduce/<experiment>``). Training runs go to ``--runs-dir`` (default
@@ -29,6 +30,7 @@ EXPERIMENTS: dict[str, str] = {
     "fig8": "fine-tuning a contrastive encoder with alignment only, uniformity only, or both",
     "theorem1": "the contrastive loss minus log M converging to its limit as the negatives M grow",
     "table": "align/uniform vs contrastive at the same budget over seeds (mean ± std)",
+    "multimodal": "images and captions of a 2-D two-tower model on S¹: modality gap, pair distances, densities",
 }
 
 

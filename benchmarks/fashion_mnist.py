@@ -39,12 +39,12 @@ LAUNCH = [ACCELERATE, "launch", "--num_processes", "1", "--num_machines", "1", "
 ABLATIONS: dict[str, list[str]] = {
     "defaults (small_resnet 32-64-128, channels-last, batched views, AdamW 2e-3 cosine, batch 256)": [],
     "paper encoder: small_alexnet width 0.25": ["--encoder", "small_alexnet", "--width", "0.25"],
-    "no channels-last": ["--no-channels-last"],
+    "contrastive (InfoNCE, tau 0.2) instead of align/uniform": ["--loss", "contrastive:1,tau=0.2"],
     "views by torchvision per image in 2 loader workers (not batched)": ["--no-batched-views", "--num-workers", "2"],
+    "no channels-last": ["--no-channels-last"],
     "batch 512": ["--batch-size", "512"],
     "crop scale 0.08-1": ["--crop-scale", "0.08"],
     "random erasing p 0.5": ["--erase", "0.5"],
-    "contrastive (InfoNCE, tau 0.2) instead of align/uniform": ["--loss", "contrastive:1,tau=0.2"],
 }
 #: Objectives for the budget table.
 OBJECTIVES: dict[str, list[str]] = {

@@ -219,11 +219,11 @@ def test_serve_refuses_a_folder_that_is_not_two_towers(capsys, tmp_path: Path) -
     from hsrl_service.cli import main as serve_main
 
     assert serve_main(["--multimodal-model", str(tmp_path)]) == 2
-    assert "is not an hsrl multimodal model folder" in capsys.readouterr().err
+    assert "not an hsrl model folder" in capsys.readouterr().err
 
 
 def test_a_modality_the_served_model_lacks_is_a_json_4xx_naming_it(tmp_path: Path) -> None:
-    from test_service_support import assert_error, build_service, data_uri, make_index, png_bytes, serve
+    from service_support import assert_error, build_service, data_uri, make_index, png_bytes, serve
 
     index = make_index(tmp_path / "texts", dim=384)
     with serve(build_service(text=True, image=False, indexes=[("texts", index)])) as live, live.client() as http:

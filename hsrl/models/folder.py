@@ -263,13 +263,6 @@ class ModelKind:
 
 #: Every kind of model folder hsrl reads and writes, tried in this order.
 KINDS: dict[str, ModelKind] = {
-    "two_tower": ModelKind(
-        _is_two_tower_folder,
-        _open_two_tower,
-        _owns_two_tower,
-        _save_two_tower,
-        "an hsrl two-tower image-text folder (hsrl_multimodal.json, image/, text/)",
-    ),
     "image": ModelKind(
         _is_image_folder,
         _open_image,
@@ -279,6 +272,13 @@ KINDS: dict[str, ModelKind] = {
     ),
     "text": ModelKind(
         _is_text_folder, _open_text, _owns_text, _save_text, "a sentence-transformers folder (modules.json)"
+    ),
+    "two_tower": ModelKind(
+        _is_two_tower_folder,
+        _open_two_tower,
+        _owns_two_tower,
+        _save_two_tower,
+        "an hsrl two-tower image-text folder (hsrl_multimodal.json, image/, text/)",
     ),
 }
 

@@ -30,6 +30,10 @@ from hsrl.reproduce.common import EvalSizes, ImageBudget, RunSpec
 
 #: experiment -> (its figure, {csv file: its exact header})
 OUTPUTS: dict[str, tuple[str, dict[str, list[str]]]] = {
+    "multimodal": (
+        "multimodal.png",
+        {"multimodal.csv": ["model", "align", "uniform_image", "uniform_text", "modality_gap", "mean_pair_distance"]},
+    ),
     "fig3": (
         "fig3.png",
         {

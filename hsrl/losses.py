@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -644,6 +644,31 @@ def parse_objective(spec: str) -> list[LossTerm]:
     return terms
 
 
+def term_value(term: LossTerm, x: Tensor, y: Tensor) -> Tensor:
+    """One term's unweighted value, from the static table :data:`TERMS` with the term's own parameters."""
+    return TERMS[term.name][0](x, y, **term.params)
+
+
+def weighted_terms(
+    objective: Sequence[LossTerm],
+    x: Tensor,
+    y: Tensor,
+    value_of: Callable[[LossTerm, Tensor, Tensor], Tensor] = term_value,
+) -> dict[str, Tensor]:
+    r"""Each term's unweighted value under its name and :math:`\sum_k w_k L_k` as ``loss``; ``value_of``
+    computes one term (a loss with learnable parameters, e.g. CLIP's scale, passes its own)."""
+    values: dict[str, Tensor] = {}
+    total: Tensor | None = None
+    for term in objective:
+        value = value_of(term, x, y)
+        values[term.name] = value
+        total = value * term.weight if total is None else total + value * term.weight
+    if total is None:
+        raise ValueError("an objective needs at least one term")
+    values["loss"] = total
+    return values
+
+
 class HypersphereLoss(nn.Module):
     r"""A weighted sum of the paper's objectives, configured as the paper writes it.
 
@@ -678,16 +703,7 @@ class HypersphereLoss(nn.Module):
             from hsrl.distributed import gather_with_grad
 
             x, y = gather_with_grad(x), gather_with_grad(y)
-        values: dict[str, Tensor] = {}
-        total: Tensor | None = None
-        for term in self.objective:
-            fn = TERMS[term.name][0]
-            value = fn(x, y, **term.params)
-            values[term.name] = value
-            total = value * term.weight if total is None else total + value * term.weight
-        assert total is not None
-        values["loss"] = total
-        return values
+        return weighted_terms(self.objective, x, y)
 
     def share_terms(self, x: Tensor, y: Tensor, *, rows: slice, reduce: Reduce, processes: int) -> dict[str, Tensor]:
         """This process's share of :meth:`terms` of a batch gathered from ``processes`` processes.

@@ -33,14 +33,15 @@ from torch import Tensor, nn
 
 from hsrl.losses import (
     SIGLIP_BIAS,
-    TERMS,
     LossTerm,
     _check_embeddings,
     clip_loss,
     parse_objective,
     siglip_loss,
+    term_value,
     uniform_loss,
     uniform_union_loss,
+    weighted_terms,
 )
 
 __all__ = [
@@ -109,24 +110,21 @@ class CrossModalLoss(nn.Module):
         model = self.scales_from
         return model.log_logit_scale.exp().clamp(max=MAX_LOGIT_SCALE), model.logit_bias
 
+    def _term_value(self, term: LossTerm, x: Tensor, y: Tensor) -> Tensor:
+        """CLIP and SigLIP read the model's learned scale (and bias) when there is a model; every other term,
+        or a loss without a model, takes the string's numbers."""
+        if term.name == "clip" and self.learnable:
+            return clip_loss(x, y, self._scale_and_bias()[0])
+        if term.name == "siglip" and self.learnable:
+            return siglip_loss(x, y, *self._scale_and_bias())
+        return term_value(term, x, y)
+
     def terms(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         if self.gather:
             from hsrl.distributed import gather_with_grad
 
             x, y = gather_with_grad(x), gather_with_grad(y)
-        values: dict[str, Tensor] = {}
-        total: Tensor | None = None
-        for term in self.objective:
-            if term.name == "clip" and self.learnable:
-                value = clip_loss(x, y, self._scale_and_bias()[0])
-            elif term.name == "siglip" and self.learnable:
-                value = siglip_loss(x, y, *self._scale_and_bias())
-            else:
-                value = TERMS[term.name][0](x, y, **term.params)
-            values[term.name] = value
-            total = value * term.weight if total is None else total + value * term.weight
-        assert total is not None
-        values["loss"] = total
+        values = weighted_terms(self.objective, x, y, self._term_value)
         values.update(self.diagnostics(x, y))
         if self.learnable and self.uses_scales():
             scale, bias = self._scale_and_bias()

@@ -95,9 +95,11 @@ def _fake_distribution(site: Path, name: str, version: str) -> None:
 def test_pip_install_keeps_a_users_other_torch(tmp_path: Path) -> None:
     """``pip install .`` into an environment whose torch is another (CUDA) build plans to install hsrl only.
 
-    The environment is a bare venv that sees this venv's packages through a ``.pth`` file, with stand-in
-    ``torch 2.5.1+cu121`` / ``torchvision 0.20.1+cu121`` distributions placed ahead of them. ``--no-index``
-    makes any plan to replace torch fail instead of downloading it.
+    The environment is a bare venv that sees this venv's packages through a ``.pth`` file, with stand-in CUDA
+    builds (``+cu128``) of this venv's torch and torchvision releases placed ahead of them. ``--no-index`` makes
+    any plan to replace torch fail instead of downloading it. The stand-ins carry this venv's release numbers, not
+    a fixed old one: our dependencies raise their torch floors over time (accelerate 1.16 needs torch>=2.6), and
+    what this test guards is that *hsrl* never replaces a compatible user build, not which floor others pick.
     """
     venv = tmp_path / "user-env"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
@@ -110,8 +112,9 @@ def test_pip_install_keeps_a_users_other_torch(tmp_path: Path) -> None:
             text=True,
         ).stdout.strip()
     )
-    _fake_distribution(site, "torch", "2.5.1+cu121")
-    _fake_distribution(site, "torchvision", "0.20.1+cu121")
+    for name in ("torch", "torchvision"):
+        release = importlib.metadata.version(name).split("+")[0]
+        _fake_distribution(site, name, f"{release}+cu128")
     (site / "zz-hsrl-venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     report = tmp_path / "report.json"
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}

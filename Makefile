@@ -51,10 +51,11 @@ browser:
 	fi
 
 # Two workers: many tests spend their time waiting for a launched process (accelerate, a server) to start.
-# --dist loadscope keeps each module's tests (and its module-scoped fixtures, e.g. one recipe run) on one worker.
+# --dist loadgroup (tests/conftest.py): a module with its own module-scoped fixture (one recipe run, one server)
+# stays on one worker; every other test is handed out on its own, which balances the two workers.
 test: setup browser
 	@echo "==> pytest (fast suite; slow tests: make test-slow)"
-	HSRL_REQUIRE_BROWSER=1 $(PY) -m pytest -n 2 --dist loadscope
+	HSRL_REQUIRE_BROWSER=1 $(PY) -m pytest -n 2 --dist loadgroup
 
 # Long runs live here, outside CI (e.g. the MiniLM gradient-caching recipe comparison; exit 5, no tests, is not a failure).
 test-slow: setup

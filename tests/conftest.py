@@ -110,3 +110,22 @@ def small_txt(tmp_path: Path, sentences: list[str]) -> Path:
     path = tmp_path / "books.txt"
     path.write_text("\n\n".join(blocks) + "\n", encoding="utf-8")
     return path
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``pytest -n N --dist loadgroup`` (``make test``): the tests of a module that builds a module-scoped
+    fixture of its own (one recipe run, one server) stay on one worker, so that fixture is built once; every other
+    test is handed out on its own, so one long module does not leave the other worker idle at the end."""
+    for item in items:
+        module = getattr(item, "module", None)
+        info = getattr(item, "_fixtureinfo", None)
+        if module is None or info is None:
+            continue
+        owns_module_fixture = any(
+            definition.scope == "module" and getattr(definition.func, "__module__", None) == module.__name__
+            for definitions in info.name2fixturedefs.values()
+            for definition in definitions
+        )
+        if owns_module_fixture:
+            item.add_marker(pytest.mark.xdist_group(module.__name__))

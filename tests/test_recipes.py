@@ -83,6 +83,7 @@ def test_quickstart_bad_input_is_one_line(tmp_path: Path, args: list[str], messa
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert message in lines[-1] and "Traceback" not in done.stderr
-    # Under `accelerate launch` the same line reaches the user (the launcher then adds its own report).
-    launched = launch("quickstart.py", "--output-dir", str(tmp_path), *args, timeout=120)
-    assert launched.returncode != 0 and message in launched.stderr
+    if args[0] == "--loss":  # once is enough: under `accelerate launch` the same line reaches the user (the
+        # launcher then adds its own report)
+        launched = launch("quickstart.py", "--output-dir", str(tmp_path), *args, timeout=120)
+        assert launched.returncode != 0 and message in launched.stderr

@@ -65,3 +65,25 @@ def test_book_attribution_is_perfect_for_an_oracle_and_chance_for_noise() -> Non
         )
 
     assert book_attribution(noise, books, per_book=60)["attribution_knn5"] < 0.75
+
+
+def test_max_sentences_caps_every_set_book_attribution_included(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``max_sentences=60`` encodes at most 60 held-out sentences, 60 of the other set, and 10 passages per book
+    and split for attribution (60 // 6 books); without a cap, attribution draws its full 150 per book."""
+    import hsrl.models.text
+    from hsrl.evaluation.text import evaluate_text_encoder
+
+    calls: list[int] = []
+
+    def recording_encoder(_encoder: object, texts: list[str], batch_size: int = 128) -> torch.Tensor:
+        calls.append(len(texts))
+        generator = torch.Generator().manual_seed(len(texts))
+        return F.normalize(torch.randn(len(texts), 8, generator=generator), dim=1)
+
+    monkeypatch.setattr(hsrl.models.text, "encode_texts", recording_encoder)
+    heldout, other = load_austen(["persuasion"]), load_austen(["emma"])
+    evaluate_text_encoder(None, heldout, attribution=True, max_sentences=60, eval_sets={"other": other})
+    assert calls == [60, 60, 60, 60]  # held-out, other set, attribution train, attribution test
+    calls.clear()
+    evaluate_text_encoder(None, heldout[:1], attribution=True)
+    assert calls[-2:] == [6 * 150, 6 * 150]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ from hsrl.models.text import (
     ScratchConfig,
     build_text_encoder,
     encode_texts,
+    freeze_lower_layers,
+    pair_collate,
+    pair_encoder,
     resolve_model_path,
     save_text_encoder,
 )
@@ -57,6 +61,26 @@ def test_packaged_minilm_loads_and_matches_sentence_transformers(sentences: list
     reference = SentenceTransformer(resolve_model_path("minilm"), device="cpu")
     expected = torch.as_tensor(reference.encode(sentences[:8], normalize_embeddings=True))
     torch.testing.assert_close(encode_texts(encoder, sentences[:8]), expected, rtol=0, atol=1e-5)
+
+
+def test_freezing_lower_layers_trains_only_the_upper_ones(sentences: list[str]) -> None:
+    """After one optimiser step, the embeddings and the first 4 layers are bit-identical and the last 2 moved."""
+    encoder = build_text_encoder("minilm", max_seq_length=32)
+    before = {name: p.detach().clone() for name, p in encoder.named_parameters()}
+    trainable = freeze_lower_layers(encoder, 4)
+    assert trainable == sum(p.numel() for p in encoder.parameters() if p.requires_grad) > 0
+    optimizer = torch.optim.SGD([p for p in encoder.parameters() if p.requires_grad], lr=0.5)
+    x, y = pair_encoder(encoder)(encoder, pair_collate(encoder)(list(itertools.pairwise(sentences[:9]))))
+    (-(x * y).sum()).backward()
+    optimizer.step()
+    after = dict(encoder.named_parameters())
+    frozen = [n for n in before if ".embeddings." in n or any(f".layer.{i}." in n for i in range(4))]
+    upper = [n for n in before if any(f".layer.{i}." in n for i in (4, 5))]
+    assert frozen and upper
+    assert all(torch.equal(before[n], after[n]) and not after[n].requires_grad for n in frozen)
+    assert all(not torch.equal(before[n], after[n]) for n in upper if n.endswith("weight"))
+    with pytest.raises(ValueError, match="only 6 transformer layers"):
+        freeze_lower_layers(build_text_encoder("minilm", max_seq_length=32), 7)
 
 
 def test_model_names_that_do_not_resolve_are_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -130,3 +130,38 @@ def test_two_process_recipe_with_cache_chunk_size_equals_the_plain_run(tmp_path:
     assert logged_losses(tmp_path / "cached") == pytest.approx(logged_losses(tmp_path / "plain"), abs=1e-5)
     a, b = (load_file(tmp_path / n / "model" / "model.safetensors") for n in ("plain", "cached"))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-4
+
+
+def test_frozen_lower_layers_and_wise_ft_mix_save_what_they_say(tmp_path: Path, small_txt: Path) -> None:
+    """``--freeze-layers 4 --wise-ft 0.25`` on MiniLM: the final checkpoint (the trained weights θ₁) keeps the
+    embeddings and layers 0-3 of the start θ₀ bit for bit and moved layers 4-5; the saved model is
+    0.25·θ₁ + 0.75·θ₀."""
+    from safetensors.torch import load_file
+
+    from hsrl.models.text import build_text_encoder
+
+    out = tmp_path / "mixed"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "bookcorpus.py"), "--dataset", str(small_txt), "--model", "minilm",
+         "--output-dir", str(out), "--max-steps", "2", "--batch-size", "8", "--max-seq-length", "16", "--lr", "1e-3",
+         "--freeze-layers", "4", "--wise-ft", "0.25", "--eval-dataset", "none", "--log-with", "none", "--no-progress"],
+        env=OFFLINE, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    start = build_text_encoder("minilm", max_seq_length=16).state_dict()
+    trained = load_file(sorted((out / "checkpoints").glob("step-*/model.safetensors"))[-1])
+    saved = build_text_encoder(str(out / "model"), max_seq_length=16).state_dict()
+    frozen = [k for k in start if ".embeddings." in k or any(f".layer.{i}." in k for i in range(4))]
+    upper = [k for k in start if any(f".layer.{i}." in k for i in (4, 5)) and k.endswith("weight")]
+    assert frozen and upper
+    assert all(torch.equal(trained[k], start[k]) for k in frozen)
+    assert all(not torch.equal(trained[k], start[k]) for k in upper)
+    for key in upper:
+        torch.testing.assert_close(saved[key], 0.75 * start[key] + 0.25 * trained[key], rtol=0, atol=1e-6)
+    assert "wise-ft: weights = 0.75·start + 0.25·trained" in done.stdout
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "bookcorpus.py"), "--dataset", str(small_txt), "--model", "none",
+         "--wise-ft", "0.5", "--output-dir", str(tmp_path / "bad")],
+        env=OFFLINE, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "--wise-ft" in bad.stderr.strip().splitlines()[-1]

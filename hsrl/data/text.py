@@ -171,15 +171,22 @@ def load_austen(books: Sequence[str] | None = None) -> list[Document]:
     unknown = sorted(set(books) - set(AUSTEN_BOOKS))
     if unknown:
         raise ValueError(f"unknown Austen book(s) {unknown}; choose from {list(AUSTEN_BOOKS)}")
+    # Fresh lists each call: callers own their documents; the split sentences are cached.
+    return [Document(doc_id, list(sentences)) for book in books for doc_id, sentences in _austen_chapters(book)]
+
+
+@functools.cache
+def _austen_chapters(book: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``(chapter id, its sentences)`` of one book in reading order, split once per process (evaluation loads
+    the books again and again, and sentence splitting is most of the cost)."""
     chapters: dict[str, list[str]] = {}
-    for book, chapter, text in _austen_paragraphs():
-        chapters.setdefault(f"{book}/ch{chapter:02d}", []).append(text)
-    return [
-        Document.from_paragraphs(doc_id, paragraphs)
-        for book in books
+    for name, chapter, text in _austen_paragraphs():
+        if name == book:
+            chapters.setdefault(f"{book}/ch{chapter:02d}", []).append(text)
+    return tuple(
+        (doc_id, tuple(Document.from_paragraphs(doc_id, paragraphs).sentences))
         for doc_id, paragraphs in chapters.items()
-        if doc_id.startswith(f"{book}/")
-    ]
+    )
 
 
 @functools.lru_cache(maxsize=1)

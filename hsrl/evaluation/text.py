@@ -216,7 +216,8 @@ def evaluate_text_encoder(
     """All the text metrics of one encoder (a ``SentenceTransformer``) on held-out documents.
 
     ``eval_sets`` maps a name to the documents of another evaluation set; its metrics come
-    back prefixed with the name (``factbook_recall@10``). ``max_sentences`` caps every set.
+    back prefixed with the name (``factbook_recall@10``). ``max_sentences`` caps every set, the book-attribution
+    passages included (``max_sentences // 6`` per book and split, at least 5).
     """
     from hsrl.models.text import encode_texts
 
@@ -234,7 +235,9 @@ def evaluate_text_encoder(
         results = _sphere_metrics(encode(other.sentences[keep]), other.doc_ids[keep])
         metrics.update({f"{name}_{key}": value for key, value in results.items()})
     if attribution:
-        metrics.update(book_attribution(encode, seed=seed))
+        # The cap holds here too: up to ``max_sentences`` passages per split (at least 5 per book).
+        per_book = 150 if max_sentences is None else max(5, min(150, max_sentences // len(AUSTEN_BOOKS)))
+        metrics.update(book_attribution(encode, per_book=per_book, seed=seed))
     if senteval_dir:
         metrics.update(senteval(encode, senteval_dir, seed=seed))
     return metrics

@@ -208,6 +208,31 @@ def _freeze_unused_pooler(module: Any) -> None:
         pooler.requires_grad_(False)
 
 
+def freeze_lower_layers(encoder: Any, layers: int) -> int:
+    """Freeze the token embeddings and the first ``layers`` transformer layers of ``encoder``.
+
+    Fine-tuning only the upper layers keeps the general features of the lower ones (less forgetting on text of
+    other domains) and costs less: no graph is recorded below the first trainable layer, so a step does the
+    frozen part's forward only. Returns the number of parameters left trainable. ``layers = 0`` is a no-op.
+    """
+    if layers < 0:
+        raise ValueError(f"--freeze-layers must be >= 0, got {layers}")
+    if layers == 0:
+        return sum(p.numel() for p in encoder.parameters() if p.requires_grad)
+    inner = getattr(encoder[0], "auto_model", None) or getattr(encoder[0], "model", None)
+    embeddings = getattr(inner, "embeddings", None)
+    stack = getattr(getattr(inner, "encoder", None), "layer", None)
+    if not isinstance(embeddings, torch.nn.Module) or not isinstance(stack, torch.nn.ModuleList):
+        raise ValueError("--freeze-layers needs a BERT-style transformer (embeddings + encoder.layer); "
+                         f"this encoder's first module is {type(encoder[0]).__name__}")  # fmt: skip
+    if layers > len(stack):
+        raise ValueError(f"--freeze-layers {layers}: the model has only {len(stack)} transformer layers")
+    embeddings.requires_grad_(False)
+    for layer in stack[:layers]:
+        layer.requires_grad_(False)
+    return sum(p.numel() for p in encoder.parameters() if p.requires_grad)
+
+
 def _output_width(modules: list[Any]) -> int:
     for module in reversed(modules):
         for attr in ("get_embedding_dimension", "get_sentence_embedding_dimension"):

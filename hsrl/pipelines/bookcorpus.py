@@ -39,23 +39,16 @@ from hsrl.evaluation.text import (
 from hsrl.hub import publish_run, push_to_hub_field
 from hsrl.losses import HypersphereLoss
 from hsrl.models.folder import save_model
-from hsrl.models.quickthought import (
-    ConsecutiveSentenceDataset,
-    build_gru_encoder,
-    consecutive_collate,
-    consecutive_encoder,
-    gru_pair_collate,
-    gru_pair_encoder,
-    load_encoder,
-)
 from hsrl.models.text import (
     ScratchConfig,
     build_text_encoder,
+    freeze_lower_layers,
     pair_collate,
     pair_encoder,
     save_text_encoder,
     set_dropout,
 )
+from hsrl.models.wise import interpolate_weights, snapshot_weights
 from hsrl.training import TrainConfig, TrainingDivergedError, fit, make_dataloader, training_session
 
 #: Streamed sentences a from-scratch tokenizer is trained on when the data is BookCorpus.
@@ -108,6 +101,14 @@ class BookCorpusConfig(TrainConfig):
     lr: float = field(default=5e-4, metadata={"help": "learning rate (paper: 5e-4)"})
     batch_size: int = field(default=400, metadata={"help": "pairs per process and step (paper: 400)"})
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "clip gradients to this norm"})
+    freeze_layers: int = field(
+        default=0, metadata={"help": "freeze the token embeddings and the first N transformer layers (0: train all)"}
+    )
+    wise_ft: float = field(
+        default=1.0,
+        metadata={"help": "after training, mix the weights with the starting model's: (1 - a)·start + a·trained "
+                          "(WiSE-FT; keeps more of the start on other domains); 1 keeps the trained weights"},
+    )  # fmt: skip
     push_to_hub: str | None = push_to_hub_field()
 
     def __post_init__(self) -> None:
@@ -118,6 +119,10 @@ class BookCorpusConfig(TrainConfig):
             self.model = None
         if self.encoder == "gru" and (self.model is not None or self.gru_dim < 2 or self.gru_dim % 2):
             raise ValueError("--encoder gru trains from scratch (no --model) and needs an even --gru-dim >= 2")
+        if self.freeze_layers < 0 or (self.freeze_layers and self.encoder == "gru"):
+            raise ValueError("--freeze-layers must be >= 0 and works with --encoder transformer")
+        if not 0 <= self.wise_ft <= 1 or (self.wise_ft < 1 and self.model is None):
+            raise ValueError("--wise-ft must be in [0, 1] and mixes with a pretrained --model (not from scratch)")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.pairs == "same-book" and self.dataset == "bookcorpus":
@@ -156,6 +161,8 @@ def _training_data(config: BookCorpusConfig, consecutive: bool) -> tuple[Any, li
     train_docs, heldout = load_documents(config.dataset)
     train_sentences = SentenceCorpus.from_documents(train_docs).sentences
     if consecutive:
+        from hsrl.models.quickthought import ConsecutiveSentenceDataset
+
         train_pairs: Any = ConsecutiveSentenceDataset(train_sentences)
     else:
         train_pairs = SentencePairDataset.from_documents(train_docs, context_size=config.context_size)
@@ -172,6 +179,8 @@ def _starting_encoder(config: BookCorpusConfig, accelerator: Any, train_sentence
                             4 * config.scratch_hidden, config.vocab_size, config.max_seq_length)  # fmt: skip
     start = config.model
     if config.encoder == "gru":
+        from hsrl.models.quickthought import build_gru_encoder, load_encoder
+
         start = str(output / "gru-init")
         if accelerator.is_main_process:
             gru = build_gru_encoder(
@@ -195,10 +204,12 @@ def _starting_encoder(config: BookCorpusConfig, accelerator: Any, train_sentence
 
 def _views(config: BookCorpusConfig, encoder: Any, consecutive: bool) -> tuple[Any, Any]:
     """``(collate, encode)``: how a batch is built, and how it becomes the two views ``(x, y)``."""
+    from hsrl.models import quickthought
+
     if consecutive:  # unshuffled: each batch is one run of consecutive sentences
-        return consecutive_collate(encoder), consecutive_encoder(encoder)
+        return quickthought.consecutive_collate(encoder), quickthought.consecutive_encoder(encoder)
     if config.encoder == "gru":  # x = f(sentence), y = g(neighbour)
-        return gru_pair_collate(encoder), gru_pair_encoder(encoder)
+        return quickthought.gru_pair_collate(encoder), quickthought.gru_pair_encoder(encoder)
     return pair_collate(encoder), pair_encoder(encoder)
 
 
@@ -217,11 +228,14 @@ def run(config: BookCorpusConfig) -> int:
     with training_session(config) as accelerator:
         try:
             encoder = _starting_encoder(config, accelerator, train_sentences)
+            if config.dropout is not None:
+                set_dropout(encoder, config.dropout)
+            if config.freeze_layers:
+                trainable = freeze_lower_layers(encoder, config.freeze_layers)
+                accelerator.print(f"freeze: embeddings + {config.freeze_layers} layers; {trainable:,} trainable")
         except (ValueError, OSError) as error:
             accelerator.print(f"error: {error}")
             return 2
-        if config.dropout is not None:
-            set_dropout(encoder, config.dropout)
 
         evaluate = dict(attribution=config.dataset == "austen", max_sentences=config.eval_max_sentences,
                         eval_sets=eval_sets)  # fmt: skip
@@ -231,6 +245,7 @@ def run(config: BookCorpusConfig) -> int:
             atomic_write_json(output / "baseline_metrics.json", baseline)
         accelerator.wait_for_everyone()
 
+        start_weights = snapshot_weights(encoder) if config.wise_ft < 1 else None
         collate, encode = _views(config, encoder, consecutive)
         groups = getattr(train_pairs, "groups", None) if config.pairs == "same-book" else None
         loader = make_dataloader(train_pairs, config, collate_fn=collate, groups=groups,
@@ -242,6 +257,9 @@ def run(config: BookCorpusConfig) -> int:
             return 1
 
         if accelerator.is_main_process:
+            if start_weights is not None:
+                interpolate_weights(result.model, start_weights, config.wise_ft)
+                print(f"wise-ft: weights = {1 - config.wise_ft:g}·start + {config.wise_ft:g}·trained")
             if baseline is None and (output / "baseline_metrics.json").is_file():
                 baseline = json.loads((output / "baseline_metrics.json").read_text())
             trained = evaluate_text_encoder(result.model, heldout, **evaluate)

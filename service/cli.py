@@ -17,6 +17,8 @@ from pathlib import Path
 
 from hsrl.cli.harness import OneLineArgumentParser, UsageError, run_cli
 
+from hsrl.backends import BACKENDS
+
 __all__ = ["build_parser", "main"]
 
 
@@ -46,13 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="an hsrl.index folder; repeatable; PATH alone names it after the folder",
     )
     models.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
+    models.add_argument(
+        "--backend",
+        default="torch",
+        choices=BACKENDS,
+        help="what runs the text model: torch, onnx (ONNX Runtime fp32), onnx-int8 (dynamic int8), auto (onnx, else "
+        "torch); ONNX files are exported once and cached next to the model" + _DEFAULT,
+    )
     placements = ["auto", "never", "shard", "replicate"]
     models.add_argument("--index-gpu", default="auto", choices=placements, help="index placement" + _DEFAULT)
     models.add_argument(
         "--torch-threads",
         type=int,
         default=None,
-        help="torch intra-op threads (default: $OMP_NUM_THREADS, else one per core less one for the HTTP loop)",
+        help="intra-op threads of torch and ONNX Runtime (default: $OMP_NUM_THREADS, else one per core less one for "
+        "the HTTP loop and the tokenizer)",
     )
     models.add_argument("--index-mmap", action="store_true", help="memory-map the indexes (read-only: no writes)")
 
@@ -88,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=256,
         help="items taken off the queue per round; texts are sorted by length within it" + _DEFAULT,
+    )
+    batching.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=16384,
+        help="most padded tokens per text model call (items x longest; like TEI's); 0: no bound" + _DEFAULT,
     )
     batching.add_argument("--max-queue", type=int, default=1024, help="items waiting before 429" + _DEFAULT)
     batching.add_argument("--wedge-timeout-s", type=float, default=120.0, help="a longer batch: /health 503" + _DEFAULT)
@@ -153,7 +169,10 @@ def _build_service(args: argparse.Namespace):  # -> hsrl_service.runtime.Service
         max_queue=args.max_queue,
         window=args.batch_window,
         wedge_timeout_s=args.wedge_timeout_s,
+        max_batch_tokens=args.max_batch_tokens or None,
     )
+    if args.max_batch_tokens < 0:
+        raise _UsageError(f"--max-batch-tokens must be >= 0, got {args.max_batch_tokens}")
     api_key = args.api_key or os.environ.get("HSRL_API_KEY") or None
     if args.public_reads and not api_key:
         raise UsageError("--public-reads needs --api-key (or $HSRL_API_KEY): without a key everything is open")
@@ -176,7 +195,9 @@ def _build_service(args: argparse.Namespace):  # -> hsrl_service.runtime.Service
     encoders = []
     if args.text_model:
         name, folder = named_path(args.text_model, "--text-model")
-        encoders.append(load_text_encoder(folder, device=args.device, name=name))
+        ort_threads = threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or None
+        encoders.append(load_text_encoder(folder, device=args.device, name=name, backend=args.backend,
+                                          threads=ort_threads))  # fmt: skip
     if args.image_model:
         name, folder = named_path(args.image_model, "--image-model")
         encoders.append(load_image_encoder(folder, device=args.device, name=name))

@@ -48,20 +48,27 @@ class Encoder:
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "modality": self.modality, "dim": self.dim}
+        return {"name": self.name, "modality": self.modality, "dim": self.dim, "backend": "torch", "precision": "fp32"}
 
 
 class TextEncoder(Encoder):
-    """A sentence-transformers model (a folder loadable by ``SentenceTransformer(path)``).
+    """A sentence-transformers model (a folder loadable by ``SentenceTransformer(path)``) on any backend.
 
     Embeddings are exactly ``model.encode(texts, normalize_embeddings=True)``; token counts come from the model's
-    own tokenizer (with special tokens, truncated at ``max_seq_length``, as the model sees them).
+    own tokenizer (with special tokens, truncated at ``max_seq_length``, as the model sees them). A 🤗 transformers
+    model is tokenised once per request (:meth:`prepare`, off the event loop and while the worker runs the model):
+    the batcher then sorts and cuts windows by token counts, and the same tokens feed the model call and ``usage``.
     """
 
     modality = "text"
 
-    def __init__(self, model: Any, name: str, *, sub_batch_size: int = 32) -> None:
+    def __init__(self, model: Any, name: str, *, sub_batch_size: int = 32, backend: Any = None) -> None:
+        from hsrl.backends import BackendInfo
+        from hsrl.encoding import supports_pretokenizing
+
         self.model, self.name, self.sub_batch_size = model, name, sub_batch_size
+        self.backend = backend or BackendInfo("torch", "fp32", "torch")
+        self.pretokenized = supports_pretokenizing(model)
         # The batcher sorts a window of queued texts by length (as sentence-transformers does within one call)
         # so that a model call pads its texts to similar lengths: across requests, not only within one.
         self.sort_key: Callable[[Any], Any] = len
@@ -69,6 +76,9 @@ class TextEncoder(Encoder):
         # its fixed cost is the compute of ~200 characters. Only the ratio matters, and it is a mild one:
         # splitting wins only where it saves hundreds of padded characters.
         self.call_overhead: float | None = 200.0
+        if self.pretokenized:  # sorted by token count (ties by characters); plans cost padded tokens
+            self.sort_key = _tokens_then_characters
+            self.call_overhead = TOKEN_CALL_OVERHEAD.get(self.backend.backend, 40.0)
         dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         self.dim = int(dimension())
         self.max_seq_length = int(getattr(model, "max_seq_length", 0) or 0) or None
@@ -85,7 +95,20 @@ class TextEncoder(Encoder):
         )["input_ids"]
         return np.array([len(row) for row in ids], dtype=np.int64)
 
+    def prepare(self, texts: Sequence[str]) -> list[Any]:
+        """What the batcher queues: each text's tokens (tokenised once), or the texts for a custom module."""
+        if not self.pretokenized:
+            return list(texts)
+        from hsrl.encoding import tokenize_texts
+
+        return tokenize_texts(self.model, texts)
+
     def encode(self, items: list[Any]) -> Encoded:
+        if self.pretokenized:
+            from hsrl.encoding import embed_tokenized
+
+            tokens = items if items and not isinstance(items[0], str) else self.prepare(items)
+            return embed_tokenized(self.model, tokens), np.array([len(t) for t in tokens], dtype=np.int64)
         vectors = self.model.encode(
             list(items),
             # sentence-transformers sorts a batch by length before cutting it into sub-batches, so sub-batches
@@ -98,15 +121,23 @@ class TextEncoder(Encoder):
         return _normalise(vectors), self.count_tokens(items)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "max_seq_length": self.max_seq_length}
+        return {**super().describe(), "max_seq_length": self.max_seq_length, **self.backend.as_dict()}
 
 
-def _open(path: str | Path, kind: str, flag: str, device: str | None) -> Any:
+def _tokens_then_characters(item: Any) -> tuple[int, int]:
+    return len(item), len(item.text)
+
+
+#: A model call's fixed cost in padded tokens (all-MiniLM-L6-v2, one thread): its time over the time per token.
+TOKEN_CALL_OVERHEAD = {"torch": 40.0, "onnx": 40.0, "onnx-int8": 40.0}
+
+
+def _open(path: str | Path, kind: str, flag: str, device: str | None, **options: Any) -> Any:
     """``hsrl.models.folder.open_model`` (a folder, packaged name or Hub id) of the ``kind`` the flag serves."""
     from hsrl.models.folder import open_model  # slow to import: only when a model is served
 
     try:
-        opened = open_model(path, device=device)
+        opened = open_model(path, device=device, **options)
     except ValueError as error:  # the library names the flag --model; the service's flag is another
         raise ValueError(str(error).replace("--model", flag, 1)) from None
     if opened.kind != kind:
@@ -114,10 +145,19 @@ def _open(path: str | Path, kind: str, flag: str, device: str | None) -> Any:
     return opened
 
 
-def load_text_encoder(path: str | Path, *, device: str | None = None, name: str | None = None) -> TextEncoder:
-    """A text model folder, packaged name or Hub id (offline: the local cache) as the service's text encoder."""
-    opened = _open(path, "text", "--text-model", device)
-    encoder = TextEncoder(opened.module, name or (opened.path.name if Path(path).exists() else str(path)))
+def load_text_encoder(
+    path: str | Path,
+    *,
+    device: str | None = None,
+    name: str | None = None,
+    backend: str = "torch",
+    threads: int | None = None,
+) -> TextEncoder:
+    """A text model folder, packaged name or Hub id (offline: the local cache) as the service's text encoder, on
+    ``backend`` (:data:`hsrl.backends.BACKENDS`; ``threads``: ONNX Runtime's intra-op threads)."""
+    opened = _open(path, "text", "--text-model", device, backend=backend, threads=threads)
+    encoder = TextEncoder(opened.module, name or (opened.path.name if Path(path).exists() else str(path)),
+                          backend=getattr(opened, "backend", None))  # fmt: skip
     encoder.created = int(opened.path.stat().st_mtime)
     return encoder
 

@@ -43,13 +43,17 @@ EncodeFn = Callable[[list[Any]], "np.ndarray | tuple[np.ndarray, np.ndarray]"]
 Embedded = tuple[np.ndarray, np.ndarray]
 
 
-def plan_calls(keys: Sequence[float], max_size: int, overhead: float) -> list[tuple[int, int]]:
+def plan_calls(
+    keys: Sequence[float], max_size: int, overhead: float, max_tokens: float | None = None
+) -> list[tuple[int, int]]:
     """Cut items sorted by ``keys`` (ascending) into consecutive model calls of at most ``max_size`` items.
 
     A call of items ``i..j-1`` costs ``overhead + (j - i) * keys[j - 1]``: every item is padded to the call's
     longest (its last), plus a fixed cost per call. Dynamic programming over the cut points finds the split of
     least total cost, so a window of mixed lengths becomes several calls of similar lengths when the padding
-    saved outweighs the extra calls, and one call when it does not. O(n · max_size).
+    saved outweighs the extra calls, and one call when it does not. With ``max_tokens`` (keys in tokens: TEI's
+    ``--max-batch-tokens``) a call also holds at most ``max_tokens`` padded tokens, ``(j - i) * keys[j - 1]``,
+    unless it is a single item (a text longer than the budget still runs, alone). O(n · max_size).
 
     Returns:
         ``(start, stop)`` ranges over the sorted items, in order, covering all of them.
@@ -59,9 +63,11 @@ def plan_calls(keys: Sequence[float], max_size: int, overhead: float) -> list[tu
     cut = [0] * (n + 1)
     for j in range(1, n + 1):
         longest = keys[j - 1]
-        for i in range(max(0, j - max_size), j):
+        for i in range(j - 1, max(0, j - max_size) - 1, -1):  # calls i..j-1, growing to the left
+            if max_tokens is not None and i < j - 1 and (j - i) * longest > max_tokens:
+                break  # padded tokens only grow as the call grows
             cost = best[i] + overhead + (j - i) * longest
-            if cost < best[j]:
+            if cost <= best[j]:  # on a tie, the larger call (as when scanning left to right with <)
                 best[j], cut[j] = cost, i
     calls, j = [], n
     while j > 0:
@@ -151,10 +157,13 @@ class Batcher:
         window: most items taken off the queue per round (at least ``max_batch_size``). With ``sort_key`` they
             are sorted and cut into calls of ``max_batch_size``; a larger window wastes less on padding, at the
             price of new requests waiting for the round in progress.
-        sort_key: orders a window's items (e.g. ``len`` for texts); ``None`` keeps arrival order.
+        sort_key: orders a window's items (e.g. ``len`` for texts, or a tuple whose first part is the cost, such as
+            (tokens, characters)); ``None`` keeps arrival order.
         call_overhead: with ``sort_key``, the fixed cost of one model call in ``sort_key`` units (texts: the
             characters whose compute takes as long as a call's overhead). The sorted window is then cut by
             :func:`plan_calls` where padding costs more than an extra call; ``None``: calls of ``max_batch_size``.
+        max_tokens: with ``sort_key`` giving token counts, the most padded tokens (items x longest) per model call
+            (TEI's ``--max-batch-tokens``); a single longer item still runs alone. ``None``: no such bound.
         max_queue: most items waiting (not counting the batch in flight). A request is always admitted into an
             empty queue, so one request larger than ``max_queue`` is still served.
         wedge_timeout_s: a batch running longer than this makes :meth:`health` report the worker as wedged.
@@ -172,6 +181,7 @@ class Batcher:
         window: int | None = None,
         sort_key: Callable[[Any], Any] | None = None,
         call_overhead: float | None = None,
+        max_tokens: float | None = None,
         wedge_timeout_s: float = 120.0,
         metrics: ServiceMetrics | None = None,
     ) -> None:
@@ -183,6 +193,9 @@ class Batcher:
         self.name, self.encode = name, encode
         self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_ms / 1000.0, max_queue
         self.window, self.sort_key, self.call_overhead = window, sort_key, call_overhead
+        if max_tokens is not None and max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        self.max_tokens = max_tokens
         self.wedge_timeout_s = wedge_timeout_s
         self._idle_beat_s = min(1.0, wedge_timeout_s / 4)
         self.metrics = metrics or ServiceMetrics()
@@ -354,9 +367,11 @@ class Batcher:
         key = self.sort_key
         keyed = sorted(((key(item.request.items[item.index]), item) for item in items), key=lambda pair: pair[0])
         items = [item for _, item in keyed]
-        if self.call_overhead is None:
+        if self.call_overhead is None and self.max_tokens is None:
             return [items[i : i + step] for i in range(0, len(items), step)]
-        ranges = plan_calls([k for k, _ in keyed], step, self.call_overhead)
+        # A tuple key sorts by all its parts (e.g. tokens, then characters) and costs by its first.
+        costs = [k[0] if isinstance(k, tuple) else k for k, _ in keyed]
+        ranges = plan_calls(costs, step, self.call_overhead or 0.0, self.max_tokens)
         calls = [items[start:stop] for start, stop in ranges]
         # Run first the call holding the item that has waited longest: length order decides what shares a
         # call, arrival order decides which call goes first, so no request waits behind a whole window of

@@ -42,6 +42,8 @@ class BatchingConfig:
     max_queue: int = 1024
     window: int = 256
     wedge_timeout_s: float = 120.0
+    #: most padded tokens per text model call (TEI's --max-batch-tokens); None: only max_batch_size bounds a call
+    max_batch_tokens: int | None = 16384
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class Service:
                 window=max(b.window, b.max_batch_size),
                 sort_key=encoder.sort_key,
                 call_overhead=encoder.call_overhead,
+                max_tokens=b.max_batch_tokens if getattr(encoder, "pretokenized", False) else None,
                 wedge_timeout_s=b.wedge_timeout_s,
                 metrics=self.metrics,
             )
@@ -141,6 +144,9 @@ class Service:
         ``disconnected`` returns once the client has gone away. If that happens first, the request is withdrawn
         from the batcher (its items still queued are never embedded) and a 499 is raised, which nobody reads.
         """
+        prepare = getattr(encoder, "prepare", None)
+        if prepare is not None:  # tokenise in a pool thread: off the event loop, overlapping the model call
+            items = await asyncio.to_thread(prepare, items)
         try:
             submitted = self.batchers[encoder.name].submit(items)
             if disconnected is None:

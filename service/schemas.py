@@ -93,6 +93,12 @@ class EmbeddingRequest(BaseModel):
     dimensions: Positive | None = Field(
         default=None, description="Keep the first `dimensions` components and renormalise (≤ the model's dim)."
     )
+    embedding_type: Literal["float", "int8", "binary"] = Field(
+        default="float",
+        description="`int8`: each vector scaled so its largest component is ±127 and rounded (cosine kept up to "
+        "rounding); `binary`: the sign bits packed 8 to a byte, most significant first (`dim / 8` integers "
+        "0–255). With `encoding_format` `base64` the codes' raw bytes are base64-encoded.",
+    )
     modality: Literal["text", "image"] | None = Field(
         default=None,
         description="`text` embeds every string as text (even one starting with `data:`); `image` requires base64 "
@@ -111,7 +117,7 @@ EmbeddingRequest.model_fields["input"].description = (
 class Embedding(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
-    embedding: list[float] | str
+    embedding: list[float] | list[int] | str
 
 
 class Usage(BaseModel):
@@ -135,6 +141,8 @@ class ModelCard(BaseModel):
     owned_by: str
     modality: Literal["text", "image"]
     dim: int
+    backend: str = Field(default="torch", description="What runs the model: `torch`, `onnx` or `onnx-int8`.")
+    precision: str = Field(default="fp32", description="Its weights' precision: `fp32` or `int8`.")
 
 
 class ModelList(BaseModel):

@@ -88,8 +88,9 @@ def check_dimensions(dimensions: int | None, model_dim: int) -> None:
 
 
 def encode_rows(vectors: np.ndarray, encoding_format: str) -> list[list[float]] | list[str]:
-    """Rows as JSON floats, or as base64 of little-endian float32 bytes (what OpenAI's clients decode)."""
+    """Rows as JSON numbers, or as base64 of their bytes: little-endian float32 (what OpenAI's clients decode), or
+    the int8 / packed-binary codes' own bytes."""
     if encoding_format == "base64":
-        little = vectors.astype("<f4", copy=False)
+        little = vectors.astype("<f4", copy=False) if vectors.dtype.kind == "f" else vectors
         return [base64.b64encode(row.tobytes()).decode("ascii") for row in little]
     return vectors.tolist()

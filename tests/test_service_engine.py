@@ -134,7 +134,7 @@ class RecordingEncoder(GatedEncoder):
         self.calls: list[list[str]] = []
 
     def encode(self, items: list[Any]):
-        self.calls.append(list(items))
+        self.calls.append([getattr(item, "text", item) for item in items])  # tokenised once: each keeps its text
         return super().encode(items)
 
 

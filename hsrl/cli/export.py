@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from hsrl.cli.harness import OneLineArgumentParser, run_cli
+from hsrl.backends import BACKENDS
 from hsrl.export import export_embeddings
 
 __all__ = ["cli_main"]
@@ -23,6 +24,7 @@ def _parser() -> OneLineArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--shard-size", type=int, default=10_000, help="records per shard")
     parser.add_argument("--device", default=None, help="torch device (default: the process's accelerator)")
+    parser.add_argument("--backend", default="torch", choices=BACKENDS, help="text model backend (hsrl.backends)")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -37,7 +39,7 @@ def _run(args: argparse.Namespace) -> int:
         result = export_embeddings(args.model, args.dataset, args.output, batch_size=args.batch_size,
                                    shard_size=args.shard_size, device=args.device or str(state.device),
                                    rank=state.process_index, world_size=state.num_processes,
-                                   progress=not args.no_progress)  # fmt: skip
+                                   progress=not args.no_progress, backend=args.backend)  # fmt: skip
         state.wait_for_everyone()
     finally:
         if state.num_processes > 1:

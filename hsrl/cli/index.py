@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from hsrl.backends import BACKENDS
 from hsrl.cli.harness import OneLineArgumentParser, UsageError, first_line, run_cli
 from hsrl.index import (
     GPU_MODES,
@@ -67,6 +68,7 @@ def _parser() -> OneLineArgumentParser:
     search.add_argument("--vectors", help=".npy of (q, d) unit query rows")
     search.add_argument("--text", action="append", help="a query text (repeatable); needs --model")
     search.add_argument("--model", help="model folder (or packaged name / Hub id) that encodes --text")
+    search.add_argument("--backend", default="torch", choices=BACKENDS, help="what runs --model (hsrl.backends)")
     search.add_argument("--k", type=int, default=10)
     search.add_argument("--mmap", action="store_true", help="memory-map the index read-only")
     _search_parameter_flags(search)
@@ -131,7 +133,7 @@ def _query_rows(args: argparse.Namespace, dim: int) -> np.ndarray:
         raise UsageError("hsrl index search: error: --text needs --model (a model folder that encodes text)")
     from hsrl.models.folder import open_model  # lazy: heavy, text queries only
 
-    return open_model(args.model, device="cpu").encode(args.text, modality="text")
+    return open_model(args.model, device="cpu", backend=args.backend).encode(args.text, modality="text")
 
 
 def _cmd_search(args: argparse.Namespace) -> int:

@@ -307,14 +307,30 @@ def model_kind(folder: str | os.PathLike[str]) -> str:
     raise ValueError(f"model {path}: not an hsrl model folder (expected {expected})")
 
 
-def open_model(name: str | os.PathLike[str], *, device: str | None = None) -> Encoder:
+def open_model(
+    name: str | os.PathLike[str], *, device: str | None = None, backend: str = "torch", threads: int | None = None
+) -> Encoder:
     """Open a model folder, a packaged name or a Hub id as an :class:`Encoder` (eval mode, on ``device``).
 
+    ``backend`` (:data:`hsrl.backends.BACKENDS`) runs a text model on ONNX Runtime (``threads``: its intra-op
+    threads); the opened model's ``backend`` says what serves it. Image models run on torch only.
+
     Raises:
-        ValueError: one line naming the folder and what is wrong (missing, not a model folder, unreadable).
+        ValueError: one line naming the folder and what is wrong (missing, not a model folder, unreadable,
+            a backend that cannot serve it).
     """
     folder = local_model_folder(name)
     kind = model_kind(folder)
+    if backend != "torch":
+        from hsrl.backends import check_backend, load_text_model
+
+        check_backend(backend)
+        if kind != "text":
+            raise ValueError(f"model {folder}: backend {backend!r} runs text models; {kind} models run on torch")
+        module, info = load_text_model(folder, backend, device=device, threads=threads)
+        opened = TextModel(module, folder)
+        opened.backend = info
+        return opened
     try:
         return KINDS[kind].open(folder, device or "cpu")
     except (FileNotFoundError, KeyError) as error:

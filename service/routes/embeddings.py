@@ -10,6 +10,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from hsrl.encoding import quantize_rows
 from hsrl_service.encoders import Encoder
 from hsrl_service.errors import ServiceError
 from hsrl_service.images import decode_image, is_data_uri
@@ -45,10 +46,11 @@ async def _respond(
     items: list,
     encoding_format: str,
     dimensions: int | None,
+    embedding_type: str = "float",
 ) -> Response:
     vectors, tokens = await service.embed(encoder, items, until_disconnected(request))
     vectors = truncate(vectors, dimensions, encoder.dim)
-    rows = encode_rows(vectors, encoding_format)
+    rows = encode_rows(quantize_rows(vectors, embedding_type), encoding_format)
     used = int(np.sum(tokens))
     return json_response(
         {
@@ -85,7 +87,8 @@ async def create_embeddings(body: EmbeddingRequest, request: Request) -> Respons
         encoder = _encoder(service, body.model, "text")
         check_dimensions(body.dimensions, encoder.dim)
         inputs: list = decode_token_ids(token_rows, model=body.model, field="input")
-        return await _respond(request, service, encoder, inputs, body.encoding_format, body.dimensions)
+        return await _respond(request, service, encoder, inputs, body.encoding_format, body.dimensions,
+                              body.embedding_type)  # fmt: skip
     items: list[str] = [body.input] if isinstance(body.input, str) else list(body.input)  # type: ignore[arg-type]
     check_count(items, service.limits, "input")
     modality = body.modality or _modality(items)
@@ -101,7 +104,7 @@ async def create_embeddings(body: EmbeddingRequest, request: Request) -> Respons
                            "does not fetch URLs")  # fmt: skip
                 raise ServiceError(422, message, "invalid_image")
         inputs = await run_in_threadpool(decode_data_uris, items, service.limits, "input")
-    return await _respond(request, service, encoder, inputs, body.encoding_format, body.dimensions)
+    return await _respond(request, service, encoder, inputs, body.encoding_format, body.dimensions, body.embedding_type)
 
 
 async def upload_embeddings(
@@ -128,8 +131,10 @@ async def upload_embeddings(
 
 def _card(encoder: Encoder) -> dict:
     created = int(getattr(encoder, "created", 0))
-    return {"id": encoder.name, "object": "model", "created": created, "owned_by": "hsrl",
+    card = {"id": encoder.name, "object": "model", "created": created, "owned_by": "hsrl",
             "modality": encoder.modality, "dim": encoder.dim}  # fmt: skip
+    described = encoder.describe()  # which backend and precision serve it
+    return card | {"backend": described.get("backend", "torch"), "precision": described.get("precision", "fp32")}
 
 
 async def list_models(request: Request) -> Response:

@@ -1,0 +1,345 @@
+"""Inference backends for text models: PyTorch, or ONNX Runtime in fp32 or dynamic int8.
+
+    model, info = load_text_model("runs/demo/model", "onnx", threads=1)
+    model.encode(["Anne Elliot"], normalize_embeddings=True)      # a SentenceTransformer, whatever the backend
+
+Everything goes through sentence-transformers' own backend support (``SentenceTransformer(path,
+backend="onnx")``, which exports with Optimum's ONNX exporter and runs ONNX Runtime) and its
+``export_dynamic_quantized_onnx_model`` (Optimum's ``ORTQuantizer``); nothing here writes an ONNX graph itself.
+
+Backends:
+
+* ``torch``: the model as trained (every text model hsrl writes, the Quick-Thought GRU included).
+* ``onnx``: the same math on ONNX Runtime, fp32; vectors equal torch's to ~1e-7.
+* ``onnx-int8``: ONNX Runtime with weights (and activations, dynamically) quantised to int8 for this CPU's
+  instruction set (``avx512_vnni`` > ``avx512`` > ``avx2`` > ``arm64``); faster, and the vectors differ
+  (mean cosine to fp32 about 0.99): the README publishes the retrieval quality it costs.
+* ``auto``: ``onnx`` when the model exports, else ``torch`` (logged); the one backend that falls back.
+
+Exported files are cached so a restart does not export again: in ``MODEL/onnx/`` when the model folder is
+writable (where sentence-transformers itself looks for them), else in a cache folder
+(``$HSRL_ONNX_CACHE``, default ``~/.cache/hsrl/onnx/<hash>``) that mirrors the model folder by symlinks and adds
+its own ``onnx/``. Each export writes ``onnx/hsrl_export.json`` with a fingerprint of the weights it came
+from; a model whose weights changed is exported again. Files are written to a temporary name and renamed.
+
+Which encoders stay on torch: the Quick-Thought GRU (a custom module, not a 🤗 transformers model: Optimum
+has no export config for it) and any folder Optimum cannot export; ``onnx`` refuses them in one line,
+``auto`` serves them on torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BACKENDS",
+    "BackendError",
+    "BackendInfo",
+    "check_backend",
+    "int8_instruction_set",
+    "load_text_model",
+    "onnx_cache_folder",
+]
+
+log = logging.getLogger("hsrl.backends")
+
+#: The backends a command accepts (``auto``: onnx, falling back to torch when the export fails).
+BACKENDS = ("torch", "onnx", "onnx-int8", "auto")
+#: The extra that brings ONNX Runtime and Optimum.
+ONNX_EXTRA = "onnx"
+_EXPORT_RECORD = "hsrl_export.json"
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+
+
+class BackendError(ValueError):
+    """A backend that cannot serve this model here; the message is one line naming what to do."""
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What serves a model: ``backend`` (torch | onnx | onnx-int8), ``precision`` and the file it runs."""
+
+    backend: str
+    precision: str
+    requested: str
+    file: str | None = None
+    fallback_reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"backend": self.backend, "precision": self.precision}
+        if self.requested != self.backend:
+            out["requested_backend"] = self.requested
+        if self.file:
+            out["file"] = self.file
+        if self.fallback_reason:
+            out["fallback_reason"] = self.fallback_reason
+        return out
+
+
+def check_backend(name: str) -> str:
+    """``name`` if it is a known backend, else a one-line :class:`BackendError`."""
+    if name not in BACKENDS:
+        raise BackendError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
+    return name
+
+
+def _require_onnx_runtime(backend: str) -> None:
+    try:
+        import onnxruntime  # noqa: F401
+        import optimum.onnxruntime  # noqa: F401
+    except ImportError as error:
+        raise BackendError(
+            f"backend {backend!r} needs ONNX Runtime and Optimum ({error}); install them with "
+            f"`pip install 'hsrl[{ONNX_EXTRA}]'`"
+        ) from None
+
+
+def int8_instruction_set() -> str:
+    """The best dynamic-int8 configuration sentence-transformers offers for this CPU (read from /proc/cpuinfo).
+
+    ``avx512_vnni`` has int8 dot products (VPDPBUSD), the fastest; machines without AVX-512 get ``avx2``.
+    """
+    import platform
+
+    if platform.machine().lower() in {"arm64", "aarch64"}:
+        return "arm64"
+    flags: set[str] = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    if "avx512_vnni" in flags:
+        return "avx512_vnni"
+    if "avx512f" in flags:
+        return "avx512"
+    return "avx2"
+
+
+def _fingerprint(folder: Path) -> dict[str, Any]:
+    """Size and mtime of the weight files an export came from: a retrained folder gets a new export."""
+    found = {}
+    for name in _WEIGHT_FILES:
+        path = folder / name
+        if path.is_file():
+            stat = path.stat()
+            found[name] = [stat.st_size, int(stat.st_mtime)]
+    return found
+
+
+def _writable(folder: Path) -> bool:
+    """Whether files can be created in ``folder`` (tried, not guessed: root passes every ``os.access`` check, and a
+    read-only mount refuses even root)."""
+    target = folder / "onnx" if (folder / "onnx").is_dir() else folder
+    try:
+        with tempfile.NamedTemporaryFile(dir=target, prefix=".hsrl-probe-"):
+            return True
+    except OSError:
+        return False
+
+
+def onnx_cache_folder(model_folder: str | os.PathLike[str], cache_root: str | os.PathLike[str] | None = None) -> Path:
+    """Where a model's ONNX files live: the model folder itself when writable, else a mirror in the cache.
+
+    The mirror (``cache_root/<sha1 of the resolved path>``) holds a symlink to every entry of the model folder
+    but ``onnx/``, so ``SentenceTransformer(mirror, backend="onnx")`` reads the tokenizer and configuration from
+    the model and the ONNX files from the mirror's own ``onnx/``.
+    """
+    folder = Path(model_folder).resolve()
+    if cache_root is None and _writable(folder):
+        return folder
+    root = Path(cache_root or os.environ.get("HSRL_ONNX_CACHE") or Path.home() / ".cache" / "hsrl" / "onnx")
+    mirror = root / hashlib.sha1(str(folder).encode()).hexdigest()[:16]
+    mirror.mkdir(parents=True, exist_ok=True)
+    for entry in folder.iterdir():
+        if entry.name == "onnx":
+            continue
+        link = mirror / entry.name
+        if not link.is_symlink() or link.resolve() != entry.resolve():
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+            link.symlink_to(entry)
+    # Exports already in a read-only model folder are reused: linked file by file into the mirror's onnx/.
+    if (folder / "onnx").is_dir():
+        (mirror / "onnx").mkdir(exist_ok=True)
+        for entry in (folder / "onnx").iterdir():
+            link = mirror / "onnx" / entry.name
+            if not link.exists():
+                link.symlink_to(entry)
+    return mirror
+
+
+def _record_matches(folder: Path, source: Path, file_name: str) -> bool:
+    record_path = folder / "onnx" / _EXPORT_RECORD
+    if not (folder / "onnx" / file_name).is_file():
+        return False
+    if not record_path.is_file():  # an export shipped with the model (e.g. from the Hub): trust it
+        return True
+    with contextlib.suppress(OSError, ValueError):
+        record = json.loads(record_path.read_text())
+        return record.get("fingerprint") == _fingerprint(source)
+    return False
+
+
+def _write_record(folder: Path, source: Path, files: list[str]) -> None:
+    from hsrl.checkpoints import atomic_write_json
+
+    record_path = folder / "onnx" / _EXPORT_RECORD
+    record: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        record = json.loads(record_path.read_text())
+    if record.get("fingerprint") != _fingerprint(source):
+        record = {"fingerprint": _fingerprint(source), "files": []}
+    record["files"] = sorted(set(record.get("files", [])) | set(files))
+    atomic_write_json(record_path, record)
+
+
+def _publish(temporary: Path, folder: Path, names: list[str]) -> None:
+    """Move ``names`` from ``temporary/onnx`` into ``folder/onnx``, each by an atomic rename (same file system)."""
+    target = folder / "onnx"
+    target.mkdir(exist_ok=True)
+    for name in names:
+        staged = target / f".{name}.tmp-{os.getpid()}"
+        shutil.copyfile(temporary / "onnx" / name, staged)
+        with open(staged, "rb") as handle:
+            os.fsync(handle.fileno())
+        if (target / name).is_symlink():
+            (target / name).unlink()
+        os.replace(staged, target / name)
+
+
+def _session_options(threads: int | None) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    # Idle pool threads spin-wait for work by default; on a shared few-core machine that burns the core the
+    # HTTP loop and the tokenizer need, so they sleep instead.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def _open(folder: Path, backend: str, device: str | None, **kwargs: Any) -> Any:
+    from hsrl.models.quickthought import load_encoder  # what load_sentence_transformer calls, with kwargs
+
+    return load_encoder(folder, device=device or "cpu", backend=backend, **kwargs)
+
+
+def _export_onnx(folder: Path, source: Path, device: str | None, threads: int | None) -> Any:
+    """The model on ONNX Runtime fp32, exported (and cached) first unless a matching export is there."""
+    file_name = "model.onnx"
+    options = {"file_name": f"onnx/{file_name}", "session_options": _session_options(threads)}
+    if _record_matches(folder, source, file_name):
+        return _open(folder, "onnx", device, model_kwargs=options)
+    with _quiet_optimum():
+        model = _open(
+            folder, "onnx", device, model_kwargs={"export": True, "session_options": options["session_options"]}
+        )
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".onnx-export-") as temporary:
+        model.transformers_model.save_pretrained(temporary)  # sentence-transformers puts it in onnx/
+        names = sorted(p.name for p in (Path(temporary) / "onnx").iterdir() if p.name.startswith(file_name))
+        _publish(Path(temporary), folder, names)
+    _write_record(folder, source, names)
+    log.info("exported %s to ONNX: %s", source, folder / "onnx" / file_name)
+    return model
+
+
+def _export_int8(folder: Path, source: Path, device: str | None, threads: int | None) -> tuple[Any, str]:
+    from sentence_transformers.backend import export_dynamic_quantized_onnx_model
+
+    isa = int8_instruction_set()
+    file_name = f"model_qint8_{isa}.onnx"
+    options = {"file_name": f"onnx/{file_name}", "session_options": _session_options(threads)}
+    if not _record_matches(folder, source, file_name):
+        fp32 = _export_onnx(folder, source, device, threads)
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".onnx-export-") as temporary, _quiet_optimum():
+            export_dynamic_quantized_onnx_model(fp32, isa, temporary)
+            _publish(Path(temporary), folder, [file_name])
+        _write_record(folder, source, [file_name])
+        log.info("quantised %s to int8 (%s): %s", source, isa, folder / "onnx" / file_name)
+    return _open(folder, "onnx", device, model_kwargs=options), file_name
+
+
+@contextlib.contextmanager
+def _quiet_optimum():
+    """Optimum and sentence-transformers log export chatter at warning level; keep it out of the user's way."""
+    loggers = [logging.getLogger(name) for name in ("sentence_transformers", "optimum", "transformers")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+def load_text_model(
+    path: str | os.PathLike[str],
+    backend: str = "torch",
+    *,
+    device: str | None = None,
+    threads: int | None = None,
+    cache_root: str | os.PathLike[str] | None = None,
+) -> tuple[Any, BackendInfo]:
+    """Open a sentence-transformers folder on ``backend``; returns the model and what serves it.
+
+    Args:
+        path: a sentence-transformers folder (``hsrl.models.text.resolve_model_path`` resolves names).
+        backend: one of :data:`BACKENDS`.
+        device: torch device for ``torch``; the ONNX backends run on ONNX Runtime's CPU provider here (its
+            CUDA provider when ``onnxruntime-gpu`` is installed).
+        threads: ONNX Runtime intra-op threads (torch's are set with ``torch.set_num_threads``).
+        cache_root: force the export cache there instead of the model folder.
+
+    Raises:
+        BackendError: unknown backend, ONNX packages missing (naming the extra), or an export that fails
+            (except with ``auto``, which falls back to torch).
+    """
+    check_backend(backend)
+    source = Path(path)
+    if backend == "torch":
+        from hsrl.models.text import load_sentence_transformer
+
+        return load_sentence_transformer(source, device=device), BackendInfo("torch", "fp32", "torch")
+    try:
+        _require_onnx_runtime(backend)
+        if not (source / "config.json").is_file():
+            raise BackendError(
+                f"{source} has no 🤗 transformers model (config.json) for Optimum to export to ONNX "
+                "(e.g. a Quick-Thought GRU); serve it with --backend torch"
+            )
+        folder = onnx_cache_folder(source, cache_root)
+        if backend == "onnx-int8":
+            model, file_name = _export_int8(folder, source, device, threads)
+            return model, BackendInfo("onnx-int8", "int8", backend, str(folder / "onnx" / file_name))
+        model = _export_onnx(folder, source, device, threads)
+        return model, BackendInfo("onnx", "fp32", backend, str(folder / "onnx" / "model.onnx"))
+    except Exception as error:
+        reason = error if isinstance(error, BackendError) else None
+        message = str(reason) if reason else f"ONNX export of {source} failed ({_first_line(error)})"
+        if backend != "auto":
+            if reason is None:
+                message += "; use --backend torch, or --backend auto to fall back to torch"
+            raise BackendError(message) from error
+        log.warning("backend auto: %s; serving on torch", message)
+        from hsrl.models.text import load_sentence_transformer
+
+        model = load_sentence_transformer(source, device=device)
+        return model, BackendInfo("torch", "fp32", "auto", fallback_reason=message)

@@ -94,7 +94,7 @@ def test_onnx_export_is_cached_next_to_the_model_and_reused(model_copy: Path) ->
     # A "restart": a new process loads the model and must not export again (same file, untouched).
     code = (f"from hsrl.backends import load_text_model; m, i = load_text_model({str(model_copy)!r}, 'onnx'); "
             "print(i.file)")  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == str(exported.resolve())
     after = exported.stat()
@@ -146,7 +146,7 @@ def test_missing_onnx_packages_name_the_extra(model_copy: Path) -> None:
         "from hsrl.backends import load_text_model, BackendError",
         f"try:\n    load_text_model({str(model_copy)!r}, 'onnx')\nexcept BackendError as e:\n    print(e)",
     ])  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert "pip install 'hsrl[onnx]'" in done.stdout, done.stdout + done.stderr[-1000:]
 
 

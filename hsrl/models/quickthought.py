@@ -215,7 +215,7 @@ def build_gru_encoder(
     width ``2 * hidden_dim``.
     """
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.base.modules import Normalize
+    from sentence_transformers import models as st_modules  # 5.x and 6.x both have it (base.modules: 6.x only)
     from transformers import PreTrainedTokenizerFast
 
     from hsrl.models.wordpiece import train_wordpiece_tokenizer
@@ -227,7 +227,7 @@ def build_gru_encoder(
     train_wordpiece_tokenizer(sentences, vocab_size, folder)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
     gru = QuickThoughtGRU(tokenizer, embedding_dim, hidden_dim, bidirectional, max_seq_length)
-    return SentenceTransformer(modules=[gru, Normalize()], device=device)
+    return SentenceTransformer(modules=[gru, st_modules.Normalize()], device=device)
 
 
 def load_encoder(path: str | os.PathLike[str], *, device: str | None = "cpu", **kwargs: Any) -> Any:

@@ -15,9 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hsrl.cli.harness import OneLineArgumentParser, UsageError, run_cli
-
 from hsrl.backends import BACKENDS
+from hsrl.cli.harness import OneLineArgumentParser, UsageError, run_cli
 
 __all__ = ["build_parser", "main"]
 
@@ -172,7 +171,7 @@ def _build_service(args: argparse.Namespace):  # -> hsrl_service.runtime.Service
         max_batch_tokens=args.max_batch_tokens or None,
     )
     if args.max_batch_tokens < 0:
-        raise _UsageError(f"--max-batch-tokens must be >= 0, got {args.max_batch_tokens}")
+        raise UsageError(f"--max-batch-tokens must be >= 0, got {args.max_batch_tokens}")
     api_key = args.api_key or os.environ.get("HSRL_API_KEY") or None
     if args.public_reads and not api_key:
         raise UsageError("--public-reads needs --api-key (or $HSRL_API_KEY): without a key everything is open")

@@ -8,8 +8,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from hsrl.cli.harness import OneLineArgumentParser, run_cli
 from hsrl.backends import BACKENDS
+from hsrl.cli.harness import OneLineArgumentParser, run_cli
 from hsrl.export import export_embeddings
 
 __all__ = ["cli_main"]

@@ -242,7 +242,7 @@ def test_serve_on_onnx_matches_sentence_transformers_and_says_what_serves(
 ) -> None:
     import base64
 
-    from test_service_support import serve
+    from service_support import serve
 
     from hsrl_service.encoders import load_text_encoder
     from hsrl_service.runtime import BatchingConfig, Service, ServiceConfig

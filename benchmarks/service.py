@@ -110,9 +110,10 @@ class Server:
         self.process = subprocess.Popen(
             self.command, stdout=self.handle, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT
         )
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self.handle.close()
                 raise RuntimeError(f"{self.command[0]} exited; see {self.log}")
             try:
                 if httpx.get(self.health_url, timeout=2).status_code == 200:
@@ -120,7 +121,8 @@ class Server:
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
-        raise RuntimeError(f"{self.command[0]} did not become healthy in 300 s; see {self.log}")
+        self.__exit__()  # never leave a half-started server running
+        raise RuntimeError(f"{self.command[0]} did not become healthy in 240 s; see {self.log}")
 
     def __exit__(self, *exc: object) -> None:
         self.process.terminate()

@@ -47,8 +47,10 @@ RESULTS = ROOT / "benchmarks" / "results" / "service.md"
 LOGS = ROOT / "benchmarks" / "results"  # server logs: *.tmp, git-ignored
 # Its optimum extra takes any optimum >= 1.24; 1.27 is the last with ONNX Runtime inside (later ones split it into
 # optimum-onnx), and these bounds let pip resolve it at once instead of backtracking through hub releases.
+# infinity pins numpy < 2, so pyarrow < 16 and datasets < 3 (later ones need numpy 2 / pyarrow >= 21), and it
+# imports optimum's BetterTransformer, which needs transformers < 4.49: the versions of a venv that imports.
 INFINITY_SPEC = ["infinity-emb[server,torch,einops,optimum]", "optimum[onnxruntime]==1.27.0",
-                 "transformers>=4.47,<4.54", "huggingface_hub<1", "datasets<4.9"]  # fmt: skip
+                 "transformers>=4.47,<4.49", "huggingface_hub<1", "datasets>=2.18,<3", "pyarrow<16"]  # fmt: skip
 #: the peer engine each hsrl backend is compared with
 PEER_ENGINE = {"torch": "torch", "onnx": "optimum", "onnx-int8": "optimum"}
 QUIET_ENV = {

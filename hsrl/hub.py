@@ -126,14 +126,31 @@ def push_folder(
     check_push_target(repo_id)
     api = HfApi(endpoint=endpoint, token=token)
     try:
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        commit = api.upload_folder(
-            repo_id=repo_id, folder_path=folder, commit_message=commit_message or f"Upload {folder.name} with hsrl",
-            ignore_patterns=IGNORED,
-        )  # fmt: skip
+        with _default_endpoint(endpoint):
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            commit = api.upload_folder(
+                repo_id=repo_id, folder_path=folder,
+                commit_message=commit_message or f"Upload {folder.name} with hsrl", ignore_patterns=IGNORED,
+            )  # fmt: skip
     except (HfHubHTTPError, OSError) as error:
         raise ValueError(f"--push-to-hub {repo_id}: the upload failed ({first_line(error)})") from None
     return str(getattr(commit, "commit_url", commit))
+
+
+@contextlib.contextmanager
+def _default_endpoint(endpoint: str | None) -> Iterator[None]:
+    """Make ``endpoint`` huggingface_hub's default while uploading: hub < 1 parses the commit URL the server returns
+    against ``constants.ENDPOINT``, not the api's endpoint, and fails on any other Hub (hub >= 1 does not need this)."""
+    if endpoint is None:
+        yield
+        return
+    from huggingface_hub import constants
+
+    previous, constants.ENDPOINT = constants.ENDPOINT, endpoint.rstrip("/")
+    try:
+        yield
+    finally:
+        constants.ENDPOINT = previous
 
 
 def publish_run(

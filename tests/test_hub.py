@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,13 +21,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def online(monkeypatch: pytest.MonkeyPatch) -> None:
-    """This process may reach the Hub (the stand-in): the tests' environment is offline."""
-    import huggingface_hub.constants
+def online(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process may reach the Hub (the stand-in): the tests' environment is offline.
 
+    huggingface_hub < 1 caches one HTTP session per thread and mounts its offline adapter when the session is made,
+    so a session an earlier test made offline would refuse the stand-in: the cache is emptied on the way in and on
+    the way out (so later offline tests do not inherit an online session)."""
+    import huggingface_hub.constants
+    import huggingface_hub.utils
+
+    reset = getattr(huggingface_hub.utils, "reset_sessions", lambda: None)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_TOKEN", "hf_standin")
+    reset()
+    yield
+    monkeypatch.undo()
+    reset()
 
 
 def model_folder(tmp_path: Path) -> Path:

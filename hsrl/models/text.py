@@ -221,19 +221,18 @@ def freeze_lower_layers(encoder: Any, layers: int) -> int:
     """
     if layers < 0:
         raise ValueError(f"--freeze-layers must be >= 0, got {layers}")
-    if layers == 0:
-        return sum(p.numel() for p in encoder.parameters() if p.requires_grad)
-    inner = getattr(encoder[0], "auto_model", None) or getattr(encoder[0], "model", None)
-    embeddings = getattr(inner, "embeddings", None)
-    stack = getattr(getattr(inner, "encoder", None), "layer", None)
-    if not isinstance(embeddings, torch.nn.Module) or not isinstance(stack, torch.nn.ModuleList):
-        raise ValueError("--freeze-layers needs a BERT-style transformer (embeddings + encoder.layer); "
-                         f"this encoder's first module is {type(encoder[0]).__name__}")  # fmt: skip
-    if layers > len(stack):
-        raise ValueError(f"--freeze-layers {layers}: the model has only {len(stack)} transformer layers")
-    embeddings.requires_grad_(False)
-    for layer in stack[:layers]:
-        layer.requires_grad_(False)
+    if layers:
+        inner = getattr(encoder[0], "auto_model", None) or getattr(encoder[0], "model", None)
+        embeddings = getattr(inner, "embeddings", None)
+        stack = getattr(getattr(inner, "encoder", None), "layer", None)
+        if not isinstance(embeddings, torch.nn.Module) or not isinstance(stack, torch.nn.ModuleList):
+            raise ValueError("--freeze-layers needs a BERT-style transformer (embeddings + encoder.layer); "
+                             f"this encoder's first module is {type(encoder[0]).__name__}")  # fmt: skip
+        if layers > len(stack):
+            raise ValueError(f"--freeze-layers {layers}: the model has only {len(stack)} transformer layers")
+        embeddings.requires_grad_(False)
+        for layer in stack[:layers]:
+            layer.requires_grad_(False)
     return sum(p.numel() for p in encoder.parameters() if p.requires_grad)
 
 

@@ -136,20 +136,27 @@ def check_cacheable(model: nn.Module) -> None:
             )
 
 
+def loss_precision(embeddings: Tensor) -> Tensor:
+    """Embeddings as the loss sees them: half precision (mixed-precision forwards) is raised to float32, whose
+    exponent range the uniformity term's exp(-t‖x-y‖²) needs; float32 and float64 are kept as they are."""
+    return embeddings if embeddings.dtype == torch.float64 else embeddings.float()
+
+
 @torch.no_grad()
 def embed_chunks(model: nn.Module, encode: Encode, chunks: Sequence[Any]) -> tuple[Tensor, Tensor, list[RandomState]]:
     """Step 1: both views of every chunk with no graph, and the random state before each chunk.
 
     Returns:
-        ``(x, y, states)``: float32 embeddings of the whole batch (chunks in order, detached)
+        ``(x, y, states)``: the embeddings of the whole batch in the loss's precision (chunks in order,
+        detached; see :func:`loss_precision`)
         and one :class:`RandomState` per chunk for :func:`backward_chunks`.
     """
     xs, ys, states = [], [], []
     for chunk in chunks:
         states.append(capture_random_state())
         x, y = encode(model, chunk)
-        xs.append(x.float())
-        ys.append(y.float())
+        xs.append(loss_precision(x))
+        ys.append(loss_precision(y))
     return torch.cat(xs), torch.cat(ys), states
 
 
@@ -183,7 +190,7 @@ def backward_chunks(
         with context:
             x, y = encode(model, chunk)
             rows = slice(start, start + x.shape[0])
-            torch.autograd.backward([x.float(), y.float()], [grad_x[rows], grad_y[rows]])
+            torch.autograd.backward([loss_precision(x), loss_precision(y)], [grad_x[rows], grad_y[rows]])
         start += x.shape[0]
     if start != grad_x.shape[0]:
         raise ValueError(f"the chunks re-embedded {start} rows but the cached gradient has {grad_x.shape[0]}")

@@ -280,7 +280,7 @@ def test_binary_index_with_rescoring_keeps_float_recall_on_real_embeddings(model
     from hsrl.binary_index import BinaryRescoreIndex
     from hsrl.index import exact_search, recall_at_k
 
-    vectors = SentenceTransformer(str(model_copy), device="cpu").encode(persuasion(1500), normalize_embeddings=True)
+    vectors = SentenceTransformer(str(model_copy), device="cpu").encode(persuasion(800), normalize_embeddings=True)
     queries, data = vectors[:100], vectors[100:]
     _, exact = exact_search(data, queries, 10)
     for factory in ("BFlat", "BHNSW32"):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import launch_command
 
 from hsrl.training import training_session
 
@@ -21,12 +21,7 @@ WORKER = Path(__file__).with_name("image_text_worker.py")
 @pytest.fixture(scope="module")
 def two_process_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("two-towers")
-    accelerate = Path(sys.executable).with_name("accelerate")
-    # ACCELERATE_USE_CPU=1 with --multi_gpu gives MULTI_CPU on gloo (see tests/test_distributed.py).
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29541", str(WORKER),
-               str(out)]  # fmt: skip
+    command, env = launch_command([str(WORKER), str(out)], processes=2)  # MULTI_CPU on gloo, a free port
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "terminate called" not in done.stderr

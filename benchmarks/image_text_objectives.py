@@ -7,7 +7,8 @@ Each objective trains ``recipes/image_text.py``'s default two towers (SmallAlexN
 MiniLM text tower, projections to 128) on Fashion-MNIST with generated captions for ``--budget-min`` minutes
 of training, once per seed, then is evaluated as the recipe does (held-out prompts). The linear probe on the
 image tower's embeddings (the 60k labelled training images) is the supervised reference on the same features.
-Writes the table to ``--out`` (mean ± spread over seeds when there are several).
+Writes the table to ``--out`` (mean ± sample standard deviation over seeds when there are several). A run whose
+folder already has its ``metrics.json`` is read back, not trained again (delete ``--runs`` to start over).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def run(objective: str, seed: int, budget: float, out: Path, threads: int | None
                "--checkpoint-every", "none"]  # fmt: skip
     if threads is not None:
         command += ["--threads", str(threads)]
-    subprocess.run(command, check=True)
+    if not (out / "metrics.json").is_file():  # a finished run is read back, not trained again
+        subprocess.run(command, check=True)
     metrics = json.loads((out / "metrics.json").read_text())
     return {**metrics["summary"], "steps": metrics["steps"]}
 
@@ -46,7 +48,7 @@ def run(objective: str, seed: int, budget: float, out: Path, threads: int | None
 def cell(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.pstdev(values):.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def main() -> int:
@@ -82,13 +84,15 @@ def main() -> int:
         f"- command: `python benchmarks/image_text_objectives.py {' '.join(sys.argv[1:])}`".rstrip(),
         f"- {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {args.budget_min:g} min of training per run, "
         f"seeds {', '.join(map(str, args.seeds))}; recipe defaults otherwise"
-        + (f"; {args.jobs} runs at a time, {threads} thread(s) each" if args.jobs > 1 else ""),
+        + (f"; {args.jobs} runs at a time, {threads} thread(s) each" if args.jobs > 1 else "")
+        + "; cells: mean ± sample standard deviation over the seeds",
         "",
         header,
         "| " + " | ".join(["---"] * (len(COLUMNS) + 2)) + " |",
     ]
     for name, runs in results.items():
-        steps = cell([float(r["steps"]) for r in runs]).replace(".000", "")
+        steps = [float(r["steps"]) for r in runs]
+        steps = f"{statistics.mean(steps):.0f}" + (f" ± {statistics.stdev(steps):.0f}" if len(steps) > 1 else "")
         lines.append(f"| {name} | {steps} | " + " | ".join(cell([r[c] for r in runs]) for c in COLUMNS) + " |")
     text = "\n".join(lines) + "\n"
     print(text)

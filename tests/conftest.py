@@ -6,11 +6,13 @@ Tests import the plain helpers (``from conftest import launch, ROOT``); fixtures
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -85,6 +87,21 @@ def launch(
                           timeout=timeout, cwd=ROOT)  # fmt: skip
 
 
+def recipe_module(name: str) -> ModuleType:
+    """``recipes/<name>.py`` as a module (its ``main(argv)`` runs the recipe in this process).
+
+    The launched tests run each recipe as users do; the other recipe tests call ``main`` here, where torch,
+    transformers and sentence-transformers are already imported (a new interpreter spends 6 s importing them).
+    """
+    module_name = f"recipe_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, ROOT / "recipes" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module  # dataclasses look their module up while the class is built
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
+
+
 def hsrl_command(*args: str) -> list[str]:
     """The ``hsrl`` command line as this interpreter runs it."""
     return [sys.executable, "-m", "hsrl.cli", *args]
@@ -132,3 +149,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         )
         if owns_module_fixture:
             item.add_marker(pytest.mark.xdist_group(module.__name__))
+    # xdist hands out the groups largest first, then the single tests in collection order. Single tests that each
+    # launch a recipe (10-30 s) go first, so that the end of the run is many short tests the two workers share,
+    # not one launch that keeps one worker busy while the other is done.
+    items.sort(key=lambda item: getattr(getattr(item, "module", None), "__name__", "") not in LAUNCHING_MODULES)
+
+
+#: Modules whose tests mostly launch recipes or commands in new processes (see pytest_collection_modifyitems).
+LAUNCHING_MODULES = frozenset({"test_text_recipe", "test_stl10_recipe", "test_gradcache", "test_hub"})

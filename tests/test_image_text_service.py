@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, free_port, recipe_module
 from PIL import Image
 
 from hsrl.cli import main as hsrl_main
@@ -26,31 +27,17 @@ from hsrl.data.images import read_fashion_mnist
 from hsrl.export import load_embeddings
 from hsrl.models.two_tower import load_two_tower
 
-ROOT = Path(__file__).resolve().parents[1]
 PER_CLASS = 20
 QUERY = "a photo of an ankle boot"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A short real run of the recipe (enough steps for class-level search, not for the headline numbers)."""
-    sys.path.insert(0, str(ROOT / "recipes"))
-    try:
-        import image_text
-    finally:
-        sys.path.remove(str(ROOT / "recipes"))
     out = tmp_path_factory.mktemp("image-text-run")
-    code = image_text.main(["--output-dir", str(out), "--max-steps", "30", "--batch-size", "128", "--width", "0.25",
-                            "--warmup-steps", "5", "--log-with", "none", "--no-progress", "--no-eval",
-                            "--checkpoint-every", "none"])  # fmt: skip
+    code = recipe_module("image_text").main(["--output-dir", str(out), "--max-steps", "30", "--batch-size", "128",
+                                             "--width", "0.25", "--warmup-steps", "5", "--log-with", "none",
+                                             "--no-progress", "--no-eval", "--checkpoint-every", "none"])  # fmt: skip
     assert code == 0
     return out / "model"
 
@@ -74,7 +61,7 @@ def served(model_folder: Path, image_folder: Path, tmp_path_factory: pytest.Temp
     assert hsrl_main(["export", "--model", str(model_folder), "--dataset", str(image_folder), "--output",
                       str(work / "export"), "--no-progress"]) == 0  # fmt: skip
     assert hsrl_main(["index", "build", "--input", str(work / "export"), "--output", str(work / "index")]) == 0
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "hsrl.cli", "serve", "--multimodal-model", f"mm={model_folder}", "--index",
                f"imgs={work / 'index'}", "--port", str(port), "--log-level", "error"]  # fmt: skip
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -3,7 +3,6 @@ model folder and metrics, then ``hsrl eval image`` on the saved model."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import LAUNCH, OFFLINE, ROOT, hsrl_command, needs_fashion_mnist
+from conftest import LAUNCH, OFFLINE, ROOT, hsrl_command, needs_fashion_mnist, recipe_module
 from model_folders import opens_everywhere
 
 from hsrl.cli.config import parse_config
@@ -25,11 +24,7 @@ pytestmark = needs_fashion_mnist
 
 def recipe_config(*args: str) -> Any:
     """The recipe's parsed configuration (its presets resolved), without launching it."""
-    spec = importlib.util.spec_from_file_location("stl10_recipe", ROOT / "recipes" / "stl10.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return parse_config(module.STL10Config, list(args))
+    return parse_config(recipe_module("stl10").STL10Config, list(args))
 
 
 def test_presets_fill_what_the_command_line_leaves_unset() -> None:
@@ -97,8 +92,21 @@ def test_fashion_mnist_defaults_under_a_time_budget_save_evaluate_summarise_and_
         (["--dataset", "fashion-mnist", "--time-budget-min", "5", "--max-steps", "9"], "both set"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
-    done = subprocess.run([sys.executable, str(ROOT / "recipes" / "stl10.py"), "--output-dir", str(tmp_path), *args],
+def test_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The recipe's ``main`` in this process (an uncaught exception would fail the test here)."""
+    try:
+        code = recipe_module("stl10").main(["--output-dir", str(tmp_path), *args])
+    except SystemExit as stop:  # the flag parser's usage error
+        code = stop.code
+    assert code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_bad_input_on_the_command_line_is_one_line_without_a_traceback(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "recipes" / "stl10.py"), "--output-dir", str(tmp_path),
+                           "--dataset", "cifar10", "--data-root", "/nonexistent/data"],
                           env=OFFLINE, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert message in done.stderr.strip().splitlines()[-1]
+    assert "cifar10 is not in" in done.stderr.strip().splitlines()[-1]

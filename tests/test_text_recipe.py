@@ -1,5 +1,6 @@
-"""recipes/bookcorpus.py end to end, launched as users launch it: from scratch, resumed, on two processes, the
-Quick-Thought GRU, a time budget, gradient caching, and its model folder opened by every command."""
+"""recipes/bookcorpus.py end to end. Launched as users launch it: from scratch, resumed, its model folder opened by
+every command; on two processes, plain and with gradient caching. In this process: the Quick-Thought GRU, a time
+budget, frozen lower layers with WiSE-FT."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import OFFLINE, ROOT, launch
+from conftest import OFFLINE, ROOT, launch, recipe_module
 from model_folders import opens_everywhere
 
 SCRATCH_FLAGS = ["--scratch-layers", "1", "--scratch-hidden", "32", "--vocab-size", "400", "--max-seq-length", "16",
@@ -19,7 +20,13 @@ SCRATCH_FLAGS = ["--scratch-layers", "1", "--scratch-hidden", "32", "--vocab-siz
 
 
 def run_recipe(args: list[str], processes: int = 1, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    """``accelerate launch recipes/bookcorpus.py ARGS``, as users run it."""
     return launch("bookcorpus.py", *args, processes=processes, env={"OMP_NUM_THREADS": "1"}, timeout=timeout)
+
+
+def recipe_main(args: list[str]) -> int:
+    """The recipe's ``main(ARGS)`` in this process."""
+    return recipe_module("bookcorpus").main(args)
 
 
 def test_recipe_from_scratch_trains_evaluates_saves_and_resumes(tmp_path: Path, small_txt: Path) -> None:
@@ -43,15 +50,6 @@ def test_recipe_from_scratch_trains_evaluates_saves_and_resumes(tmp_path: Path, 
     assert opens_everywhere(out / "model", tmp_path / "opened") == "text"
 
 
-def test_recipe_on_two_cpu_processes(tmp_path: Path, small_txt: Path) -> None:
-    out = tmp_path / "two"
-    done = run_recipe(["--dataset", str(small_txt), "--output-dir", str(out), "--max-steps", "2",
-                       "--checkpoint-every", "none", *SCRATCH_FLAGS], processes=2)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads((out / "metrics.json").read_text())["steps"] == 2
-    assert "terminate called" not in done.stderr
-
-
 def test_recipe_bad_loss_is_one_line(tmp_path: Path, small_txt: Path) -> None:
     done = subprocess.run([sys.executable, str(ROOT / "recipes" / "bookcorpus.py"), "--dataset", str(small_txt),
                            "--loss", "align:1 + uniform:one", "--output-dir", str(tmp_path)],
@@ -61,13 +59,14 @@ def test_recipe_bad_loss_is_one_line(tmp_path: Path, small_txt: Path) -> None:
 
 
 def test_recipe_quickthought_gru_trains_and_reopens(tmp_path: Path, small_txt: Path) -> None:
+    """In this process (the launched tests cover launching)."""
     from hsrl.models.text import load_sentence_transformer
 
     out = tmp_path / "gru"
-    done = run_recipe(["--dataset", str(small_txt), "--output-dir", str(out), "--max-steps", "2", "--encoder", "gru",
-                       "--gru-dim", "16", "--gru-embedding-dim", "8", "--loss", "quickthought:1,tau=0.1",
-                       "--checkpoint-every", "none", *SCRATCH_FLAGS])  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    code = recipe_main(["--dataset", str(small_txt), "--output-dir", str(out), "--max-steps", "2", "--encoder", "gru",
+                        "--gru-dim", "16", "--gru-embedding-dim", "8", "--loss", "quickthought:1,tau=0.1",
+                        "--checkpoint-every", "none", *SCRATCH_FLAGS])  # fmt: skip
+    assert code == 0
     z = load_sentence_transformer(out / "model").encode(["Anne was there."], normalize_embeddings=False)
     assert z.shape == (1, 32)  # evaluation vector: f and g concatenated
     assert np.linalg.norm(z, axis=1) == pytest.approx([1.0], abs=1e-5)
@@ -78,10 +77,11 @@ def test_two_from_scratch_runs_with_one_seed_save_identical_weights(tmp_path: Pa
     """Two processes train the tokenizer (hash-map order differs between them) and the model."""
     from safetensors.torch import load_file
 
-    for name in ("a", "b"):
-        done = run_recipe(["--dataset", str(small_txt), "--output-dir", str(tmp_path / name), "--max-steps", "2",
-                           "--seed", "5", "--checkpoint-every", "none", "--eval-dataset", "none",
-                           *SCRATCH_FLAGS])  # fmt: skip
+    for name in ("a", "b"):  # two interpreters (their string hashes differ), no launcher needed for that
+        done = subprocess.run([sys.executable, str(ROOT / "recipes" / "bookcorpus.py"), "--dataset", str(small_txt),
+                               "--output-dir", str(tmp_path / name), "--max-steps", "2", "--seed", "5",
+                               "--checkpoint-every", "none", "--eval-dataset", "none", *SCRATCH_FLAGS],
+                              env=OFFLINE, capture_output=True, text=True, timeout=600)  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
     vocab = [json.loads((tmp_path / n / "model" / "tokenizer.json").read_text())["model"]["vocab"] for n in "ab"]
     assert vocab[0] == vocab[1] and len(vocab[0]) > 100
@@ -90,19 +90,23 @@ def test_two_from_scratch_runs_with_one_seed_save_identical_weights(tmp_path: Pa
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_recipe_under_a_time_budget_stops_saves_and_evaluates(tmp_path: Path, small_txt: Path) -> None:
+def test_recipe_under_a_time_budget_stops_saves_and_evaluates(
+    tmp_path: Path, small_txt: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In this process (the launched tests cover launching)."""
     out = tmp_path / "budget"
-    done = run_recipe(["--dataset", str(small_txt), "--output-dir", str(out), "--time-budget-min", "0.05",
-                       "--checkpoint-every", "none", "--eval-dataset", "factbook", "--eval-max-sentences", "200",
-                       *SCRATCH_FLAGS])  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "time budget:" in done.stdout
+    code = recipe_main(["--dataset", str(small_txt), "--output-dir", str(out), "--time-budget-min", "0.05",
+                        "--checkpoint-every", "none", "--eval-dataset", "factbook", "--eval-max-sentences", "200",
+                        *SCRATCH_FLAGS])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "time budget:" in printed
     summary = json.loads((out / "metrics.json").read_text())["summary"]
     assert summary["steps"] >= 1 and summary["train_seconds"] >= 0.8 * 3.0
     for key in ("recall@10", "align", "uniform", "factbook_recall@10", "factbook_align", "factbook_uniform"):
         assert key in summary and f"baseline_{key}" in summary
     assert (out / "model" / "modules.json").is_file()
-    assert "| factbook_recall@10 |" in done.stdout  # the summary table is printed
+    assert "| factbook_recall@10 |" in printed  # the summary table is printed
 
 
 def test_recipe_refuses_a_budget_with_max_steps_in_one_line(tmp_path: Path, small_txt: Path) -> None:
@@ -115,7 +119,8 @@ def test_recipe_refuses_a_budget_with_max_steps_in_one_line(tmp_path: Path, smal
 
 
 def test_two_process_recipe_with_cache_chunk_size_equals_the_plain_run(tmp_path: Path, small_txt: Path) -> None:
-    """2 processes x 8 pairs, re-embedded in chunks of 4: same logged losses, same saved weights."""
+    """The recipe on two CPU processes (gloo), plain and with 8 pairs per process re-embedded in chunks of 4: both
+    finish cleanly; same logged losses, same saved weights."""
     from safetensors.torch import load_file
 
     for name, extra in (("plain", []), ("cached", ["--cache-chunk-size", "4"])):
@@ -123,6 +128,8 @@ def test_two_process_recipe_with_cache_chunk_size_equals_the_plain_run(tmp_path:
                            "--seed", "2", "--dropout", "0", "--checkpoint-every", "none", "--eval-dataset", "none",
                            "--log-every", "1", *SCRATCH_FLAGS, "--batch-size", "8", *extra], processes=2)  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads((tmp_path / name / "metrics.json").read_text())["steps"] == 3
+        assert "terminate called" not in done.stderr  # the process group is shut down cleanly
 
     from test_gradcache import logged_losses
 
@@ -134,22 +141,23 @@ def test_two_process_recipe_with_cache_chunk_size_equals_the_plain_run(tmp_path:
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-4
 
 
-def test_frozen_lower_layers_and_wise_ft_mix_save_what_they_say(tmp_path: Path, small_txt: Path) -> None:
-    """``--freeze-layers 4 --wise-ft 0.25`` on MiniLM: the final checkpoint (the trained weights θ₁) keeps the
-    embeddings and layers 0-3 of the start θ₀ bit for bit and moved layers 4-5; the saved model is
+def test_frozen_lower_layers_and_wise_ft_mix_save_what_they_say(
+    tmp_path: Path, small_txt: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--freeze-layers 4 --wise-ft 0.25`` on MiniLM (in this process): the final checkpoint (the trained weights
+    θ₁) keeps the embeddings and layers 0-3 of the start θ₀ bit for bit and moved layers 4-5; the saved model is
     0.25·θ₁ + 0.75·θ₀."""
     from safetensors.torch import load_file
 
     from hsrl.models.text import build_text_encoder
 
     out = tmp_path / "mixed"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "bookcorpus.py"), "--dataset", str(small_txt), "--model", "minilm",
-         "--output-dir", str(out), "--max-steps", "2", "--batch-size", "8", "--max-seq-length", "16", "--lr", "1e-3",
-         "--freeze-layers", "4", "--wise-ft", "0.25", "--eval-dataset", "none", "--log-with", "none", "--no-progress"],
-        env=OFFLINE, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    code = recipe_main(["--dataset", str(small_txt), "--model", "minilm", "--output-dir", str(out), "--max-steps", "2",
+                        "--batch-size", "8", "--max-seq-length", "16", "--lr", "1e-3", "--freeze-layers", "4",
+                        "--wise-ft", "0.25", "--eval-dataset", "none", "--log-with", "none",
+                        "--no-progress"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0
     start = build_text_encoder("minilm", max_seq_length=16).state_dict()
     trained = load_file(sorted((out / "checkpoints").glob("step-*/model.safetensors"))[-1])
     saved = build_text_encoder(str(out / "model"), max_seq_length=16).state_dict()
@@ -160,7 +168,7 @@ def test_frozen_lower_layers_and_wise_ft_mix_save_what_they_say(tmp_path: Path, 
     assert all(not torch.equal(trained[k], start[k]) for k in upper)
     for key in upper:
         torch.testing.assert_close(saved[key], 0.75 * start[key] + 0.25 * trained[key], rtol=0, atol=1e-6)
-    assert "wise-ft: weights = 0.75·start + 0.25·trained" in done.stdout
+    assert "wise-ft: weights = 0.75·start + 0.25·trained" in printed
     bad = subprocess.run(
         [sys.executable, str(ROOT / "recipes" / "bookcorpus.py"), "--dataset", str(small_txt), "--model", "none",
          "--wise-ft", "0.5", "--output-dir", str(tmp_path / "bad")],

@@ -91,8 +91,8 @@ def main() -> int:
         "| " + " | ".join(["---"] * (len(COLUMNS) + 2)) + " |",
     ]
     for name, runs in results.items():
-        steps = [float(r["steps"]) for r in runs]
-        steps = f"{statistics.mean(steps):.0f}" + (f" ± {statistics.stdev(steps):.0f}" if len(steps) > 1 else "")
+        counts = [float(r["steps"]) for r in runs]
+        steps = f"{statistics.mean(counts):.0f}" + (f" ± {statistics.stdev(counts):.0f}" if len(counts) > 1 else "")
         lines.append(f"| {name} | {steps} | " + " | ".join(cell([r[c] for r in runs]) for c in COLUMNS) + " |")
     text = "\n".join(lines) + "\n"
     print(text)

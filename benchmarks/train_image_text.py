@@ -116,8 +116,7 @@ def main() -> int:
         ratios.append(results["hsrl fit"][-1] / results["bare PyTorch loop"][-1])
 
     ratio = statistics.median(ratios)
-    low, high = (statistics.quantiles(ratios, n=4)[0], statistics.quantiles(ratios, n=4)[2]) if len(ratios) > 1 else (
-        ratio, ratio)  # fmt: skip
+    low, _, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratio, ratio, ratio)
     lines = [
         "# Image–text training throughput: hsrl.training.fit vs a bare PyTorch loop",
         "",

@@ -58,7 +58,7 @@ from hsrl.checkpoints import (
 )
 from hsrl.configuration import config_to_dict
 from hsrl.distributed import all_reduce_detached, destroy_process_group, gather_with_grad, row_offset, world_size
-from hsrl.gradcache import backward_chunks, check_cacheable, embed_chunks, split_batch
+from hsrl.gradcache import backward_chunks, check_cacheable, embed_chunks, loss_precision, split_batch
 from hsrl.losses import align_loss, uniform_loss
 
 __all__ = [
@@ -737,7 +737,7 @@ def _train_step(
         y_local.requires_grad_(True)
     else:
         x_local, y_local = encode(model, batch)
-    x, y = gather_with_grad(x_local.float()), gather_with_grad(y_local.float())
+    x, y = gather_with_grad(loss_precision(x_local)), gather_with_grad(loss_precision(y_local))
     if not bool(torch.isfinite(x.detach()).all() & torch.isfinite(y.detach()).all()):
         raise _diverged("the embeddings", step, checkpoints)
     terms, loss = _loss_terms(loss_fn, x, y, x_local)

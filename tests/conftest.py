@@ -32,8 +32,9 @@ TESTS = Path(__file__).resolve().parent
 #: ``accelerate launch``: Accelerate's launch command itself. The ``accelerate`` console script first imports every
 #: subcommand (``accelerate estimate-memory`` pulls in transformers' model classes: 4 s of a 6.6 s start on this
 #: machine); launching through the subcommand's module runs the same launcher code in 2.4 s. tests/test_export.py
-#: keeps one launch through the console script itself.
+#: keeps one launch through the console script itself (ACCELERATE_SCRIPT_LAUNCH).
 ACCELERATE_LAUNCH = [sys.executable, "-m", "accelerate.commands.launch"]
+ACCELERATE_SCRIPT_LAUNCH = [str(Path(sys.executable).with_name("accelerate")), "launch"]
 #: ``accelerate launch`` of one process, as the README launches the recipes.
 LAUNCH = [*ACCELERATE_LAUNCH, "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
           "--dynamo_backend", "no"]  # fmt: skip
@@ -50,7 +51,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def launch_command(target: list[str], processes: int = 1) -> tuple[list[str], dict[str, str]]:
+def launch_command(
+    target: list[str], processes: int = 1, launcher: list[str] = ACCELERATE_LAUNCH
+) -> tuple[list[str], dict[str, str]]:
     """``accelerate launch`` of ``target`` on ``processes`` CPU processes, and its environment.
 
     Two or more CPU processes need ``ACCELERATE_USE_CPU=1`` with ``--multi_gpu`` (``--cpu`` runs one process, and
@@ -58,10 +61,10 @@ def launch_command(target: list[str], processes: int = 1) -> tuple[list[str], di
     """
     env = dict(OFFLINE)
     if processes == 1:
-        return [*LAUNCH, *target], env
+        return [*launcher, *LAUNCH[len(ACCELERATE_LAUNCH) :], *target], env
     env.update(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
     command = [
-        *ACCELERATE_LAUNCH,
+        *launcher,
         "--multi_gpu",
         "--num_processes",
         str(processes),
@@ -87,19 +90,23 @@ def launch(
                           timeout=timeout, cwd=ROOT)  # fmt: skip
 
 
+def script_module(path: Path, module_name: str) -> ModuleType:
+    """A script outside the package (``recipes/``, ``tools/``) as a module, loaded once per process."""
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module  # dataclasses look their module up while the class is built
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
+
+
 def recipe_module(name: str) -> ModuleType:
     """``recipes/<name>.py`` as a module (its ``main(argv)`` runs the recipe in this process).
 
     The launched tests run each recipe as users do; the other recipe tests call ``main`` here, where torch,
     transformers and sentence-transformers are already imported (a new interpreter spends 6 s importing them).
     """
-    module_name = f"recipe_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, ROOT / "recipes" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module  # dataclasses look their module up while the class is built
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
+    return script_module(ROOT / "recipes" / f"{name}.py", f"recipe_{name}")
 
 
 def hsrl_command(*args: str) -> list[str]:
@@ -132,6 +139,10 @@ def small_txt(tmp_path: Path, sentences: list[str]) -> Path:
     return path
 
 
+#: Modules whose tests mostly launch recipes or commands in new processes (see pytest_collection_modifyitems).
+LAUNCHING_MODULES = frozenset({"test_text_recipe", "test_stl10_recipe", "test_gradcache", "test_hub"})
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under ``pytest -n N --dist loadgroup`` (``make test``): the tests of a module that builds a module-scoped
@@ -153,7 +164,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # launch a recipe (10-30 s) go first, so that the end of the run is many short tests the two workers share,
     # not one launch that keeps one worker busy while the other is done.
     items.sort(key=lambda item: getattr(getattr(item, "module", None), "__name__", "") not in LAUNCHING_MODULES)
-
-
-#: Modules whose tests mostly launch recipes or commands in new processes (see pytest_collection_modifyitems).
-LAUNCHING_MODULES = frozenset({"test_text_recipe", "test_stl10_recipe", "test_gradcache", "test_hub"})

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import free_port
+from conftest import ACCELERATE_SCRIPT_LAUNCH, launch_command
 
 from hsrl.cli import main as hsrl_main
 from hsrl.export import EncodeFn, export_embeddings, index_inputs, load_embeddings
@@ -103,14 +101,10 @@ def test_accelerate_launch_on_two_processes_exports_every_shard_once(
 ) -> None:
     """Two real processes (gloo on the CPU), as a user runs it: together they write the single-process result."""
     out = tmp_path / "two"
-    accelerate = Path(sys.executable).with_name("accelerate")
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    command = [
-        str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-        "-m", "hsrl.cli", "export", "--model", MODEL, "--dataset", str(sentences_txt), "--output", str(out),
-        "--shard-size", "15", "--no-progress",
-    ]  # fmt: skip
+    # The one launch through the `accelerate` console script itself (the other tests use its launch module).
+    command, env = launch_command(["-m", "hsrl.cli", "export", "--model", MODEL, "--dataset", str(sentences_txt),
+                                   "--output", str(out), "--shard-size", "15", "--no-progress"],
+                                  processes=2, launcher=ACCELERATE_SCRIPT_LAUNCH)  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])  # printed once, by the main process

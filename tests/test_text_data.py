@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import struct
-import sys
 import zlib
 from collections import Counter
 from importlib import resources
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, script_module
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
@@ -29,18 +28,7 @@ from hsrl.data.text import (
     split_sentences,
 )
 
-
-def _load_tool(name: str):
-    """A script of ``tools/`` (not part of the package) as a module."""
-    path = Path(__file__).resolve().parent.parent / "tools" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # its dataclasses look their module up while it runs
-    spec.loader.exec_module(module)
-    return module
-
-
-austen = _load_tool("build_austen_corpus")
+austen = script_module(ROOT / "tools" / "build_austen_corpus.py", "build_austen_corpus")
 
 # What `python tools/build_austen_corpus.py` extracted from Debian r-cran-janeaustenr 1.0.0-1.
 PARAGRAPHS = {

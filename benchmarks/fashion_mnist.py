@@ -3,11 +3,15 @@
     python benchmarks/fashion_mnist.py ablation --minutes 3          # one change at a time against the defaults
     python benchmarks/fashion_mnist.py budget --minutes 10 --seeds 0   # the issue's 10-minute check
     python benchmarks/fashion_mnist.py budget --minutes 30 --seeds 0 1 2 --objectives align_uniform contrastive
+    python benchmarks/fashion_mnist.py budget --minutes 30 --seeds 0 1 2 --objectives align_uniform contrastive \
+        --jobs 2                                     # two runs at a time, one core each
     python benchmarks/fashion_mnist.py budget --minutes 30 --seeds 0 1 2 --report-only   # tables from finished runs
 
 Every row is ``accelerate launch recipes/stl10.py --dataset fashion-mnist --time-budget-min M`` with the
 row's flags on top of the defaults (the ``fashion-mnist`` preset), launched as a user launches it, one run at
-a time with the whole machine (``--threads`` is the recipe's default: every core). Each run's own
+a time with the whole machine (``--threads`` is the recipe's default: every core); ``--jobs N`` runs N at
+once instead, each with cores / N intra-op threads (so each run gets a fraction of the machine: say so next to
+its numbers). Each run's own
 ``metrics.json`` ``summary`` gives the row: k-NN (5-NN, cosine) at the headline layer and at the 128-d output,
 the linear probe, alignment/uniformity on held-out views, the steps the budget allowed, and the raw-pixel and
 random-encoder baselines measured in the same run. A finished run (its ``metrics.json`` exists) is read back,
@@ -26,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -45,6 +50,7 @@ ABLATIONS: dict[str, list[str]] = {
     "batch 512": ["--batch-size", "512"],
     "crop scale 0.08-1": ["--crop-scale", "0.08"],
     "random erasing p 0.5": ["--erase", "0.5"],
+    "projection head on the last map pooled to 4x4 (not global average)": ["--head-grid", "4"],
 }
 #: Objectives for the budget table.
 OBJECTIVES: dict[str, list[str]] = {
@@ -72,11 +78,18 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in ".-" else "_" for c in name)[:80]
 
 
-def run(folder: Path, flags: list[str], minutes: float, seed: int, lock: Path | None, train: bool) -> dict[str, Any]:
-    """The run's metrics.json (training it first unless it exists or ``train`` is False)."""
+def run(
+    folder: Path, flags: list[str], minutes: float, seed: int, lock: Path | None, train: bool,
+    threads: int | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The run's metrics.json (training it first unless it exists or ``train`` is False); ``threads``: the
+    run's intra-op threads (None: the recipe's default, every core)."""
     metrics = folder / "metrics.json"
     if not metrics.is_file() and train:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+        if threads is not None:
+            env["OMP_NUM_THREADS"] = str(threads)
+            flags = [*flags, "--threads", str(threads)]
         cmd = [*LAUNCH, str(ROOT / "recipes" / "stl10.py"), "--dataset", "fashion-mnist", "--time-budget-min",
                str(minutes), "--seed", str(seed), "--log-with", "none", "--no-progress", *flags,
                "--output-dir", str(folder)]  # fmt: skip
@@ -138,27 +151,45 @@ def ablation(args: argparse.Namespace) -> list[str]:
 
 
 def budget(args: argparse.Namespace) -> list[str]:
-    lines = [f"# Fashion-MNIST, {args.minutes:g}-minute budget, defaults only, seeds {' '.join(map(str, args.seeds))}",
-             "", f"Command: `python benchmarks/fashion_mnist.py budget --minutes {args.minutes:g} --seeds "
-             f"{' '.join(map(str, args.seeds))} --objectives {' '.join(args.objectives)}`", "", *HEADER]  # fmt: skip
+    seeds = " ".join(map(str, args.seeds))
+    command = (
+        f"python benchmarks/fashion_mnist.py budget --minutes {args.minutes:g} --seeds {seeds} "
+        f"--objectives {' '.join(args.objectives)}" + (f" --jobs {args.jobs}" if args.jobs > 1 else "")
+    )
+    lines = [f"# Fashion-MNIST, {args.minutes:g}-minute budget, defaults only, seeds {seeds}", "",
+             f"Command: `{command}`", ""]  # fmt: skip
+    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
+    if threads is not None:
+        lines += [f"{args.jobs} runs at a time, {threads} intra-op thread(s) each: every run had about "
+                  f"1/{args.jobs} of this {os.cpu_count()}-core machine for its budget.", ""]  # fmt: skip
+    lines += HEADER
+    # Seeds outside, objectives inside: with --jobs 2 the objectives of one seed run side by side.
+    cells = [(objective, seed) for seed in args.seeds for objective in args.objectives]
+
+    def one(cell: tuple[str, int]) -> dict[str, Any]:
+        objective, seed = cell
+        folder = args.runs / f"budget-{args.minutes:g}min" / f"{objective}-seed{seed}"
+        return run(folder, [*OBJECTIVES[objective], *args.extra], args.minutes, seed, args.lock,
+                   not args.report_only, threads)  # fmt: skip
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        results = dict(zip(cells, pool.map(one, cells), strict=True))
     means = []
     reference: dict[str, Any] | None = None
     for objective in args.objectives:
         runs = []
         for seed in args.seeds:
-            folder = args.runs / f"budget-{args.minutes:g}min" / f"{objective}-seed{seed}"
-            metrics = run(folder, [*OBJECTIVES[objective], *args.extra], args.minutes, seed, args.lock,
-                          not args.report_only)  # fmt: skip
+            metrics = results[(objective, seed)]
             lines.append(row(f"{objective}, seed {seed}", metrics))
             if "summary" in metrics:
                 runs.append(metrics["summary"])
                 reference = reference or metrics
         if len(runs) > 1:
-            cells = []
+            mean_cells = []
             for key in SUMMARY_KEYS[:5]:
                 values = [r[key] for r in runs if key in r]
-                cells.append(f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}")
-            means.append(f"| **{objective}, mean ± sd of {len(runs)} seeds** | " + " | ".join(cells) + " | |")
+                mean_cells.append(f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}")
+            means.append(f"| **{objective}, mean ± sd of {len(runs)} seeds** | " + " | ".join(mean_cells) + " | |")
     lines += means
     if reference:
         lines += baselines(reference)
@@ -176,11 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lock", type=Path, help="hold an exclusive flock on this file during each run")
     parser.add_argument("--report-only", action="store_true", help="tables from finished runs only")
     parser.add_argument("--output", type=Path, help="also write the table here")
+    parser.add_argument("--jobs", type=int, default=1, help="budget: runs at once, each with cores/jobs threads")
     parser.add_argument("--recipe-flags", default="", help='flags added to every run, e.g. "--linear-protocol fast"')
     args = parser.parse_args(argv)
     args.extra = shlex.split(args.recipe_flags)
     if args.minutes <= 0:
         parser.error("--minutes must be > 0")
+    if args.jobs < 1:
+        parser.error("--jobs must be >= 1")
     lines = ablation(args) if args.mode == "ablation" else budget(args)
     text = "\n".join(lines) + "\n"
     print(text)

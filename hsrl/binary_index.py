@@ -56,18 +56,25 @@ class BinaryRescoreIndex:
         dim: the float vectors' dimension.
         factory: ``BFlat`` or ``BHNSW<M>``.
         rescore: candidates fetched per result (``k · rescore`` by Hamming distance, re-ranked by inner product).
+        ef_search: ``BHNSW`` only: the graph search's beam width. None (default): twice the candidates wanted,
+            at least 64. FAISS would otherwise search with a beam of just the candidates wanted, which misses
+            true Hamming neighbours (recall of the float top 10 on Persuasion: 0.956 with a beam of 100).
     """
 
-    def __init__(self, dim: int, factory: str = "BFlat", rescore: int = 4) -> None:
+    def __init__(self, dim: int, factory: str = "BFlat", rescore: int = 4, ef_search: int | None = None) -> None:
         if rescore < 1:
             raise ValueError(f"rescore must be >= 1, got {rescore}")
-        self.dim, self.factory, self.rescore = dim, factory, rescore
+        if ef_search is not None and ef_search < 1:
+            raise ValueError(f"ef_search must be >= 1, got {ef_search}")
+        self.dim, self.factory, self.rescore, self.ef_search = dim, factory, rescore, ef_search
         self.codes = _make(dim, factory)
         self.vectors = np.zeros((0, dim), dtype=np.float32)
 
     @classmethod
-    def create(cls, dim: int, factory: str = "BFlat", rescore: int = 4) -> BinaryRescoreIndex:
-        return cls(dim, factory, rescore)
+    def create(
+        cls, dim: int, factory: str = "BFlat", rescore: int = 4, ef_search: int | None = None
+    ) -> BinaryRescoreIndex:
+        return cls(dim, factory, rescore, ef_search)
 
     @property
     def ntotal(self) -> int:
@@ -94,6 +101,9 @@ class BinaryRescoreIndex:
         ids = np.full((len(rows), k), -1, dtype=np.int64)
         if depth == 0:
             return scores, ids
+        if self.factory.startswith("BHNSW"):
+            graph = faiss.downcast_IndexBinary(self.codes.index)
+            graph.hnsw.efSearch = self.ef_search or max(2 * depth, 64)
         _, candidates = self.codes.search(binary_codes(rows), depth)
         for q, found in enumerate(candidates):
             found = found[found >= 0]
@@ -109,7 +119,10 @@ class BinaryRescoreIndex:
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         faiss.write_index_binary(self.codes, str(staging / "codes.faissb"))
         np.save(staging / "vectors.npy", np.asarray(self.vectors))
-        meta = {"format": _FORMAT, "dim": self.dim, "factory": self.factory, "rescore": self.rescore}
+        meta = {
+            "format": _FORMAT, "dim": self.dim, "factory": self.factory, "rescore": self.rescore,
+            "ef_search": self.ef_search,
+        }  # fmt: skip
         (staging / "index.json").write_text(json.dumps(meta, indent=2))
         fsync_tree(staging)
         if target.exists():
@@ -130,7 +143,7 @@ class BinaryRescoreIndex:
             raise ValueError(f"no binary index at {folder} ({error})") from None
         if meta.get("format") != _FORMAT:
             raise ValueError(f"{folder} is not a binary rescoring index (format {meta.get('format')!r})")
-        index = cls(int(meta["dim"]), meta["factory"], int(meta["rescore"]))
+        index = cls(int(meta["dim"]), meta["factory"], int(meta["rescore"]), meta.get("ef_search"))
         index.codes = faiss.read_index_binary(str(folder / "codes.faissb"))
         index.vectors = np.load(folder / "vectors.npy", mmap_mode="r")  # rescoring reads candidates' rows only
         return index

@@ -77,6 +77,10 @@ class STL10Config(TrainConfig):
     loss: str = field(default="align:1,alpha=2 + uniform:1,t=2", metadata={"help": "objective, as the paper writes it"})
     dim: int = field(default=128, metadata={"help": "embedding dimension"})
     width: float = field(default=1.0, metadata={"help": "small_alexnet: scale every layer's width (1 = the paper)"})
+    head_grid: int = field(
+        default=1, metadata={"help": "small_resnet: the projection head sees the last map pooled to a g x g grid "
+                                     "(1: global average pooling)"}
+    )  # fmt: skip
     channels: int | None = field(default=None, metadata={"help": "convert images to 1 or 3 channels"})
     image_size: int | None = field(default=None, metadata={"help": "view size in px (default: per dataset)"})
     channels_last: bool | None = field(
@@ -129,6 +133,10 @@ class STL10Config(TrainConfig):
             raise ValueError(f"--channels must be 1 or 3, got {self.channels}")
         if not self.width > 0:
             raise ValueError(f"--width must be > 0, got {self.width}")
+        if self.head_grid < 1:
+            raise ValueError(f"--head-grid must be >= 1, got {self.head_grid}")
+        if self.head_grid != 1 and self.encoder != "small_resnet":
+            raise ValueError(f"--head-grid is for the small_resnet encoder, not {self.encoder}")
         if self.crop_scale is not None and not 0 < self.crop_scale <= 1:
             raise ValueError(f"--crop-scale must be in (0, 1], got {self.crop_scale}")
         if self.erase is not None and not 0 <= self.erase <= 1:
@@ -154,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             config.lr = 0.12 * config.batch_size * accelerator.num_processes / 256
         architecture = {
             "small_alexnet": {"width": config.width},
-            "small_resnet": {},
+            "small_resnet": {"head_grid": config.head_grid},
         }.get(config.encoder, {"cifar_stem": augment.size <= 32})
         model = build_encoder(
             config.encoder, compile=config.compile, in_channels=augment.channels, image_size=augment.size,

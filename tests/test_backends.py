@@ -289,7 +289,15 @@ def test_binary_index_with_rescoring_keeps_float_recall_on_real_embeddings(model
         _, plain = index.search(queries, 10, rescore=1)  # Hamming order alone
         _, found = index.search(queries, 10)
         assert recall_at_k(found, exact, 10) >= 0.9 > recall_at_k(plain, exact, 10)
+    # the HNSW beam is twice the candidates wanted (FAISS alone would use just the candidates: 100 here)
+    from hsrl.index import faiss
+
+    assert faiss.downcast_IndexBinary(index.codes.index).hnsw.efSearch == 200
     reopened = BinaryRescoreIndex.load(index.save(tmp_path / "binary"))
     np.testing.assert_array_equal(reopened.search(queries, 10)[1], found)
+    explicit = BinaryRescoreIndex.load(BinaryRescoreIndex.create(384, "BHNSW32", 10, ef_search=300).save(tmp_path / "e"))
+    assert explicit.ef_search == 300  # an explicit beam is kept on disk
+    with pytest.raises(ValueError, match="ef_search"):
+        BinaryRescoreIndex.create(384, "BHNSW32", ef_search=0)
     with pytest.raises(ValueError, match="takes float unit vectors"):
         index.add(quantize_rows(data[:3], "binary"))

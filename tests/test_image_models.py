@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hsrl.models.image import (
@@ -207,3 +208,27 @@ def test_small_resnet_taps_shapes_unit_output_and_folder_round_trip(tmp_path: Pa
     assert halved.forward_features(x, "stage3").shape == (6, 24, 4, 4)
     with pytest.raises(ValueError, match="one width"):
         build_encoder("small_resnet", widths=(8, 16), blocks=(1,))
+
+
+def test_small_resnet_head_on_a_grid_sees_the_layout_and_round_trips(tmp_path: Path) -> None:
+    """head_grid g: the head reads the last map average-pooled to g x g and flattened (C·g² inputs), so two
+    images whose last maps have the same global average but another layout get different outputs."""
+    model = build_encoder("small_resnet", in_channels=1, image_size=28, dim=16, widths=(8, 16, 24), head_grid=2)
+    model.eval()
+    assert model.head[0].in_features == 24 * 4 and model.config["head_grid"] == 2
+    x = images(5, 1, 28)
+    taps = model.forward_taps(x, ["stage3", "pool", "output"])
+    grid = F.adaptive_avg_pool2d(taps["stage3"], 2).flatten(1)
+    torch.testing.assert_close(taps["output"], F.normalize(model.head(grid), dim=1))
+    torch.testing.assert_close(taps["pool"], taps["stage3"].mean(dim=(2, 3)))  # the pool tap is unchanged
+    # A head on the global average cannot tell a map from its mirror image; a 2 x 2 grid can.
+    mirrored = taps["stage3"].flip(-1)
+    pooled_head = build_encoder("small_resnet", in_channels=1, image_size=28, dim=16, widths=(8, 16, 24)).eval()
+    same = pooled_head.head(mirrored.mean(dim=(2, 3))), pooled_head.head(taps["stage3"].mean(dim=(2, 3)))
+    torch.testing.assert_close(*same)
+    assert not torch.allclose(model.head(F.adaptive_avg_pool2d(mirrored, 2).flatten(1)), model.head(grid))
+    restored = load(save(model, tmp_path / "model"))
+    assert restored.config["head_grid"] == 2
+    torch.testing.assert_close(restored(x), model(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="head_grid"):
+        build_encoder("small_resnet", head_grid=0)

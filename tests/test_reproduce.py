@@ -65,7 +65,10 @@ OUTPUTS: dict[str, tuple[str, dict[str, list[str]]]] = {
     ),
     "table": (
         "table.png",
-        {"table.csv": table.SUMMARY_COLUMNS, "table_per_seed.csv": ["encoder", "objective", "seed", *table.METRICS]},
+        {
+            "table.csv": table.SUMMARY_COLUMNS,
+            "table_per_seed.csv": ["encoder", "objective", "seed", *table.METRICS, *table.OPTIONAL_METRICS],
+        },
     ),
 }
 
@@ -322,10 +325,43 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     assert json.loads((second.folder / "metrics.json").read_text())["metrics"] == pytest.approx(first.metrics)
 
 
+def _five_nn(memory: torch.Tensor, memory_labels: torch.Tensor, queries: torch.Tensor, labels: torch.Tensor) -> float:
+    """The paper's 5-NN by hand: cosine similarity, majority of the 5 nearest, ties to the smallest label."""
+    similarity = F.normalize(queries, dim=1) @ F.normalize(memory, dim=1).T
+    nearest = memory_labels[similarity.topk(5, dim=1).indices]
+    votes = torch.stack([(nearest == c).sum(dim=1) for c in range(10)], dim=1)
+    return float((votes.argmax(dim=1) == labels).float().mean())
+
+
+def test_resnet_runs_report_5nn_at_stage2_and_at_the_output(tmp_path: Path) -> None:
+    """Full-size figures train the preset's SmallResNet: knn5_accuracy is its stage2 map's 5-NN (flattened,
+    cosine), output_knn5_accuracy the output's, and alignment/uniformity stay the output's."""
+    ctx = common.Context(tmp_path / "out", tmp_path / "runs", quick=True, device=torch.device("cpu"), log=print)
+    sizes = EvalSizes(300, 120)
+    spec = RunSpec("resnet", "align:1 + uniform:1", ImageBudget(encoder="small_resnet", dim=16, steps=2,
+                   batch_size=32, pretrain_size=128), sizes)  # fmt: skip
+    outcome = common.train_run(spec, ctx)
+    encoder = common.load_run_encoder(outcome.folder, spec.budget, torch.device("cpu")).eval()
+    assert encoder.architecture == "small_resnet" and common.KNN_LAYER["small_resnet"] == "stage2"
+    train, test = common.fashion_mnist()
+    with torch.no_grad():
+        memory = encoder.forward_taps(train.images[:300], ["stage2", "output"])
+        queries = encoder.forward_taps(test.images[:120], ["stage2", "output"])
+    stage2 = _five_nn(memory["stage2"].flatten(1), train.labels[:300], queries["stage2"].flatten(1), test.labels[:120])
+    output = _five_nn(memory["output"], train.labels[:300], queries["output"], test.labels[:120])
+    assert outcome.metrics["knn5_accuracy"] == pytest.approx(stage2, abs=1e-6)
+    assert outcome.metrics["output_knn5_accuracy"] == pytest.approx(output, abs=1e-6)
+    assert outcome.metrics["uniformity"] == pytest.approx(
+        float(torch.log(torch.exp(-2 * torch.pdist(queries["output"]) ** 2).mean())), abs=1e-4
+    )
+    assert 0 < common.raw_pixel_knn5(sizes) < 1
+
+
 def test_run_folder_changes_with_any_setting() -> None:
     base = RunSpec("r", "align:1", ImageBudget(steps=10), EvalSizes())
     assert base.key() == RunSpec("r", "align:1", ImageBudget(steps=10), EvalSizes()).key()
     assert base.key() != RunSpec("r", "align:1", ImageBudget(steps=11), EvalSizes()).key()
+    assert base.key() != RunSpec("r", "align:1", ImageBudget(encoder="small_resnet", steps=10), EvalSizes()).key()
     assert base.key() != RunSpec("r", "align:1", ImageBudget(steps=10), EvalSizes(), seed=1).key()
 
 

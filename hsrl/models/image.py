@@ -521,6 +521,9 @@ class SmallResNet(ImageEncoder):
         blocks: basic blocks per stage.
         stem_stride: 2 halves the side in the stem already (a quarter of the first stage's cost).
         hidden_dim: the projection head's hidden width (default: twice the last stage's width).
+        head_grid: what the projection head sees: 1 (default) the last map's global average; g > 1 the map
+            average-pooled to a g × g grid and flattened (``C·g²`` inputs), so the output keeps the coarse
+            layout that global pooling throws away. The ``pool`` tap is the global average either way.
         mean: per-channel mean for :class:`Normalize`.
         std: per-channel std for :class:`Normalize`.
         resize: evaluation resize (recorded for preprocessing).
@@ -531,7 +534,7 @@ class SmallResNet(ImageEncoder):
 
     def __init__(
         self, in_channels: int = 1, image_size: int = 28, dim: int = 128, widths: Sequence[int] = (32, 64, 128),
-        blocks: Sequence[int] = (1, 1, 1), stem_stride: int = 2, hidden_dim: int | None = None,
+        blocks: Sequence[int] = (1, 1, 1), stem_stride: int = 2, hidden_dim: int | None = None, head_grid: int = 1,
         mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None, resize: int | None = None,
         channels_last: bool = False,
     ) -> None:  # fmt: skip
@@ -541,11 +544,13 @@ class SmallResNet(ImageEncoder):
             raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
         if not widths or len(widths) != len(blocks) or min(widths) < 1 or min(blocks) < 1:
             raise ValueError(f"small_resnet needs one width and one block count >= 1 per stage, got {widths}, {blocks}")
-        hidden = hidden_dim or 2 * widths[-1]
+        if int(head_grid) < 1:
+            raise ValueError(f"head_grid must be >= 1, got {head_grid}")
+        hidden, head_grid = hidden_dim or 2 * widths[-1], int(head_grid)
         self.config = {
             **_common_config(in_channels, image_size, dim, mean, std, resize),
             "widths": widths, "blocks": blocks, "stem_stride": stem_stride, "hidden_dim": hidden,
-            "channels_last": channels_last,
+            "head_grid": head_grid, "channels_last": channels_last,
         }  # fmt: skip
         self.layers = (*(f"stage{i + 1}" for i in range(len(widths))), "pool", "output")
         self.normalize = Normalize(tuple(self.config["mean"]), tuple(self.config["std"]), channels_last)
@@ -558,8 +563,12 @@ class SmallResNet(ImageEncoder):
             stages.append(nn.Sequential(*stage))
             cin = width
         self.stages = nn.ModuleList(stages)
+        self.head_grid = head_grid
         self.head = nn.Sequential(
-            nn.Linear(cin, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(True), nn.Linear(hidden, dim)
+            nn.Linear(cin * head_grid**2, hidden, bias=False),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(True),
+            nn.Linear(hidden, dim),
         )
         if channels_last:
             self.to(memory_format=torch.channels_last)
@@ -581,7 +590,9 @@ class SmallResNet(ImageEncoder):
             if "pool" in layers:
                 taps["pool"] = pooled
             if "output" in layers:
-                taps["output"] = F.normalize(self.head(pooled).float(), dim=1)
+                # adaptive pooling makes the grid's size independent of the input's side
+                head_input = pooled if self.head_grid == 1 else F.adaptive_avg_pool2d(x, self.head_grid).flatten(1)
+                taps["output"] = F.normalize(self.head(head_input).float(), dim=1)
         return taps
 
 

@@ -1,6 +1,7 @@
 """What every ``hsrl reproduce`` experiment shares: data, a small encoder, resumable runs, evaluation, files.
 
-A *run* is one training of the small CNN with one objective. It lives in its own folder
+A *run* is one training of an encoder with one objective (full size: the ``fashion-mnist`` preset's
+:class:`~hsrl.models.image.SmallResNet` and its views; ``--quick``: a tiny CNN). It lives in its own folder
 ``RUNS/<name>-<key>``, where ``key`` hashes everything that defines the run (objective, budget, seed,
 starting weights, evaluation sizes): changing a setting starts a new run instead of reusing a stale one.
 Inside, :func:`hsrl.training.fit` keeps its checkpoints (an interrupted run resumes from the latest) and a
@@ -9,8 +10,9 @@ finished run leaves ``metrics.json`` (written atomically) plus ``model/``, an hs
 weights are reloaded.
 
 The evaluation is the paper's: 5-NN accuracy (cosine, the train images as memory, test images as
-queries), alignment :math:`L_{align} = \\mathbb{E}\\lVert f(x) - f(y)\\rVert_2^2` over two random views of
-each test image, and uniformity :math:`L_{uniform} = \\log \\mathbb{E}\\, e^{-2\\lVert f(a) - f(b)\\rVert_2^2}`
+queries; at the encoder's headline layer, :data:`KNN_LAYER`, and at the output), alignment
+:math:`L_{align} = \\mathbb{E}\\lVert f(x) - f(y)\\rVert_2^2` over two random views of each test image,
+and uniformity :math:`L_{uniform} = \\log \\mathbb{E}\\, e^{-2\\lVert f(a) - f(b)\\rVert_2^2}`
 over the clean test images (α = 2, t = 2, the paper's defaults).
 """
 
@@ -35,15 +37,16 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from hsrl.checkpoints import atomic_write_bytes, atomic_write_json
-from hsrl.data.images import ImageSplit, random_views, read_fashion_mnist
+from hsrl.data.images import ImageSplit, augment_defaults, batch_views, random_views, read_fashion_mnist
 from hsrl.evaluation.knn import knn_accuracy
 from hsrl.losses import HypersphereLoss
 from hsrl.metrics import alignment, uniformity
 from hsrl.models.folder import open_model, save_model
-from hsrl.models.image import SmallCNN
+from hsrl.models.image import ImageEncoder, SmallCNN, SmallResNet
 from hsrl.training import TrainConfig, fit, make_dataloader, training_session
 
 __all__ = [
+    "KNN_LAYER",
     "MODEL_FOLDER",
     "SUPERVISED",
     "UNTRAINED",
@@ -53,10 +56,12 @@ __all__ = [
     "ImageBudget",
     "RunOutcome",
     "RunSpec",
+    "describe_encoder",
     "embed",
     "evaluate_encoder",
     "fashion_mnist",
     "load_run_encoder",
+    "raw_pixel_knn5",
     "run_folder",
     "small_encoder",
     "train_run",
@@ -72,6 +77,10 @@ UNTRAINED = "none"
 _MEAN, _STD = 0.2860, 0.3530
 #: a finished run's model folder inside its run folder (``hsrl export --model RUN/model`` opens it)
 MODEL_FOLDER = "model"
+#: The layer whose 5-NN accuracy is a run's ``knn5_accuracy``, by encoder: the tiny CNN's output, the
+#: ResNet's ``stage2`` map (the recipe's headline layer: on Fashion-MNIST a garment's layout carries the label,
+#: and global pooling throws it away). ``output_knn5_accuracy`` is always the L2-normalised output's.
+KNN_LAYER: dict[str, str] = {"small_cnn": "output", "small_resnet": "stage2"}
 #: Runs trained in this process (the tests read it to prove that finished runs are skipped).
 TRAINED_RUNS: list[str] = []
 
@@ -92,8 +101,13 @@ class Context:
 
 @dataclass(frozen=True)
 class ImageBudget:
-    """Encoder size and optimisation budget of one run (AdamW, batches of two random views)."""
+    """Encoder and optimisation budget of one run (AdamW, batches of two random views).
 
+    ``encoder``: ``small_resnet`` (the ``fashion-mnist`` preset's encoder and views, what the full-size figures
+    use) or ``small_cnn`` (a tiny CNN of ``width``, for ``--quick``); ``width`` applies to ``small_cnn`` only.
+    """
+
+    encoder: Literal["small_cnn", "small_resnet"] = "small_cnn"
     dim: int = 32
     width: int = 16
     steps: int = 300
@@ -164,21 +178,32 @@ def fashion_mnist() -> tuple[ImageSplit, ImageSplit]:
     return _read_both(folder)
 
 
-def small_encoder(budget: ImageBudget) -> SmallCNN:
-    """The experiments' encoder: :class:`hsrl.models.image.SmallCNN` with stride-2 convolutions, widths
-    ``width``/``2·width``, a 128-wide hidden layer and Fashion-MNIST's pixel statistics.
+def small_encoder(budget: ImageBudget) -> ImageEncoder:
+    """The experiments' encoder, with Fashion-MNIST's pixel statistics.
 
-    Small on purpose (about 0.2 M multiply-adds per image): a sweep of 16 runs must fit in minutes on
-    two CPU cores. Strided convolutions instead of pooling keep it cheap at 28 × 28. Its folder is an hsrl image
+    ``small_resnet``: the ``fashion-mnist`` preset's :class:`hsrl.models.image.SmallResNet` (stages 32-64-128,
+    channels-last, about 14 M multiply-adds per image), which beats raw pixels within a few hundred steps.
+    ``small_cnn``: :class:`hsrl.models.image.SmallCNN` with stride-2 convolutions, widths ``width``/``2·width``
+    and a 128-wide hidden layer (about 0.2 M multiply-adds: CI's ``--quick``). Either folder is an hsrl image
     model folder, so every ``hsrl`` command opens it.
     """
+    if budget.encoder == "small_resnet":
+        return SmallResNet(in_channels=1, image_size=28, dim=budget.dim, mean=(_MEAN,), std=(_STD,), channels_last=True)
     return SmallCNN(dim=budget.dim, width=budget.width, hidden=128, downsample="stride", mean=(_MEAN,), std=(_STD,))
+
+
+def describe_encoder(budget: ImageBudget) -> str:
+    """The encoder of ``budget`` in a few words, for reports."""
+    if budget.encoder == "small_resnet":
+        return (f"the `fashion-mnist` preset's SmallResNet (stages 32-64-128), {budget.dim}-D output, 5-NN at "
+                f"`{KNN_LAYER['small_resnet']}` (the recipe's headline layer) and at the output")  # fmt: skip
+    return f"small CNN (width {budget.width}), {budget.dim}-D output, 5-NN at the output"
 
 
 class _SupervisedNet(nn.Module):
     """The encoder with a linear classifier on its normalised features (the paper's supervised baseline)."""
 
-    def __init__(self, encoder: SmallCNN, classes: int = 10) -> None:
+    def __init__(self, encoder: ImageEncoder, classes: int = 10) -> None:
         super().__init__()
         self.encoder = encoder
         self.classifier = nn.Linear(encoder.dim, classes)
@@ -206,23 +231,51 @@ class _CrossEntropyOnViews(nn.Module):
 
 
 def _two_views(model: nn.Module, batch: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """The tiny CNN's views (:func:`hsrl.data.images.random_views`: affine crop/zoom, flip, jitter)."""
     images = batch[0]
     # One forward over both views, so batch-norm statistics are shared (as the paper's code does).
     z = model(torch.cat([random_views(images), random_views(images)]))
     return z[: len(images)], z[len(images) :]
 
 
+def _preset_views(seed: int) -> Callable[[nn.Module, Sequence[Tensor]], tuple[Tensor, Tensor]]:
+    """The ``fashion-mnist`` preset's views (RandomResizedCrop 0.25–1, flip, jitter; :func:`batch_views`),
+    drawn from a generator seeded by the run's seed."""
+    augment, generator = augment_defaults("fashion-mnist", 1), torch.Generator().manual_seed(seed)
+
+    def encode(model: nn.Module, batch: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        images = batch[0]
+        z = model(torch.cat([batch_views(images, augment, generator), batch_views(images, augment, generator)]))
+        return z[: len(images)], z[len(images) :]
+
+    return encode
+
+
 @torch.no_grad()
 def embed(model: nn.Module, images: Tensor, device: torch.device, batch: int = 2048) -> Tensor:
     """Embeddings of ``images`` (uint8 or float in [0, 1]) in eval mode, as float32 on the CPU."""
+    return embed_layers(model, images, device, ("output",), batch)["output"]
+
+
+@torch.no_grad()
+def embed_layers(
+    model: nn.Module, images: Tensor, device: torch.device, layers: Sequence[str], batch: int = 2048
+) -> dict[str, Tensor]:
+    """``layers`` of ``model`` (an :class:`ImageEncoder`) for ``images`` in eval mode, float32 on the CPU;
+    spatial maps are flattened (``(N, C·h·w)``). ``("output",)`` works for any module (its forward)."""
     was_training = model.training
     model.eval()
-    parts = [model(images[i : i + batch].to(device)).float().cpu() for i in range(0, len(images), batch)]
+    parts: dict[str, list[Tensor]] = {layer: [] for layer in layers}
+    for i in range(0, len(images), batch):
+        x = images[i : i + batch].to(device)
+        taps = {"output": model(x)} if tuple(layers) == ("output",) else model.forward_taps(x, layers)
+        for layer in layers:
+            parts[layer].append(taps[layer].flatten(1).float().cpu())
     model.train(was_training)
-    return torch.cat(parts)
+    return {layer: torch.cat(chunks) for layer, chunks in parts.items()}
 
 
-def load_run_encoder(folder: Path, budget: ImageBudget, device: torch.device) -> SmallCNN:
+def load_run_encoder(folder: Path, budget: ImageBudget, device: torch.device) -> ImageEncoder:
     """The encoder a finished run saved in ``folder/model`` (an hsrl image model folder).
 
     Runs finished before the folder contract kept only ``folder/model.safetensors`` (the same layers, without the
@@ -241,18 +294,23 @@ def load_run_encoder(folder: Path, budget: ImageBudget, device: torch.device) ->
 
 @dataclass
 class EncoderEval:
-    """The paper's three numbers for one encoder, and (on request) the features behind them."""
+    """The paper's three numbers for one encoder (5-NN at its headline layer), the output's 5-NN when the
+    headline layer is another, and (on request) the output features behind them."""
 
     knn5_accuracy: float
     alignment: float
     uniformity: float
+    output_knn5_accuracy: float | None = None
     features: Tensor | None = None  # (queries, dim) clean test images
     labels: Tensor | None = None
     view1: Tensor | None = None  # (queries, dim) two random views of the same test images
     view2: Tensor | None = None
 
     def metrics(self) -> dict[str, float]:
-        return {"knn5_accuracy": self.knn5_accuracy, "alignment": self.alignment, "uniformity": self.uniformity}
+        values = {"knn5_accuracy": self.knn5_accuracy, "alignment": self.alignment, "uniformity": self.uniformity}
+        if self.output_knn5_accuracy is not None:
+            values["output_knn5_accuracy"] = self.output_knn5_accuracy
+        return values
 
 
 def evaluation_views(images: Tensor, seed: int) -> tuple[Tensor, Tensor]:
@@ -267,17 +325,28 @@ def evaluate_encoder(
 ) -> EncoderEval:
     """5-NN accuracy, alignment (α = 2, test views) and uniformity (t = 2, clean test images) of ``model``.
 
-    5-NN: each test image takes the majority label of its 5 nearest train images by cosine similarity.
+    5-NN: each test image takes the majority label of its 5 nearest train images by cosine similarity, at
+    the encoder's headline layer (:data:`KNN_LAYER`; flattened and L2-normalised) and, when that is another
+    layer, at the output too. Alignment and uniformity are always the output's, as in the paper.
     """
     train, test = fashion_mnist()
     memory_x, memory_y = train.images[: sizes.memory], train.labels[: sizes.memory]
     query_x, query_y = test.images[: sizes.queries], test.labels[: sizes.queries]
-    z_memory, z_query = embed(model, memory_x, device), embed(model, query_x, device)
+    headline = KNN_LAYER.get(getattr(model, "architecture", ""), "output")
+    layers = tuple(dict.fromkeys([headline, "output"]))
+    memory, queries = embed_layers(model, memory_x, device, layers), embed_layers(model, query_x, device, layers)
+
+    def knn5(layer: str) -> float:
+        return knn_accuracy(F.normalize(memory[layer], dim=1), memory_y, F.normalize(queries[layer], dim=1),
+                            query_y, k=5)  # fmt: skip
+
+    z_query = queries["output"]
     view1, view2 = (embed(model, v, device) for v in evaluation_views(query_x, seed))
     result = EncoderEval(
-        knn5_accuracy=knn_accuracy(z_memory, memory_y, z_query, query_y, k=5),
+        knn5_accuracy=knn5(headline),
         alignment=alignment(view1, view2, alpha=2.0),
         uniformity=uniformity(z_query, t=2.0),
+        output_knn5_accuracy=None if headline == "output" else knn5("output"),
     )
     if keep_features:
         result.features, result.labels, result.view1, result.view2 = z_query, query_y, view1, view2
@@ -287,31 +356,40 @@ def evaluate_encoder(
 # --------------------------------------------------------------------------- runs
 
 
+def raw_pixel_knn5(sizes: EvalSizes) -> float:
+    """5-NN accuracy of the L2-normalised raw pixels, same memory and queries as :func:`evaluate_encoder`."""
+    train, test = fashion_mnist()
+    memory = F.normalize(train.images[: sizes.memory].flatten(1).float(), dim=1)
+    queries = F.normalize(test.images[: sizes.queries].flatten(1).float(), dim=1)
+    return knn_accuracy(memory, train.labels[: sizes.memory], queries, test.labels[: sizes.queries], k=5)
+
+
 def run_folder(spec: RunSpec, ctx: Context) -> Path:
     return ctx.runs_dir / f"{spec.name}-{spec.key()}"
 
 
-def _build(spec: RunSpec, ctx: Context) -> tuple[nn.Module, SmallCNN, Callable[..., Tensor], Callable]:
+def _build(spec: RunSpec, ctx: Context) -> tuple[nn.Module, ImageEncoder, Callable[..., Tensor], Callable]:
     """The model fit trains, the encoder inside it, the loss, and how a batch becomes two embeddings."""
     torch.manual_seed(spec.seed)  # the same seed gives the same initial weights
     encoder = small_encoder(spec.budget)
     if spec.init_from is not None:
         encoder.load_state_dict(load_run_encoder(Path(spec.init_from), spec.budget, torch.device("cpu")).state_dict())
+    two_views = _preset_views(spec.seed) if spec.budget.encoder == "small_resnet" else _two_views
     if spec.objective == UNTRAINED:
-        return encoder, encoder, lambda x, y: x.sum() * 0, _two_views  # never trained: steps = 0
+        return encoder, encoder, lambda x, y: x.sum() * 0, two_views  # never trained: steps = 0
     if spec.objective != SUPERVISED:
-        return encoder, encoder, HypersphereLoss(spec.objective), _two_views
+        return encoder, encoder, HypersphereLoss(spec.objective), two_views
     net = _SupervisedNet(encoder)
     objective = _CrossEntropyOnViews(net.classifier)
 
     def encode(model: nn.Module, batch: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         objective.labels = batch[1]
-        return _two_views(model, batch)
+        return two_views(model, batch)
 
     return net, encoder, objective, encode
 
 
-def _fit_until(spec: RunSpec, ctx: Context, folder: Path, steps: int) -> SmallCNN:
+def _fit_until(spec: RunSpec, ctx: Context, folder: Path, steps: int) -> ImageEncoder:
     """Train (or resume) the run up to ``steps`` optimizer steps; return its encoder."""
     budget = spec.budget
     config = TrainConfig(
@@ -340,7 +418,7 @@ def _fit_until(spec: RunSpec, ctx: Context, folder: Path, steps: int) -> SmallCN
     return encoder
 
 
-def _save_model(encoder: SmallCNN, folder: Path) -> None:
+def _save_model(encoder: ImageEncoder, folder: Path) -> None:
     save_model(encoder, folder / MODEL_FOLDER)  # atomic: a temporary folder renamed into place
 
 
@@ -375,7 +453,7 @@ def train_run(spec: RunSpec, ctx: Context, *, keep_features: bool = False) -> Ru
     else:
         evaluation = evaluate_encoder(encoder, spec.eval_sizes, ctx.device, keep_features=keep_features)
         final = evaluation.metrics()
-    metrics = {k: float(final[k]) for k in ("knn5_accuracy", "alignment", "uniformity")}
+    metrics = {k: float(v) for k, v in final.items() if k != "step"}
     _save_model(encoder, folder)
     payload = {"spec": asdict(spec), "metrics": metrics, "trajectory": trajectory}
     atomic_write_json(metrics_path, {**payload, "seconds": round(time.perf_counter() - start, 1)})
@@ -384,7 +462,9 @@ def train_run(spec: RunSpec, ctx: Context, *, keep_features: bool = False) -> Ru
     return RunOutcome(spec, folder, metrics, True, trajectory, evaluation if keep_features else None)
 
 
-def _train_with_trajectory(spec: RunSpec, ctx: Context, folder: Path) -> tuple[list[dict[str, float]], SmallCNN | None]:
+def _train_with_trajectory(
+    spec: RunSpec, ctx: Context, folder: Path
+) -> tuple[list[dict[str, float]], ImageEncoder | None]:
     """Train in segments of ``eval_every`` steps, evaluating after each (and at step 0).
 
     Each evaluation is appended to ``trajectory.json`` atomically, and each segment ends with a
@@ -399,7 +479,7 @@ def _train_with_trajectory(spec: RunSpec, ctx: Context, folder: Path) -> tuple[l
         trajectory.append({"step": 0, **evaluate_encoder(start, spec.eval_sizes, ctx.device).metrics()})
         atomic_write_json(path, trajectory)
     ends = [*range(spec.eval_every, spec.budget.steps, spec.eval_every), spec.budget.steps]
-    encoder: SmallCNN | None = None
+    encoder: ImageEncoder | None = None
     for end in ends:
         if end <= trajectory[-1]["step"]:
             continue
@@ -449,11 +529,13 @@ def write_report(path: Path, title: str, sections: Sequence[tuple[str, str]], ct
     return path
 
 
+def _markdown_cell(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else "–" if value is None else str(value)
+
+
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    """``rows`` as a Markdown table (floats to 4 significant digits)."""
+    """``rows`` as a Markdown table (floats to 4 significant digits; a missing cell is "–")."""
     head = "| " + " | ".join(columns) + " |"
     rule = "| " + " | ".join("---" for _ in columns) + " |"
-    body = [
-        "| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in columns) + " |" for r in rows
-    ]
+    body = ["| " + " | ".join(_markdown_cell(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join([head, rule, *body])

@@ -19,6 +19,7 @@ from hsrl.reproduce.common import (
     EvalSizes,
     ImageBudget,
     RunSpec,
+    describe_encoder,
     markdown_table,
     train_run,
     write_csv,
@@ -34,7 +35,7 @@ FINE_TUNES: tuple[tuple[str, str], ...] = (
     ("uniform only", "uniform:1,t=2"),
     ("align + uniform", "align:1,alpha=2 + uniform:1,t=2"),
 )
-COLUMNS = ["fine_tune", "objective", "step", "knn5_accuracy", "alignment", "uniformity"]
+COLUMNS = ["fine_tune", "objective", "step", "knn5_accuracy", "alignment", "uniformity", "output_knn5_accuracy"]
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,8 @@ class Fig8Settings:
 
 
 FULL = Fig8Settings(
-    base=ImageBudget(dim=32, steps=300, batch_size=128),
-    fine_tune=ImageBudget(dim=32, steps=200, batch_size=128, lr=1e-3),
+    base=ImageBudget(encoder="small_resnet", dim=128, steps=600, batch_size=128),
+    fine_tune=ImageBudget(encoder="small_resnet", dim=128, steps=200, batch_size=128, lr=1e-3),
     eval_every=25,
     eval_sizes=EvalSizes(memory=10000, queries=3000),
 )
@@ -86,7 +87,7 @@ def run(ctx: Context) -> dict[str, object]:
         title=f"Fine-tuning a contrastive encoder ({BASE_OBJECTIVE}) with one term or both, Fashion-MNIST",
     )
     ends = [
-        {"fine_tune": label, **{k: points[-1][k] - points[0][k] for k in COLUMNS[3:]}}
+        {"fine_tune": label, **{k: points[-1][k] - points[0][k] for k in COLUMNS[3:] if k in points[-1]}}
         for label, points in trajectories.items()
     ]
     write_report(
@@ -110,8 +111,8 @@ def run(ctx: Context) -> dict[str, object]:
 def _setting_text(settings: Fig8Settings) -> str:
     b, f, e = settings.base, settings.fine_tune, settings.eval_sizes
     return (
-        f"Start: `{BASE_OBJECTIVE}`, {b.steps} AdamW steps (lr {b.lr:g}, cosine), small CNN (width {b.width}), "
-        f"{b.dim}-D output, batches of {b.batch_size} × 2 views. Fine-tuning: {f.steps} AdamW steps at a constant "
+        f"Start: `{BASE_OBJECTIVE}`, {b.steps} AdamW steps (lr {b.lr:g}, cosine), {describe_encoder(b)}, "
+        f"batches of {b.batch_size} × 2 views. Fine-tuning: {f.steps} AdamW steps at a constant "
         f"lr {f.lr:g}, evaluated every {settings.eval_every} steps: 5-NN on the first {e.queries} test images "
         f"against the first {e.memory} training images, L_align (α = 2) over two views of each test image, "
         "L_uniform (t = 2) over the clean test images."

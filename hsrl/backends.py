@@ -22,7 +22,8 @@ writable (where sentence-transformers itself looks for them), else in a cache fo
 its own ``onnx/``. Each export writes ``onnx/hsrl_export.json`` with a fingerprint of the weights it came
 from; a model whose weights changed is exported again. Files are written to a temporary name and renamed.
 
-Which encoders stay on torch: the Quick-Thought GRU (a custom module, not a 🤗 transformers model: Optimum
+Image encoders have their own ONNX path (:mod:`hsrl.onnx_image`: ``torch.onnx``, the same cache). Which text
+encoders stay on torch: the Quick-Thought GRU (a custom module, not a 🤗 transformers model: Optimum
 has no export config for it) and any folder Optimum cannot export; ``onnx`` refuses them in one line,
 ``auto`` serves them on torch.
 """
@@ -45,9 +46,13 @@ __all__ = [
     "BackendError",
     "BackendInfo",
     "check_backend",
+    "export_is_current",
     "int8_instruction_set",
     "load_text_model",
     "onnx_cache_folder",
+    "publish_export",
+    "record_export",
+    "session_options",
 ]
 
 log = logging.getLogger("hsrl.backends")
@@ -126,13 +131,14 @@ def int8_instruction_set() -> str:
 
 
 def _fingerprint(folder: Path) -> dict[str, Any]:
-    """Size and mtime of the weight files an export came from: a retrained folder gets a new export."""
+    """Size and mtime (ns) of the weight files an export came from: a retrained folder gets a new export, even
+    one saved within the same second with weights of the same size."""
     found = {}
     for name in _WEIGHT_FILES:
         path = folder / name
         if path.is_file():
             stat = path.stat()
-            found[name] = [stat.st_size, int(stat.st_mtime)]
+            found[name] = [stat.st_size, stat.st_mtime_ns]
     return found
 
 
@@ -178,7 +184,8 @@ def onnx_cache_folder(model_folder: str | os.PathLike[str], cache_root: str | os
     return mirror
 
 
-def _record_matches(folder: Path, source: Path, file_name: str) -> bool:
+def export_is_current(folder: Path, source: Path, file_name: str) -> bool:
+    """Whether ``folder/onnx/file_name`` exists and was exported from ``source``'s current weights."""
     record_path = folder / "onnx" / _EXPORT_RECORD
     if not (folder / "onnx" / file_name).is_file():
         return False
@@ -190,7 +197,8 @@ def _record_matches(folder: Path, source: Path, file_name: str) -> bool:
     return False
 
 
-def _write_record(folder: Path, source: Path, files: list[str]) -> None:
+def record_export(folder: Path, source: Path, files: list[str]) -> None:
+    """Note in ``folder/onnx/hsrl_export.json`` that ``files`` were exported from ``source``'s current weights."""
     from hsrl.checkpoints import atomic_write_json
 
     record_path = folder / "onnx" / _EXPORT_RECORD
@@ -203,7 +211,7 @@ def _write_record(folder: Path, source: Path, files: list[str]) -> None:
     atomic_write_json(record_path, record)
 
 
-def _publish(temporary: Path, folder: Path, names: list[str]) -> None:
+def publish_export(temporary: Path, folder: Path, names: list[str]) -> None:
     """Move ``names`` from ``temporary/onnx`` into ``folder/onnx``, each by an atomic rename (same file system)."""
     target = folder / "onnx"
     target.mkdir(exist_ok=True)
@@ -217,7 +225,8 @@ def _publish(temporary: Path, folder: Path, names: list[str]) -> None:
         os.replace(staged, target / name)
 
 
-def _session_options(threads: int | None) -> Any:
+def session_options(threads: int | None) -> Any:
+    """ONNX Runtime session options: ``threads`` intra-op threads (None: its default), idle threads asleep."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -239,8 +248,8 @@ def _open(folder: Path, backend: str, device: str | None, **kwargs: Any) -> Any:
 def _export_onnx(folder: Path, source: Path, device: str | None, threads: int | None) -> Any:
     """The model on ONNX Runtime fp32, exported (and cached) first unless a matching export is there."""
     file_name = "model.onnx"
-    options = {"file_name": f"onnx/{file_name}", "session_options": _session_options(threads)}
-    if _record_matches(folder, source, file_name):
+    options = {"file_name": f"onnx/{file_name}", "session_options": session_options(threads)}
+    if export_is_current(folder, source, file_name):
         return _open(folder, "onnx", device, model_kwargs=options)
     with _quiet_optimum():
         model = _open(
@@ -249,8 +258,8 @@ def _export_onnx(folder: Path, source: Path, device: str | None, threads: int | 
     with tempfile.TemporaryDirectory(dir=folder, prefix=".onnx-export-") as temporary:
         model.transformers_model.save_pretrained(temporary)  # sentence-transformers puts it in onnx/
         names = sorted(p.name for p in (Path(temporary) / "onnx").iterdir() if p.name.startswith(file_name))
-        _publish(Path(temporary), folder, names)
-    _write_record(folder, source, names)
+        publish_export(Path(temporary), folder, names)
+    record_export(folder, source, names)
     log.info("exported %s to ONNX: %s", source, folder / "onnx" / file_name)
     return model
 
@@ -260,13 +269,13 @@ def _export_int8(folder: Path, source: Path, device: str | None, threads: int | 
 
     isa = int8_instruction_set()
     file_name = f"model_qint8_{isa}.onnx"
-    options = {"file_name": f"onnx/{file_name}", "session_options": _session_options(threads)}
-    if not _record_matches(folder, source, file_name):
+    options = {"file_name": f"onnx/{file_name}", "session_options": session_options(threads)}
+    if not export_is_current(folder, source, file_name):
         fp32 = _export_onnx(folder, source, device, threads)
         with tempfile.TemporaryDirectory(dir=folder, prefix=".onnx-export-") as temporary, _quiet_optimum():
             export_dynamic_quantized_onnx_model(fp32, isa, temporary)
-            _publish(Path(temporary), folder, [file_name])
-        _write_record(folder, source, [file_name])
+            publish_export(Path(temporary), folder, [file_name])
+        record_export(folder, source, [file_name])
         log.info("quantised %s to int8 (%s): %s", source, isa, folder / "onnx" / file_name)
     return _open(folder, "onnx", device, model_kwargs=options), file_name
 

@@ -367,7 +367,7 @@ def export_embeddings(
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
     model_path, dataset_path, out = local_model_folder(model), Path(dataset), Path(output)
-    kind = model_kind(model_path)
+    kind = folder_kind = model_kind(model_path)
     records = read_dataset(dataset_path)
     if kind == "two_tower":  # one space, two towers: the dataset's modality picks the tower
         kind = records.kind
@@ -377,9 +377,10 @@ def export_embeddings(
     if backend != "torch":
         from hsrl.backends import check_backend
 
-        if kind != "text":
-            raise ValueError(f"--backend {backend}: {kind} models run on torch only (use --backend torch)")
-        manifest["backend"] = check_backend(backend)
+        check_backend(backend)
+        if folder_kind not in ("text", "image"):
+            raise ValueError(f"--backend {backend}: {folder_kind} models run on torch only (use --backend torch)")
+        manifest["backend"] = backend
     out.mkdir(parents=True, exist_ok=True)
     _claim_output(out, manifest)
     mine = [s for s in range(manifest["num_shards"]) if s % world_size == rank]

@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="what runs the text model: torch, onnx (ONNX Runtime fp32), onnx-int8 (dynamic int8), auto (onnx, else "
         "torch); ONNX files are exported once and cached next to the model" + _DEFAULT,
     )
+    models.add_argument(
+        "--image-backend",
+        default="torch",
+        choices=[b for b in BACKENDS if b != "onnx-int8"],
+        help="what runs the image model: torch, onnx (ONNX Runtime fp32, exported once with torch.onnx and cached "
+        "next to the model), auto (onnx, else torch)" + _DEFAULT,
+    )
     placements = ["auto", "never", "shard", "replicate"]
     models.add_argument("--index-gpu", default="auto", choices=placements, help="index placement" + _DEFAULT)
     models.add_argument(
@@ -192,14 +199,15 @@ def _build_service(args: argparse.Namespace):  # -> hsrl_service.runtime.Service
 
         torch.set_num_threads(threads)
     encoders = []
+    ort_threads = threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or None
     if args.text_model:
         name, folder = named_path(args.text_model, "--text-model")
-        ort_threads = threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or None
         encoders.append(load_text_encoder(folder, device=args.device, name=name, backend=args.backend,
                                           threads=ort_threads))  # fmt: skip
     if args.image_model:
         name, folder = named_path(args.image_model, "--image-model")
-        encoders.append(load_image_encoder(folder, device=args.device, name=name))
+        encoders.append(load_image_encoder(folder, device=args.device, name=name, backend=args.image_backend,
+                                           threads=ort_threads))  # fmt: skip
     if args.multimodal_model:
         from hsrl_service.multimodal import load_multimodal_encoders
 

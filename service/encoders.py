@@ -163,25 +163,31 @@ def load_text_encoder(
 
 
 class ImageEncoder(Encoder):
-    """A torch image model whose output rows are embeddings (L2-normalised here whatever it returns).
+    """An image model whose output rows are embeddings (L2-normalised here whatever it returns).
 
     Args:
-        model: an ``nn.Module`` mapping a ``(n, c, h, w)`` batch (what ``preprocessing`` makes) to ``(n, d)``.
+        model: an ``nn.Module`` (or :class:`hsrl.onnx_image.OnnxImageEncoder`) mapping a ``(n, c, h, w)`` batch
+            (what ``preprocessing`` makes) to ``(n, d)``.
         name: the name clients may pass as ``model``.
         preprocessing: the model's own :class:`hsrl.models.image.ImagePreprocess` (``to_array``: channels, resize,
             centre crop; uint8 out, which hsrl encoders normalise themselves).
         dim: the output dimension; measured with one blank image when not given.
         device: where the model runs.
+        backend: what runs it (:class:`hsrl.backends.BackendInfo`; default torch fp32), for ``/info``.
     """
 
     modality = "image"
 
     def __init__(
-        self, model: Any, name: str, preprocessing: Any, *, dim: int | None = None, device: str = "cpu"
-    ) -> None:
+        self, model: Any, name: str, preprocessing: Any, *, dim: int | None = None, device: str = "cpu",
+        backend: Any = None,
+    ) -> None:  # fmt: skip
         import torch
 
+        from hsrl.backends import BackendInfo
+
         self._torch = torch
+        self.backend = backend or BackendInfo("torch", "fp32", "torch")
         self.model, self.name, self.preprocessing, self.device = model.eval().to(device), name, preprocessing, device
         if dim is None:
             from PIL import Image
@@ -202,13 +208,18 @@ class ImageEncoder(Encoder):
 
     def describe(self) -> dict[str, Any]:
         p = self.preprocessing
-        return {**super().describe(), "image_size": p.size, "channels": p.channels}
+        return {**super().describe(), "image_size": p.size, "channels": p.channels, **self.backend.as_dict()}
 
 
-def load_image_encoder(path: str | Path, *, device: str | None = None, name: str | None = None) -> ImageEncoder:
-    """An hsrl image model folder (or Hub id) as the service's image encoder, with the model's own preprocessing."""
-    opened = _open(path, "image", "--image-model", device or "cpu")
+def load_image_encoder(
+    path: str | Path, *, device: str | None = None, name: str | None = None, backend: str = "torch",
+    threads: int | None = None,
+) -> ImageEncoder:  # fmt: skip
+    """An hsrl image model folder (or Hub id) as the service's image encoder, with the model's own preprocessing,
+    on ``backend`` (``torch``, ``onnx`` or ``auto``: :mod:`hsrl.onnx_image`; ``threads``: ONNX Runtime's)."""
+    opened = _open(path, "image", "--image-model", device or "cpu", backend=backend, threads=threads)
     model, folder = opened.module, opened.path
-    encoder = ImageEncoder(model, name or folder.name, opened.preprocess, dim=opened.dim, device=device or "cpu")
+    encoder = ImageEncoder(model, name or folder.name, opened.preprocess, dim=opened.dim, device=device or "cpu",
+                           backend=getattr(opened, "backend", None))  # fmt: skip
     encoder.created = int(folder.stat().st_mtime)
     return encoder

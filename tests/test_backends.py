@@ -295,7 +295,8 @@ def test_binary_index_with_rescoring_keeps_float_recall_on_real_embeddings(model
     assert faiss.downcast_IndexBinary(index.codes.index).hnsw.efSearch == 200
     reopened = BinaryRescoreIndex.load(index.save(tmp_path / "binary"))
     np.testing.assert_array_equal(reopened.search(queries, 10)[1], found)
-    explicit = BinaryRescoreIndex.load(BinaryRescoreIndex.create(384, "BHNSW32", 10, ef_search=300).save(tmp_path / "e"))
+    explicit = BinaryRescoreIndex.create(384, "BHNSW32", 10, ef_search=300)
+    explicit = BinaryRescoreIndex.load(explicit.save(tmp_path / "explicit"))
     assert explicit.ef_search == 300  # an explicit beam is kept on disk
     with pytest.raises(ValueError, match="ef_search"):
         BinaryRescoreIndex.create(384, "BHNSW32", ef_search=0)

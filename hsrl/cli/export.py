@@ -24,7 +24,10 @@ def _parser() -> OneLineArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--shard-size", type=int, default=10_000, help="records per shard")
     parser.add_argument("--device", default=None, help="torch device (default: the process's accelerator)")
-    parser.add_argument("--backend", default="torch", choices=BACKENDS, help="text model backend (hsrl.backends)")
+    parser.add_argument(
+        "--backend", default="torch", choices=BACKENDS,
+        help="what runs the model: text (hsrl.backends); image: torch, onnx, auto (hsrl.onnx_image)",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true")
     return parser
 

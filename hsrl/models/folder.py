@@ -313,7 +313,8 @@ def open_model(
     """Open a model folder, a packaged name or a Hub id as an :class:`Encoder` (eval mode, on ``device``).
 
     ``backend`` (:data:`hsrl.backends.BACKENDS`) runs a text model on ONNX Runtime (``threads``: its intra-op
-    threads); the opened model's ``backend`` says what serves it. Image models run on torch only.
+    threads), and an image model on ONNX Runtime too (``onnx``/``auto``: :mod:`hsrl.onnx_image`); the opened model's
+    ``backend`` says what serves it. Two-tower models run on torch.
 
     Raises:
         ValueError: one line naming the folder and what is wrong (missing, not a model folder, unreadable,
@@ -325,10 +326,17 @@ def open_model(
         from hsrl.backends import check_backend, load_text_model
 
         check_backend(backend)
-        if kind != "text":
-            raise ValueError(f"model {folder}: backend {backend!r} runs text models; {kind} models run on torch")
-        module, info = load_text_model(folder, backend, device=device, threads=threads)
-        opened = TextModel(module, folder)
+        if kind == "image":
+            from hsrl.onnx_image import load_image_model
+
+            module, info = load_image_model(folder, backend, device=device, threads=threads)
+            opened: Encoder = ImageModel(module, folder, device or "cpu")
+        elif kind == "text":
+            module, info = load_text_model(folder, backend, device=device, threads=threads)
+            opened = TextModel(module, folder)
+        else:
+            raise ValueError(f"model {folder}: backend {backend!r} runs text and image models; {kind} models run "
+                             "on torch")  # fmt: skip
         opened.backend = info
         return opened
     try:

@@ -135,14 +135,19 @@ def baselines(metrics: dict[str, Any]) -> list[str]:
 
 def ablation(args: argparse.Namespace) -> list[str]:
     title = f"# Fashion-MNIST ablations: one change at a time, {args.minutes:g}-minute budget each, seed {args.seed}"
-    command = f"Command: `python benchmarks/fashion_mnist.py ablation --minutes {args.minutes:g}" + (
-        f" --recipe-flags '{args.recipe_flags}'`" if args.recipe_flags else "`"
+    command = (
+        f"Command: `python benchmarks/fashion_mnist.py ablation --minutes {args.minutes:g}"
+        + (f" --recipe-flags '{args.recipe_flags}'" if args.recipe_flags else "")
+        + (" --only " + " ".join(shlex.quote(part) for part in args.only) if args.only else "")
+        + "`"
     )
     lines = [title, "", command, "", *HEADER]
     first: dict[str, Any] | None = None
     for name, flags in ABLATIONS.items():
         folder = args.runs / f"ablation-{args.minutes:g}min" / slug(name)
-        metrics = run(folder, [*flags, *args.extra], args.minutes, args.seed, args.lock, not args.report_only)
+        chosen = not args.only or any(part in name for part in args.only)
+        metrics = run(folder, [*flags, *args.extra], args.minutes, args.seed, args.lock,
+                      chosen and not args.report_only)  # fmt: skip
         lines.append(row(name, metrics))
         first = first or (metrics if "summary" in metrics else None)
     if first:
@@ -207,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lock", type=Path, help="hold an exclusive flock on this file during each run")
     parser.add_argument("--report-only", action="store_true", help="tables from finished runs only")
     parser.add_argument("--output", type=Path, help="also write the table here")
+    parser.add_argument("--only", nargs="+", default=[], help="ablation: train only the rows whose name contains "
+                        "one of these (the others are read back when finished)")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=1, help="budget: runs at once, each with cores/jobs threads")
     parser.add_argument("--recipe-flags", default="", help='flags added to every run, e.g. "--linear-protocol fast"')
     args = parser.parse_args(argv)

@@ -53,7 +53,7 @@ OUTPUTS: dict[str, tuple[str, dict[str, list[str]]]] = {
     ),
     "fig5": (
         "fig5.png",
-        {"fig5_sweep.csv": fig5.COLUMNS, "fig5_spearman.csv": ["metric", "spearman_rho", "p_value", "runs"]},
+        {"fig5_sweep.csv": fig5.COLUMNS, "fig5_spearman.csv": fig5.SPEARMAN_COLUMNS},
     ),
     "fig8": ("fig8.png", {"fig8_trajectories.csv": fig8.COLUMNS}),
     "theorem1": (

@@ -93,14 +93,16 @@ def run(
         cmd = [*LAUNCH, str(ROOT / "recipes" / "stl10.py"), "--dataset", "fashion-mnist", "--time-budget-min",
                str(minutes), "--seed", str(seed), "--log-with", "none", "--no-progress", *flags,
                "--output-dir", str(folder)]  # fmt: skip
-        with exclusive(lock):
+        folder.mkdir(parents=True, exist_ok=True)
+        # The run writes to a file, not a pipe to this process: a run outlives this driver being stopped (a
+        # pipe would break, and the run die at its next print).
+        with exclusive(lock), open(folder / "benchmark.log", "w") as log:
             started = time.perf_counter()
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+            done = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
             wall = time.perf_counter() - started
-        (folder / "benchmark.log").parent.mkdir(parents=True, exist_ok=True)
-        (folder / "benchmark.log").write_text(done.stdout[-20000:] + done.stderr[-20000:])
         if done.returncode != 0:
-            return {"error": done.stderr.strip().splitlines()[-1:] or ["failed"]}
+            lines = (folder / "benchmark.log").read_text().strip().splitlines()
+            return {"error": lines[-1:] or ["failed"]}
         print(f"{folder.name}: {wall:.0f} s wall", flush=True)
     if not metrics.is_file():
         return {"error": "not run"}

@@ -1,4 +1,4 @@
-"""Inference backends for text models: PyTorch, or ONNX Runtime in fp32 or dynamic int8.
+"""Inference backends for text models: PyTorch, ONNX Runtime in fp32 or dynamic int8, or OpenVINO in fp32.
 
     model, info = load_text_model("runs/demo/model", "onnx", threads=1)
     model.encode(["Anne Elliot"], normalize_embeddings=True)      # a SentenceTransformer, whatever the backend
@@ -14,13 +14,18 @@ Backends:
 * ``onnx-int8``: ONNX Runtime with weights (and activations, dynamically) quantised to int8 for this CPU's
   instruction set (``avx512_vnni`` > ``avx512`` > ``avx2`` > ``arm64``); faster, and the vectors differ
   (mean cosine to fp32 about 0.99): the README publishes the retrieval quality it costs.
+* ``openvino``: the same math on Intel's OpenVINO runtime, fp32 (sentence-transformers' ``backend="openvino"``:
+  Optimum Intel's exporter), precision pinned to f32 (cosine to torch ≥ 0.9999 in the tests). On this CPU it is
+  the fastest exact backend: its fused kernels beat both eager PyTorch and ONNX Runtime at sentence lengths
+  where those two are compute-bound (benchmarks/results/onnx_probe.md).
 * ``auto``: ``onnx`` when the model exports, else ``torch`` (logged); the one backend that falls back.
 
-Exported files are cached so a restart does not export again: in ``MODEL/onnx/`` when the model folder is
-writable (where sentence-transformers itself looks for them), else in a cache folder
+Exported files are cached so a restart does not export again: in ``MODEL/onnx/`` (``MODEL/openvino/``) when the
+model folder is writable (where sentence-transformers itself looks for them), else in a cache folder
 (``$HSRL_ONNX_CACHE``, default ``~/.cache/hsrl/onnx/<hash>``) that mirrors the model folder by symlinks and adds
-its own ``onnx/``. Each export writes ``onnx/hsrl_export.json`` with a fingerprint of the weights it came
-from; a model whose weights changed is exported again. Files are written to a temporary name and renamed.
+its own export folders. Each export writes ``hsrl_export.json`` beside its files with a fingerprint of the
+weights it came from; a model whose weights changed is exported again. Files are written to a temporary name
+and renamed.
 
 Image encoders have their own ONNX path (:mod:`hsrl.onnx_image`: ``torch.onnx``, the same cache). Which text
 encoders stay on torch: the Quick-Thought GRU (a custom module, not a 🤗 transformers model: Optimum
@@ -58,9 +63,13 @@ __all__ = [
 log = logging.getLogger("hsrl.backends")
 
 #: The backends a command accepts (``auto``: onnx, falling back to torch when the export fails).
-BACKENDS = ("torch", "onnx", "onnx-int8", "auto")
+BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "auto")
 #: The extra that brings ONNX Runtime and Optimum.
 ONNX_EXTRA = "onnx"
+#: The extra that brings OpenVINO and Optimum Intel.
+OPENVINO_EXTRA = "openvino"
+#: The folders inside a model folder that hold exports (each mirrored file by file in a cache folder).
+EXPORT_FOLDERS = ("onnx", "openvino")
 _EXPORT_RECORD = "hsrl_export.json"
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
 
@@ -108,6 +117,17 @@ def _require_onnx_runtime(backend: str) -> None:
         ) from None
 
 
+def _require_openvino(backend: str) -> None:
+    try:
+        import openvino  # noqa: F401
+        import optimum.intel.openvino  # noqa: F401
+    except ImportError as error:
+        raise BackendError(
+            f"backend {backend!r} needs OpenVINO and Optimum Intel ({error}); install them with "
+            f"`pip install 'hsrl[{OPENVINO_EXTRA}]'`"
+        ) from None
+
+
 def int8_instruction_set() -> str:
     """The best dynamic-int8 configuration sentence-transformers offers for this CPU (read from /proc/cpuinfo).
 
@@ -145,7 +165,7 @@ def _fingerprint(folder: Path) -> dict[str, Any]:
 def _writable(folder: Path) -> bool:
     """Whether files can be created in ``folder`` (tried, not guessed: root passes every ``os.access`` check, and a
     read-only mount refuses even root)."""
-    target = folder / "onnx" if (folder / "onnx").is_dir() else folder
+    target = next((folder / name for name in EXPORT_FOLDERS if (folder / name).is_dir()), folder)
     try:
         with tempfile.NamedTemporaryFile(dir=target, prefix=".hsrl-probe-"):
             return True
@@ -157,8 +177,8 @@ def onnx_cache_folder(model_folder: str | os.PathLike[str], cache_root: str | os
     """Where a model's ONNX files live: the model folder itself when writable, else a mirror in the cache.
 
     The mirror (``cache_root/<sha1 of the resolved path>``) holds a symlink to every entry of the model folder
-    but ``onnx/``, so ``SentenceTransformer(mirror, backend="onnx")`` reads the tokenizer and configuration from
-    the model and the ONNX files from the mirror's own ``onnx/``.
+    but its export folders (:data:`EXPORT_FOLDERS`), so ``SentenceTransformer(mirror, backend="onnx")`` reads the
+    tokenizer and configuration from the model and the exported files from the mirror's own ``onnx/``.
     """
     folder = Path(model_folder).resolve()
     if cache_root is None and _writable(folder):
@@ -167,27 +187,28 @@ def onnx_cache_folder(model_folder: str | os.PathLike[str], cache_root: str | os
     mirror = root / hashlib.sha1(str(folder).encode()).hexdigest()[:16]
     mirror.mkdir(parents=True, exist_ok=True)
     for entry in folder.iterdir():
-        if entry.name == "onnx":
+        if entry.name in EXPORT_FOLDERS:
             continue
         link = mirror / entry.name
         if not link.is_symlink() or link.resolve() != entry.resolve():
             with contextlib.suppress(FileNotFoundError):
                 link.unlink()
             link.symlink_to(entry)
-    # Exports already in a read-only model folder are reused: linked file by file into the mirror's onnx/.
-    if (folder / "onnx").is_dir():
-        (mirror / "onnx").mkdir(exist_ok=True)
-        for entry in (folder / "onnx").iterdir():
-            link = mirror / "onnx" / entry.name
-            if not link.exists():
-                link.symlink_to(entry)
+    # Exports already in a read-only model folder are reused: linked file by file into the mirror's own folders.
+    for name in EXPORT_FOLDERS:
+        if (folder / name).is_dir():
+            (mirror / name).mkdir(exist_ok=True)
+            for entry in (folder / name).iterdir():
+                link = mirror / name / entry.name
+                if not link.exists():
+                    link.symlink_to(entry)
     return mirror
 
 
-def export_is_current(folder: Path, source: Path, file_name: str) -> bool:
-    """Whether ``folder/onnx/file_name`` exists and was exported from ``source``'s current weights."""
-    record_path = folder / "onnx" / _EXPORT_RECORD
-    if not (folder / "onnx" / file_name).is_file():
+def export_is_current(folder: Path, source: Path, file_name: str, subfolder: str = "onnx") -> bool:
+    """Whether ``folder/subfolder/file_name`` exists and was exported from ``source``'s current weights."""
+    record_path = folder / subfolder / _EXPORT_RECORD
+    if not (folder / subfolder / file_name).is_file():
         return False
     if not record_path.is_file():  # an export shipped with the model (e.g. from the Hub): trust it
         return True
@@ -197,11 +218,11 @@ def export_is_current(folder: Path, source: Path, file_name: str) -> bool:
     return False
 
 
-def record_export(folder: Path, source: Path, files: list[str]) -> None:
-    """Note in ``folder/onnx/hsrl_export.json`` that ``files`` were exported from ``source``'s current weights."""
+def record_export(folder: Path, source: Path, files: list[str], subfolder: str = "onnx") -> None:
+    """Note in ``folder/subfolder/hsrl_export.json`` that ``files`` were exported from ``source``'s weights."""
     from hsrl.checkpoints import atomic_write_json
 
-    record_path = folder / "onnx" / _EXPORT_RECORD
+    record_path = folder / subfolder / _EXPORT_RECORD
     record: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError):
         record = json.loads(record_path.read_text())
@@ -211,13 +232,13 @@ def record_export(folder: Path, source: Path, files: list[str]) -> None:
     atomic_write_json(record_path, record)
 
 
-def publish_export(temporary: Path, folder: Path, names: list[str]) -> None:
-    """Move ``names`` from ``temporary/onnx`` into ``folder/onnx``, each by an atomic rename (same file system)."""
-    target = folder / "onnx"
+def publish_export(temporary: Path, folder: Path, names: list[str], subfolder: str = "onnx") -> None:
+    """Move ``names`` from ``temporary/subfolder`` into ``folder/subfolder``, each by an atomic rename."""
+    target = folder / subfolder
     target.mkdir(exist_ok=True)
     for name in names:
         staged = target / f".{name}.tmp-{os.getpid()}"
-        shutil.copyfile(temporary / "onnx" / name, staged)
+        shutil.copyfile(temporary / subfolder / name, staged)
         with open(staged, "rb") as handle:
             os.fsync(handle.fileno())
         if (target / name).is_symlink():
@@ -280,6 +301,32 @@ def _export_int8(folder: Path, source: Path, device: str | None, threads: int | 
     return _open(folder, "onnx", device, model_kwargs=options), file_name
 
 
+def _openvino_config(threads: int | None) -> dict[str, str]:
+    """OpenVINO CPU settings: f32 precision (never a lower precision the CPU might offer), one stream for the one
+    worker thread that calls the model, and ``threads`` inference threads."""
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = str(threads)
+    return config
+
+
+def _export_openvino(folder: Path, source: Path, device: str | None, threads: int | None) -> Any:
+    """The model on OpenVINO fp32, exported (and cached in ``openvino/``) first unless a matching export is there."""
+    file_name = "openvino_model.xml"
+    options = {"file_name": f"openvino/{file_name}", "ov_config": _openvino_config(threads)}
+    if export_is_current(folder, source, file_name, "openvino"):
+        return _open(folder, "openvino", device, model_kwargs=options)
+    with _quiet_optimum():
+        model = _open(folder, "openvino", device, model_kwargs={"export": True, "ov_config": options["ov_config"]})
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".openvino-export-") as temporary:
+        model.transformers_model.save_pretrained(temporary)  # sentence-transformers puts it in openvino/
+        names = sorted(p.name for p in (Path(temporary) / "openvino").iterdir() if p.name.startswith("openvino_model"))
+        publish_export(Path(temporary), folder, names, "openvino")
+    record_export(folder, source, names, "openvino")
+    log.info("exported %s to OpenVINO: %s", source, folder / "openvino" / file_name)
+    return model
+
+
 @contextlib.contextmanager
 def _quiet_optimum():
     """Optimum and sentence-transformers log export chatter at warning level; keep it out of the user's way."""
@@ -313,8 +360,9 @@ def load_text_model(
         path: a sentence-transformers folder (``hsrl.models.text.resolve_model_path`` resolves names).
         backend: one of :data:`BACKENDS`.
         device: torch device for ``torch``; the ONNX backends run on ONNX Runtime's CPU provider here (its
-            CUDA provider when ``onnxruntime-gpu`` is installed).
-        threads: ONNX Runtime intra-op threads (torch's are set with ``torch.set_num_threads``).
+            CUDA provider when ``onnxruntime-gpu`` is installed), ``openvino`` on OpenVINO's CPU plugin.
+        threads: ONNX Runtime's intra-op threads, OpenVINO's inference threads (torch's are set with
+            ``torch.set_num_threads``).
         cache_root: force the export cache there instead of the model folder.
 
     Raises:
@@ -328,13 +376,20 @@ def load_text_model(
 
         return load_sentence_transformer(source, device=device), BackendInfo("torch", "fp32", "torch")
     try:
-        _require_onnx_runtime(backend)
+        if backend == "openvino":
+            _require_openvino(backend)
+        else:
+            _require_onnx_runtime(backend)
         if not (source / "config.json").is_file():
             raise BackendError(
-                f"{source} has no 🤗 transformers model (config.json) for Optimum to export to ONNX "
-                "(e.g. a Quick-Thought GRU); serve it with --backend torch"
+                f"{source} has no 🤗 transformers model (config.json) for Optimum to export to "
+                f"{'OpenVINO' if backend == 'openvino' else 'ONNX'} (e.g. a Quick-Thought GRU); serve it with "
+                "--backend torch"
             )
         folder = onnx_cache_folder(source, cache_root)
+        if backend == "openvino":
+            model = _export_openvino(folder, source, device, threads)
+            return model, BackendInfo("openvino", "fp32", backend, str(folder / "openvino" / "openvino_model.xml"))
         if backend == "onnx-int8":
             model, file_name = _export_int8(folder, source, device, threads)
             return model, BackendInfo("onnx-int8", "int8", backend, str(folder / "onnx" / file_name))
@@ -342,7 +397,8 @@ def load_text_model(
         return model, BackendInfo("onnx", "fp32", backend, str(folder / "onnx" / "model.onnx"))
     except Exception as error:
         reason = error if isinstance(error, BackendError) else None
-        message = str(reason) if reason else f"ONNX export of {source} failed ({_first_line(error)})"
+        runtime = "OpenVINO" if backend == "openvino" else "ONNX"
+        message = str(reason) if reason else f"{runtime} export of {source} failed ({_first_line(error)})"
         if backend != "auto":
             if reason is None:
                 message += "; use --backend torch, or --backend auto to fall back to torch"

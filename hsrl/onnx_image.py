@@ -13,7 +13,8 @@ Caching is the text backends' (:mod:`hsrl.backends`): ``MODEL/onnx/image.onnx`` 
 else a mirror in ``$HSRL_ONNX_CACHE``; ``onnx/hsrl_export.json`` fingerprints the weights, so a restart opens
 the file in milliseconds and a retrained folder is exported again. Written to a temporary file, fsynced, renamed.
 
-Backends: ``onnx`` (fp32); ``auto`` (onnx, else torch, logged); ``onnx-int8`` is refused in one line: ONNX
+Backends: ``onnx`` (fp32); ``auto`` (onnx, else torch, logged); ``openvino`` (text only here) and ``onnx-int8``
+are refused in one line: ONNX
 Runtime's dynamic int8 quantises MatMul weights (the bulk of a transformer), while these encoders' cost is in
 convolutions, which it would run as ConvInteger, slower than fp32 on a CPU.
 """
@@ -160,6 +161,8 @@ def load_image_model(
     source = Path(path)
     if backend == "torch":
         return load(source, map_location=device or "cpu"), BackendInfo("torch", "fp32", "torch")
+    if backend == "openvino":
+        raise BackendError(f"{source}: the openvino backend runs text models; use --backend onnx for image models")
     if backend == "onnx-int8":
         raise BackendError(
             f"{source}: onnx-int8 is for text models (dynamic int8 quantises a transformer's MatMuls; an image "

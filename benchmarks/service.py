@@ -52,7 +52,8 @@ LOGS = ROOT / "benchmarks" / "results"  # server logs: *.tmp, git-ignored
 INFINITY_SPEC = ["infinity-emb[server,torch,einops,optimum]", "optimum[onnxruntime]==1.27.0",
                  "transformers>=4.47,<4.49", "huggingface_hub<1", "datasets>=2.18,<3", "pyarrow<16"]  # fmt: skip
 #: the peer engine each hsrl backend is compared with
-PEER_ENGINE = {"torch": "torch", "onnx": "optimum", "onnx-int8": "optimum"}
+PEER_ENGINE = {"torch": "torch", "onnx": "optimum", "onnx-int8": "optimum", "openvino": "optimum",
+               "openvino-bf16": "optimum"}  # fmt: skip
 QUIET_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",

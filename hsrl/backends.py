@@ -18,6 +18,9 @@ Backends:
   Optimum Intel's exporter), precision pinned to f32 (cosine to torch ≥ 0.9999 in the tests). On this CPU it is
   the fastest exact backend: its fused kernels beat both eager PyTorch and ONNX Runtime at sentence lengths
   where those two are compute-bound (benchmarks/results/onnx_probe.md).
+* ``openvino-bf16``: OpenVINO with bfloat16 inference precision, on CPUs that compute in bf16 (``avx512_bf16`` or
+  AMX; refused elsewhere): the same exported graph, activations and matrix products in bf16 (cosine to fp32 about
+  0.9999, its retrieval cost measured in the README).
 * ``auto``: ``onnx`` when the model exports, else ``torch`` (logged); the one backend that falls back.
 
 Exported files are cached so a restart does not export again: in ``MODEL/onnx/`` (``MODEL/openvino/``) when the
@@ -51,6 +54,7 @@ __all__ = [
     "BackendError",
     "BackendInfo",
     "check_backend",
+    "cpu_has_bf16",
     "export_is_current",
     "int8_instruction_set",
     "load_text_model",
@@ -63,7 +67,7 @@ __all__ = [
 log = logging.getLogger("hsrl.backends")
 
 #: The backends a command accepts (``auto``: onnx, falling back to torch when the export fails).
-BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "auto")
+BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-bf16", "auto")
 #: The extra that brings ONNX Runtime and Optimum.
 ONNX_EXTRA = "onnx"
 #: The extra that brings OpenVINO and Optimum Intel.
@@ -301,19 +305,29 @@ def _export_int8(folder: Path, source: Path, device: str | None, threads: int | 
     return _open(folder, "onnx", device, model_kwargs=options), file_name
 
 
-def _openvino_config(threads: int | None) -> dict[str, str]:
-    """OpenVINO CPU settings: f32 precision (never a lower precision the CPU might offer), one stream for the one
-    worker thread that calls the model, and ``threads`` inference threads."""
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+def _openvino_config(threads: int | None, precision: str = "f32") -> dict[str, str]:
+    """OpenVINO CPU settings: ``precision`` pinned (OpenVINO would otherwise pick bf16 by itself on a CPU that has
+    it), one stream for the one worker thread that calls the model, and ``threads`` inference threads."""
+    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = str(threads)
     return config
 
 
-def _export_openvino(folder: Path, source: Path, device: str | None, threads: int | None) -> Any:
-    """The model on OpenVINO fp32, exported (and cached in ``openvino/``) first unless a matching export is there."""
+def cpu_has_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin can compute in bfloat16 here (``avx512_bf16`` or AMX)."""
+    import openvino
+
+    return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def _export_openvino(
+    folder: Path, source: Path, device: str | None, threads: int | None, precision: str = "f32"
+) -> Any:
+    """The model on OpenVINO at ``precision`` (f32 | bf16), exported (and cached in ``openvino/``) first unless a
+    matching export is there; both precisions run the same exported graph."""
     file_name = "openvino_model.xml"
-    options = {"file_name": f"openvino/{file_name}", "ov_config": _openvino_config(threads)}
+    options = {"file_name": f"openvino/{file_name}", "ov_config": _openvino_config(threads, precision)}
     if export_is_current(folder, source, file_name, "openvino"):
         return _open(folder, "openvino", device, model_kwargs=options)
     with _quiet_optimum():
@@ -376,20 +390,25 @@ def load_text_model(
 
         return load_sentence_transformer(source, device=device), BackendInfo("torch", "fp32", "torch")
     try:
-        if backend == "openvino":
+        if backend.startswith("openvino"):
             _require_openvino(backend)
         else:
             _require_onnx_runtime(backend)
         if not (source / "config.json").is_file():
             raise BackendError(
                 f"{source} has no 🤗 transformers model (config.json) for Optimum to export to "
-                f"{'OpenVINO' if backend == 'openvino' else 'ONNX'} (e.g. a Quick-Thought GRU); serve it with "
+                f"{'OpenVINO' if backend.startswith('openvino') else 'ONNX'} (e.g. a Quick-Thought GRU); serve it with "
                 "--backend torch"
             )
         folder = onnx_cache_folder(source, cache_root)
-        if backend == "openvino":
-            model = _export_openvino(folder, source, device, threads)
-            return model, BackendInfo("openvino", "fp32", backend, str(folder / "openvino" / "openvino_model.xml"))
+        if backend == "openvino-bf16" and not cpu_has_bf16():
+            raise BackendError("openvino-bf16 needs a CPU that computes in bfloat16 (avx512_bf16 or AMX); this one "
+                               "does not: use --backend openvino")  # fmt: skip
+        if backend.startswith("openvino"):
+            precision = "bf16" if backend == "openvino-bf16" else "f32"
+            model = _export_openvino(folder, source, device, threads, precision)
+            file = str(folder / "openvino" / "openvino_model.xml")
+            return model, BackendInfo(backend, "bf16" if precision == "bf16" else "fp32", backend, file)
         if backend == "onnx-int8":
             model, file_name = _export_int8(folder, source, device, threads)
             return model, BackendInfo("onnx-int8", "int8", backend, str(folder / "onnx" / file_name))
@@ -397,7 +416,7 @@ def load_text_model(
         return model, BackendInfo("onnx", "fp32", backend, str(folder / "onnx" / "model.onnx"))
     except Exception as error:
         reason = error if isinstance(error, BackendError) else None
-        runtime = "OpenVINO" if backend == "openvino" else "ONNX"
+        runtime = "OpenVINO" if backend.startswith("openvino") else "ONNX"
         message = str(reason) if reason else f"{runtime} export of {source} failed ({_first_line(error)})"
         if backend != "auto":
             if reason is None:

@@ -161,7 +161,7 @@ def load_image_model(
     source = Path(path)
     if backend == "torch":
         return load(source, map_location=device or "cpu"), BackendInfo("torch", "fp32", "torch")
-    if backend == "openvino":
+    if backend.startswith("openvino"):
         raise BackendError(f"{source}: the openvino backend runs text models; use --backend onnx for image models")
     if backend == "onnx-int8":
         raise BackendError(

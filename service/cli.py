@@ -52,12 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="torch",
         choices=BACKENDS,
         help="what runs the text model: torch, onnx (ONNX Runtime fp32), onnx-int8 (dynamic int8), openvino "
-        "(OpenVINO fp32), auto (onnx, else torch); exports are made once and cached next to the model" + _DEFAULT,
+        "(OpenVINO fp32), openvino-bf16 (OpenVINO bfloat16, on CPUs that have it), auto (onnx, else torch); "
+        "exports are made once and cached next to the model" + _DEFAULT,
     )
     models.add_argument(
         "--image-backend",
         default="torch",
-        choices=[b for b in BACKENDS if b not in ("onnx-int8", "openvino")],
+        choices=[b for b in BACKENDS if b in ("torch", "onnx", "auto")],
         help="what runs the image model: torch, onnx (ONNX Runtime fp32, exported once with torch.onnx and cached "
         "next to the model), auto (onnx, else torch)" + _DEFAULT,
     )

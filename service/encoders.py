@@ -129,7 +129,7 @@ def _tokens_then_characters(item: Any) -> tuple[int, int]:
 
 
 #: A model call's fixed cost in padded tokens (all-MiniLM-L6-v2, one thread): its time over the time per token.
-TOKEN_CALL_OVERHEAD = {"torch": 40.0, "onnx": 40.0, "onnx-int8": 40.0, "openvino": 40.0}
+TOKEN_CALL_OVERHEAD = {"torch": 40.0, "onnx": 40.0, "onnx-int8": 40.0, "openvino": 40.0, "openvino-bf16": 40.0}
 
 
 def _open(path: str | Path, kind: str, flag: str, device: str | None, **options: Any) -> Any:

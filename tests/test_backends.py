@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hsrl.backends import BACKENDS, BackendError, check_backend, load_text_model, onnx_cache_folder
+from hsrl.backends import BACKENDS, BackendError, check_backend, cpu_has_bf16, load_text_model, onnx_cache_folder
 from hsrl.encoding import embed_tokenized, quantize_rows, tokenize_texts
 from hsrl_service.engine import plan_calls
 
@@ -52,15 +52,21 @@ def reference(model_copy: Path) -> tuple[list[str], np.ndarray]:
 # ------------------------------------------------------------------ backends against sentence-transformers
 
 
+PRECISION = {"torch": "fp32", "onnx": "fp32", "onnx-int8": "int8", "openvino": "fp32", "openvino-bf16": "bf16"}
+
+
 @pytest.mark.parametrize(
-    ("backend", "floor"), [("torch", 0.99999), ("onnx", 0.9999), ("onnx-int8", 0.97), ("openvino", 0.9999)]
+    ("backend", "floor"),
+    [("torch", 0.99999), ("onnx", 0.9999), ("onnx-int8", 0.97), ("openvino", 0.9999), ("openvino-bf16", 0.999)],
 )
 def test_each_backend_matches_sentence_transformers(
     model_copy: Path, reference: tuple[list[str], np.ndarray], backend: str, floor: float
 ) -> None:
+    if backend == "openvino-bf16" and not cpu_has_bf16():
+        pytest.skip("this CPU does not compute in bfloat16 (the refusal is tested below)")
     texts, expected = reference
     model, info = load_text_model(model_copy, backend, threads=1)
-    assert info.backend == backend and info.precision == ("int8" if backend == "onnx-int8" else "fp32")
+    assert info.backend == backend and info.precision == PRECISION[backend]
     vectors = model.encode(texts, normalize_embeddings=True)
     cosines = np.sum(vectors * expected, axis=1)
     assert cosines.min() >= floor, cosines.min()
@@ -119,6 +125,14 @@ def test_openvino_export_is_cached_with_its_record_and_reused(model_copy: Path, 
     assert Path(cached.file).parent == onnx_cache_folder(source, tmp_path / "cache") / "openvino"
 
 
+def test_openvino_bf16_is_refused_on_a_cpu_without_bf16(model_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hsrl.backends
+
+    monkeypatch.setattr(hsrl.backends, "cpu_has_bf16", lambda: False)
+    with pytest.raises(BackendError, match=r"needs a CPU that computes in bfloat16.*use --backend openvino$"):
+        load_text_model(model_copy, "openvino-bf16")
+
+
 def test_changed_weights_are_exported_again(model_copy: Path, tmp_path: Path) -> None:
     folder = tmp_path / "retrained"
     shutil.copytree(model_copy, folder)
@@ -154,7 +168,7 @@ def test_unknown_backend_is_one_clear_error() -> None:
     assert check_backend("onnx") == "onnx"
     with pytest.raises(BackendError, match="unknown backend 'tensorrt'"):
         load_text_model("unused", "tensorrt")
-    assert set(BACKENDS) == {"torch", "onnx", "onnx-int8", "openvino", "auto"}
+    assert set(BACKENDS) == {"torch", "onnx", "onnx-int8", "openvino", "openvino-bf16", "auto"}
 
 
 @pytest.mark.parametrize(("module", "backend"), [("onnxruntime", "onnx"), ("openvino", "openvino")])

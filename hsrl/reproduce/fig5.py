@@ -155,12 +155,14 @@ def run(ctx: Context) -> dict[str, object]:
 
 
 def _baseline_text(pixels: float, rows: list[dict[str, object]]) -> str:
+    """How many encoders beat raw pixels, naming the smaller group (the ones below, or the ones above)."""
     above = [r for r in rows if float(r["knn5_accuracy"]) > pixels]  # type: ignore[arg-type]
+    below = [r for r in rows if r not in above]
+    names = ", ".join(f"`{r['objective']}`" for r in (below if len(above) > len(below) else above))
+    which = "" if not above or not below else f" ({'all but' if len(above) > len(below) else 'only'} {names})"
     return (
         f"Raw pixels (L2-normalised, same memory and queries): 5-NN {pixels:.4f}. {len(above)} of {len(rows)} "
-        "encoders beat it"
-        + (": " + ", ".join(f"`{r['objective']}`" for r in above) if 0 < len(above) < len(rows) else "")
-        + "."
+        f"encoders beat it{which}."
     )
 
 

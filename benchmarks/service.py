@@ -52,7 +52,10 @@ LOGS = ROOT / "benchmarks" / "results"  # server logs: *.tmp, git-ignored
 # infinity pins numpy < 2, so pyarrow < 16 and datasets < 3 (later ones need numpy 2 / pyarrow >= 21), and it
 # imports optimum's BetterTransformer, which needs transformers < 4.49: the versions of a venv that imports.
 INFINITY_SPEC = ["infinity-emb[server,torch,einops,optimum]", "optimum[onnxruntime]==1.27.0",
-                 "transformers>=4.47,<4.49", "huggingface_hub<1", "datasets>=2.18,<3", "pyarrow<16"]  # fmt: skip
+                 "transformers>=4.47,<4.49", "huggingface_hub<1", "datasets>=2.18,<3", "pyarrow<16",
+                 # optimum 1.27's exporter imports torch.onnx internals gone in torch 2.14, and ONNX Runtime 1.32's
+                 # helpers need torch.int4 (torch >= 2.6): the optimum engine starts with these two
+                 "torch==2.5.1", "onnxruntime==1.20.1"]  # fmt: skip
 #: the peer engine each hsrl backend is compared with
 #: the infinity-emb peer each hsrl backend is compared with: its label -> (engine, the one ONNX file it is shown).
 #: infinity's optimum engine runs whichever ONNX file it finds (preferring a quantised one when there are several),

@@ -110,25 +110,24 @@ def check_backend(name: str) -> str:
     return name
 
 
-def _require_onnx_runtime(backend: str) -> None:
-    try:
-        import onnxruntime  # noqa: F401
-        import optimum.onnxruntime  # noqa: F401
-    except ImportError as error:
-        raise BackendError(
-            f"backend {backend!r} needs ONNX Runtime and Optimum ({error}); install them with "
-            f"`pip install 'hsrl[{ONNX_EXTRA}]'`"
-        ) from None
+#: what each exported backend imports, the packages' names for the message, and the extra that installs them
+_RUNTIMES = {
+    "onnx": (("onnxruntime", "optimum.onnxruntime"), "ONNX Runtime and Optimum", ONNX_EXTRA),
+    "openvino": (("openvino", "optimum.intel.openvino"), "OpenVINO and Optimum Intel", OPENVINO_EXTRA),
+}
 
 
-def _require_openvino(backend: str) -> None:
+def _require_runtime(backend: str) -> None:
+    """A one-line :class:`BackendError` naming the extra to install when ``backend``'s runtime is missing."""
+    import importlib
+
+    modules, names, extra = _RUNTIMES["openvino" if backend.startswith("openvino") else "onnx"]
     try:
-        import openvino  # noqa: F401
-        import optimum.intel.openvino  # noqa: F401
+        for module in modules:
+            importlib.import_module(module)
     except ImportError as error:
         raise BackendError(
-            f"backend {backend!r} needs OpenVINO and Optimum Intel ({error}); install them with "
-            f"`pip install 'hsrl[{OPENVINO_EXTRA}]'`"
+            f"backend {backend!r} needs {names} ({error}); install them with `pip install 'hsrl[{extra}]'`"
         ) from None
 
 
@@ -390,10 +389,7 @@ def load_text_model(
 
         return load_sentence_transformer(source, device=device), BackendInfo("torch", "fp32", "torch")
     try:
-        if backend.startswith("openvino"):
-            _require_openvino(backend)
-        else:
-            _require_onnx_runtime(backend)
+        _require_runtime(backend)
         if not (source / "config.json").is_file():
             raise BackendError(
                 f"{source} has no 🤗 transformers model (config.json) for Optimum to export to "

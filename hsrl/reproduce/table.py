@@ -45,6 +45,12 @@ ENCODERS: tuple[tuple[str, str], ...] = (
     ("random init", UNTRAINED),
 )
 METRICS = ("knn5_accuracy", "alignment", "uniformity")
+#: the text section of a report written before the text half has run
+TEXT_PENDING = (
+    "The text half runs next (`hsrl.reproduce.text_table`) and this report is rewritten with it when it finishes. "
+    "If this line is still here, that run was interrupted, and the `table_text.*` files beside this report are "
+    "from an earlier run."
+)
 #: Metrics only some encoders have (the output's 5-NN when the headline layer is another): summarised when present.
 OPTIONAL_METRICS = ("output_knn5_accuracy",)
 SUMMARY_COLUMNS = [
@@ -118,6 +124,19 @@ def run(ctx: Context) -> dict[str, object]:
         out / "table.png",
         title=f"Fashion-MNIST, {settings.budget.encoder}, same budget, {len(settings.seeds)} seeds: mean ± std",
     )
+    image_sections = [
+        ("Images: setting", _setting_text(settings)),
+        ("Images: results (mean ± std over seeds)", _table_text(summary)),
+        ("Images: what the paper reports, and what is seen here", _reading(summary)),
+    ]
+    # The image half is written now: the text half takes far longer, and an interrupted run keeps this report.
+    write_report(
+        out / "report.md",
+        "Table: align/uniform vs contrastive at the same budget (Fashion-MNIST images; Austen text)",
+        [*image_sections, ("Text", TEXT_PENDING)],
+        ctx,
+        time.perf_counter() - start,
+    )
     text_summary, text_per_seed, text_settings = text_table.run_text(ctx)
     text_keys = [key for key, _ in text_table.TEXT_METRICS]
     write_csv(out / "table_text_per_seed.csv", text_per_seed, ["encoder", "objective", "seed", *text_keys])
@@ -136,9 +155,7 @@ def run(ctx: Context) -> dict[str, object]:
         out / "report.md",
         "Table: align/uniform vs contrastive at the same budget (Fashion-MNIST images; Austen text)",
         [
-            ("Images: setting", _setting_text(settings)),
-            ("Images: results (mean ± std over seeds)", _table_text(summary)),
-            ("Images: what the paper reports, and what is seen here", _reading(summary)),
+            *image_sections,
             ("Text: setting", _text_setting(text_settings)),
             ("Text: results (mean ± std over seeds, held-out Persuasion)", _text_table(text_summary)),
             ("Text: what the paper reports, and what is seen here", _text_reading(text_summary)),

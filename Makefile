@@ -24,11 +24,13 @@ setup: $(STAMP) data
 # torch/torchvision (on local disk: pip is capped there) come from the constraints file, so no other torch is fetched.
 CONSTRAINTS := tools/machine-constraints.txt
 EXTRAS := dev,train,serve,cpu
-$(STAMP): pyproject.toml $(CONSTRAINTS)
+OPENVINO_STACK := tools/openvino-stack.txt
+$(STAMP): pyproject.toml $(CONSTRAINTS) $(OPENVINO_STACK)
 	@echo "==> installing hsrl[$(EXTRAS)] into $(VENV) (first time: several minutes, ~6 GB)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[$(EXTRAS)]'
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -r $(OPENVINO_STACK)
 	@touch $@
 
 data:

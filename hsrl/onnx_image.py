@@ -14,9 +14,8 @@ else a mirror in ``$HSRL_ONNX_CACHE``; ``onnx/hsrl_export.json`` fingerprints th
 the file in milliseconds and a retrained folder is exported again. Written to a temporary file, fsynced, renamed.
 
 Backends: ``onnx`` (fp32); ``auto`` (onnx, else torch, logged); ``openvino`` (text only here) and ``onnx-int8``
-are refused in one line: ONNX
-Runtime's dynamic int8 quantises MatMul weights (the bulk of a transformer), while these encoders' cost is in
-convolutions, which it would run as ConvInteger, slower than fp32 on a CPU.
+are refused in one line: ONNX Runtime's dynamic int8 quantises MatMul weights (the bulk of a transformer), while
+these encoders' cost is in convolutions, which it would run as ConvInteger, slower than fp32 on a CPU.
 """
 
 from __future__ import annotations
@@ -124,7 +123,6 @@ def _onnx_model(source: Path, device: str | None, threads: int | None, cache_roo
     folder = onnx_cache_folder(source, cache_root)
     file = folder / "onnx" / IMAGE_ONNX_FILE
     if not export_is_current(folder, source, IMAGE_ONNX_FILE):
-        (folder / "onnx").mkdir(exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder, prefix=".onnx-export-") as temporary:
             (Path(temporary) / "onnx").mkdir()
             export_image_encoder(reference, Path(temporary) / "onnx" / IMAGE_ONNX_FILE)

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _report import publish
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "export_backends.md"
@@ -69,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         cosine = np.sum(vectors[backend] * vectors[args.backends[0]], axis=1)
         lines.append(f"| {backend} | {wall:.1f} | {rate:.0f} | {rate / base:.2f}x | "
                      f"{cosine.mean():.4f} / {cosine.min():.4f} |")  # fmt: skip
-    RESULTS.write_text("\n".join(lines) + "\n")
-    print(f"wrote {RESULTS}")
+    publish(lines, RESULTS)
     return 0
 
 

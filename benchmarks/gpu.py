@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _report import publish
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "gpu.md"
@@ -142,8 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         *("| " + " | ".join(r) + " |" for r in faiss_rows(args)),
         "",
     ]
-    RESULTS.write_text("\n".join(lines))
-    print("\n".join(lines))
+    publish(lines, RESULTS)
     return 0
 
 

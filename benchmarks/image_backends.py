@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _report import publish
 
 from hsrl.models.image import build_encoder, load, save
 
@@ -95,11 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         for label, spec in ARCHITECTURES.items():
             lines.append(measure(label, spec, args, Path(scratch)))
             print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
+    publish(lines, args.output)
     return 0
 
 

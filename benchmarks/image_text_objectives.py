@@ -23,6 +23,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from _report import publish
+
 OBJECTIVES = {
     "align/uniform": "align:1,alpha=2 + uniform:1,t=2",
     "CLIP InfoNCE (learnable τ)": "clip:1,tau=0.07",
@@ -94,10 +96,7 @@ def main() -> int:
         counts = [float(r["steps"]) for r in runs]
         steps = f"{statistics.mean(counts):.0f}" + (f" ± {statistics.stdev(counts):.0f}" if len(counts) > 1 else "")
         lines.append(f"| {name} | {steps} | " + " | ".join(cell([r[c] for r in runs]) for c in COLUMNS) + " |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    publish(lines, args.out)
     return 0
 
 

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from _report import publish
 
 OBJECTIVE = "align:1,alpha=2 + uniform:1,t=2 + contrastive:1,tau=0.5"
 PROCESSES = 2
@@ -126,10 +127,7 @@ def main(argv: list[str]) -> None:
     for r in rows:
         lines.append(f"| {r['n']} | {r['whole_ms']:.1f} | {r['share_ms']:.1f} | {r['whole_ms'] / r['share_ms']:.2f}× | "
                      f"{r['value_rel']:.1e} | {r['grad_max']:.1e} |")  # fmt: skip
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        RESULTS.write_text(text)
+    publish(lines, None if args.no_write else RESULTS)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _report import publish
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "quantization.md"
@@ -150,9 +151,7 @@ def write(rows: list[list[str]], args: argparse.Namespace) -> None:
         *("| " + " | ".join(r) + " |" for r in rows),
         "",
     ]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(lines))
-    print(f"wrote {RESULTS}")
+    publish(lines, RESULTS)
 
 
 if __name__ == "__main__":

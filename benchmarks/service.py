@@ -42,6 +42,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from _report import publish
 
 ROOT = Path(__file__).resolve().parents[1]
 VENVS = ROOT / "benchmarks" / ".venvs"
@@ -293,10 +294,7 @@ def write_report(cells: list[Cell], args: argparse.Namespace, notes: list[str]) 
         "",
         *notes,
     ]
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text("\n".join(lines) + "\n")
-    print(f"wrote {output}")
+    publish(lines, args.output)
 
 
 def start_hsrl(servers: contextlib.ExitStack, path: str, backend: str, args: argparse.Namespace,

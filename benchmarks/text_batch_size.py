@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from _report import publish
+
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 CHUNK = 64
@@ -93,7 +95,7 @@ def memory(batches: list[int], output: Path) -> None:
                 plain.append((batch, result["peak_mib"]))
             rows.append(f"| {batch} | {chunk or 'none'} | {result['peak_mib'] / 1024:.2f} | {result['seconds']:.0f} |")
             print(rows[-1], flush=True)
-    text = "\n".join(
+    publish(
         [
             "# Peak memory of one training step: all-MiniLM-L6-v2, 48 tokens, with and without gradient caching",
             "",
@@ -104,10 +106,9 @@ def memory(batches: list[int], output: Path) -> None:
             "| global batch (pairs) | cache chunk | peak RSS (GiB) | step + set-up s |",
             "| --- | --- | --- | --- |",
             *rows,
-        ]
+        ],
+        output,
     )
-    output.write_text(text + "\n")
-    print(text)
 
 
 def quality(batches: list[int], pairs: int, output: Path, runs_dir: Path, parallel: int) -> None:
@@ -147,7 +148,7 @@ def quality(batches: list[int], pairs: int, output: Path, runs_dir: Path, parall
             f"| {base['baseline_uniform']:.3f} | {base['baseline_factbook_recall@10']:.4f} "
             f"| {base['baseline_factbook_align']:.3f} | {base['baseline_factbook_uniform']:.3f} |"
         )
-    text = "\n".join(
+    publish(
         [
             f"# Global batch size at equal compute ({pairs} pairs each): align:1 + uniform:1 (t=2), lr 1e-4",
             "",
@@ -157,10 +158,9 @@ def quality(batches: list[int], pairs: int, output: Path, runs_dir: Path, parall
             "| global batch | steps | Persuasion recall@10 | align | uniform | Factbook recall@10 | align | uniform |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |",
             *rows,
-        ]
+        ],
+        output,
     )
-    output.write_text(text + "\n")
-    print(text)
 
 
 def main() -> int:

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from _report import publish
 
 from hsrl.data.captions import FashionCaptions
 from hsrl.data.pairs import FashionPairs, collate_pairs, make_pair_loader
@@ -134,10 +135,7 @@ def main() -> int:
         f"hsrl / bare = {ratio:.3f}, the median of the {len(ratios)} rounds' ratios (quartiles {low:.3f}–{high:.3f}; "
         "target: at least 0.95, i.e. the loop costs at most 5%)",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    publish(lines, args.out)
     return 0
 
 

@@ -20,9 +20,9 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
+from _report import publish
 
 from hsrl.data.text import SentenceCorpus, SentencePairDataset, austen_splits
 from hsrl.losses import HypersphereLoss
@@ -119,10 +119,7 @@ def main() -> int:
         "",
         f"hsrl / bare = {hsrl_speed / bare_speed:.3f} (target: at least 0.90)",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    publish(lines, args.out)
     return 0
 
 

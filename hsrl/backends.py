@@ -45,6 +45,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,10 @@ __all__ = [
     "int8_instruction_set",
     "load_text_model",
     "onnx_cache_folder",
+    "open_or_fall_back",
     "publish_export",
     "record_export",
+    "require_runtime",
     "session_options",
 ]
 
@@ -111,17 +114,20 @@ def check_backend(name: str) -> str:
 
 
 #: what each exported backend imports, the packages' names for the message, and the extra that installs them
+#: (``onnx-image``: an image encoder runs a bare ONNX Runtime session, exported by torch.onnx, no Optimum)
 _RUNTIMES = {
     "onnx": (("onnxruntime", "optimum.onnxruntime"), "ONNX Runtime and Optimum", ONNX_EXTRA),
+    "onnx-image": (("onnxruntime",), "ONNX Runtime", ONNX_EXTRA),
     "openvino": (("openvino", "optimum.intel.openvino"), "OpenVINO and Optimum Intel", OPENVINO_EXTRA),
 }
 
 
-def _require_runtime(backend: str) -> None:
+def require_runtime(backend: str, *, images: bool = False) -> None:
     """A one-line :class:`BackendError` naming the extra to install when ``backend``'s runtime is missing."""
     import importlib
 
-    modules, names, extra = _RUNTIMES["openvino" if backend.startswith("openvino") else "onnx"]
+    runtime = "openvino" if backend.startswith("openvino") else "onnx-image" if images else "onnx"
+    modules, names, extra = _RUNTIMES[runtime]
     try:
         for module in modules:
             importlib.import_module(module)
@@ -359,6 +365,35 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 
 
+def open_or_fall_back(
+    source: Path,
+    backend: str,
+    open_exported: Callable[[], tuple[Any, BackendInfo]],
+    open_on_torch: Callable[[], Any],
+) -> tuple[Any, BackendInfo]:
+    """``open_exported()``, or what its failure means for ``backend``: the one policy of text and image models.
+
+    A :class:`BackendError` (a runtime missing, a model the backend cannot take) keeps its message; any other
+    failure is an export that failed, said in one line with its first line. ``auto`` then serves the model on
+    torch (``open_on_torch()``), logs why and records it in :attr:`BackendInfo.fallback_reason` (``/info`` shows
+    it); every other backend raises: falling back silently would serve a user who asked for ONNX on torch.
+    """
+    try:
+        return open_exported()
+    except Exception as error:
+        if isinstance(error, BackendError):
+            message = str(error)
+        else:
+            runtime = "OpenVINO" if backend.startswith("openvino") else "ONNX"
+            message = f"{runtime} export of {source} failed ({_first_line(error)})"
+        if backend != "auto":
+            if not isinstance(error, BackendError):
+                message += "; use --backend torch, or --backend auto to fall back to torch"
+            raise BackendError(message) from error
+        log.warning("backend auto: %s; serving on torch", message)
+        return open_on_torch(), BackendInfo("torch", "fp32", "auto", fallback_reason=message)
+
+
 def load_text_model(
     path: str | os.PathLike[str],
     backend: str = "torch",
@@ -382,14 +417,15 @@ def load_text_model(
         BackendError: unknown backend, ONNX packages missing (naming the extra), or an export that fails
             (except with ``auto``, which falls back to torch).
     """
+    from hsrl.models.text import load_sentence_transformer
+
     check_backend(backend)
     source = Path(path)
     if backend == "torch":
-        from hsrl.models.text import load_sentence_transformer
-
         return load_sentence_transformer(source, device=device), BackendInfo("torch", "fp32", "torch")
-    try:
-        _require_runtime(backend)
+
+    def open_exported() -> tuple[Any, BackendInfo]:
+        require_runtime(backend)
         if not (source / "config.json").is_file():
             raise BackendError(
                 f"{source} has no 🤗 transformers model (config.json) for Optimum to export to "
@@ -410,16 +446,5 @@ def load_text_model(
             return model, BackendInfo("onnx-int8", "int8", backend, str(folder / "onnx" / file_name))
         model = _export_onnx(folder, source, device, threads)
         return model, BackendInfo("onnx", "fp32", backend, str(folder / "onnx" / "model.onnx"))
-    except Exception as error:
-        reason = error if isinstance(error, BackendError) else None
-        runtime = "OpenVINO" if backend.startswith("openvino") else "ONNX"
-        message = str(reason) if reason else f"{runtime} export of {source} failed ({_first_line(error)})"
-        if backend != "auto":
-            if reason is None:
-                message += "; use --backend torch, or --backend auto to fall back to torch"
-            raise BackendError(message) from error
-        log.warning("backend auto: %s; serving on torch", message)
-        from hsrl.models.text import load_sentence_transformer
 
-        model = load_sentence_transformer(source, device=device)
-        return model, BackendInfo("torch", "fp32", "auto", fallback_reason=message)
+    return open_or_fall_back(source, backend, open_exported, lambda: load_sentence_transformer(source, device=device))

@@ -35,8 +35,10 @@ from hsrl.backends import (
     check_backend,
     export_is_current,
     onnx_cache_folder,
+    open_or_fall_back,
     publish_export,
     record_export,
+    require_runtime,
     session_options,
 )
 
@@ -80,15 +82,6 @@ class OnnxImageEncoder:
     def to(self, device: Any) -> OnnxImageEncoder:
         """A no-op: the session's execution provider (chosen at load) decides where it runs."""
         return self
-
-
-def _require_onnx_runtime(backend: str) -> None:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError as error:
-        raise BackendError(
-            f"backend {backend!r} needs ONNX Runtime ({error}); install it with `pip install 'hsrl[onnx]'`"
-        ) from None
 
 
 def export_image_encoder(model: Any, path: Path) -> None:
@@ -166,14 +159,10 @@ def load_image_model(
             f"{source}: onnx-int8 is for text models (dynamic int8 quantises a transformer's MatMuls; an image "
             "encoder's convolutions would run slower as ConvInteger); use --backend onnx for image models"
         )
-    try:
-        _require_onnx_runtime(backend)
+
+    def open_exported() -> tuple[Any, BackendInfo]:
+        require_runtime(backend, images=True)
         module, file = _onnx_model(source, device, threads, cache_root)
         return module, BackendInfo("onnx", "fp32", backend, str(file))
-    except Exception as error:
-        first = (str(error).strip().splitlines() or [""])[0]
-        message = first if isinstance(error, BackendError) else f"ONNX export of {source} failed ({first})"
-        if backend != "auto":
-            raise BackendError(message) from error
-        log.warning("backend auto: %s; serving on torch", message)
-        return load(source, map_location=device or "cpu"), BackendInfo("torch", "fp32", "auto", fallback_reason=message)
+
+    return open_or_fall_back(source, backend, open_exported, lambda: load(source, map_location=device or "cpu"))

@@ -112,7 +112,8 @@ def test_backends_it_cannot_serve_are_one_line_and_auto_falls_back(
         raise RuntimeError("unsupported operator\nwith details")
 
     monkeypatch.setattr(onnx_image, "export_image_encoder", broken)
-    with pytest.raises(BackendError, match=r"ONNX export of .* failed \(unsupported operator\)$"):
+    expected = r"ONNX export of .* failed \(RuntimeError: unsupported operator\); use --backend torch"
+    with pytest.raises(BackendError, match=expected):
         load_image_model(folder, "onnx")
     module, info = load_image_model(folder, "auto")
     assert isinstance(module, image_models.ImageEncoder) and info.backend == "torch"

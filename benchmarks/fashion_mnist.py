@@ -126,14 +126,25 @@ HEADER = [
 ]
 
 
-def baselines(metrics: dict[str, Any]) -> list[str]:
-    """Raw pixels and the random encoder, measured in the run itself."""
-    s = metrics["summary"]
+def _spread(values: list[float]) -> str:
+    """``mean`` of one value, ``mean ± sd (n seeds)`` of several."""
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} ({len(values)} seeds)"
+
+
+def baselines(summaries: list[dict[str, Any]]) -> list[str]:
+    """Raw pixels and the random encoder, measured in the runs themselves (one summary per seed).
+
+    The random encoder is drawn from each seed; the raw-pixel linear probe too has a seed (its SGD order).
+    """
+    nan = float("nan")
+    layer = summaries[0]["layer"]
     return [
-        f"| raw pixels (same run) | {s['raw_pixels_knn5']:.4f} | | {s.get('raw_pixels_linear', float('nan')):.4f} "
-        "| | | |",
-        f"| random encoder (same run, layer {s['layer']}) | {s['random_encoder_knn5']:.4f} | | "
-        f"{s.get('random_encoder_linear', float('nan')):.4f} | | | |",
+        f"| raw pixels (same run) | {_spread([s['raw_pixels_knn5'] for s in summaries])} | | "
+        f"{_spread([s.get('raw_pixels_linear', nan) for s in summaries])} | | | |",
+        f"| random encoder (same run, layer {layer}) | {_spread([s['random_encoder_knn5'] for s in summaries])} | "
+        f"| {_spread([s.get('random_encoder_linear', nan) for s in summaries])} | | | |",
     ]
 
 
@@ -155,7 +166,7 @@ def ablation(args: argparse.Namespace) -> list[str]:
         lines.append(row(name, metrics))
         first = first or (metrics if "summary" in metrics else None)
     if first:
-        lines += baselines(first)
+        lines += baselines([first["summary"]])
     return lines
 
 
@@ -184,7 +195,7 @@ def budget(args: argparse.Namespace) -> list[str]:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         results = dict(zip(cells, pool.map(one, cells), strict=True))
     means = []
-    reference: dict[str, Any] | None = None
+    per_seed: dict[int, dict[str, Any]] = {}  # one summary per seed for the baselines
     for objective in args.objectives:
         runs = []
         for seed in args.seeds:
@@ -192,16 +203,18 @@ def budget(args: argparse.Namespace) -> list[str]:
             lines.append(row(f"{objective}, seed {seed}", metrics))
             if "summary" in metrics:
                 runs.append(metrics["summary"])
-                reference = reference or metrics
+                per_seed.setdefault(seed, metrics["summary"])
         if len(runs) > 1:
             mean_cells = []
             for key in SUMMARY_KEYS[:5]:
                 values = [r[key] for r in runs if key in r]
                 mean_cells.append(f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}")
-            means.append(f"| **{objective}, mean ± sd of {len(runs)} seeds** | " + " | ".join(mean_cells) + " | |")
+            steps = statistics.mean(r["steps"] for r in runs)
+            means.append(f"| **{objective}, mean ± sd of {len(runs)} seeds** | " + " | ".join(mean_cells)
+                         + f" | {steps:.0f} (mean) |")  # fmt: skip
     lines += means
-    if reference:
-        lines += baselines(reference)
+    if per_seed:
+        lines += baselines(list(per_seed.values()))
     return lines
 
 

@@ -60,7 +60,10 @@ def probe(batch: int, chunk: int | None) -> None:
                 encode=pair_encoder(encoder))  # fmt: skip
         seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"batch": batch, "chunk": chunk, "peak_mib": peak, "before_mib": before, "seconds": seconds}))
+    # On a GPU the step runs on it (Accelerate picks the device); its peak is what bounds the batch there.
+    gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    print(json.dumps({"batch": batch, "chunk": chunk, "peak_mib": peak, "before_mib": before, "seconds": seconds,
+                      "gpu_peak_mib": gpu_peak}))  # fmt: skip
 
 
 def available_mib() -> float:
@@ -81,19 +84,21 @@ def memory(batches: list[int], output: Path) -> None:
                 predicted = m1 + (m1 - m0) / (b1 - b0) * (batch - b1)
                 if predicted > 0.8 * available_mib():
                     rows.append(f"| {batch} | none | not run: about {predicted / 1024:.1f} GiB predicted "
-                                f"(> 80% of {available_mib() / 1024:.1f} GiB available) | |")  # fmt: skip
+                                f"(> 80% of {available_mib() / 1024:.1f} GiB available) | | |")  # fmt: skip
                     continue
             cmd = [sys.executable, __file__, "probe", "--batch", str(batch)] + (
                 ["--chunk", str(chunk)] if chunk else []
             )
             done = subprocess.run(cmd, env={**os.environ, **OFFLINE}, capture_output=True, text=True)
             if done.returncode != 0:
-                rows.append(f"| {batch} | {chunk or 'none'} | failed: {done.stderr.strip().splitlines()[-1:]} | |")
+                rows.append(f"| {batch} | {chunk or 'none'} | failed: {done.stderr.strip().splitlines()[-1:]} | | |")
                 continue
             result = json.loads(done.stdout.strip().splitlines()[-1])
             if chunk is None:
                 plain.append((batch, result["peak_mib"]))
-            rows.append(f"| {batch} | {chunk or 'none'} | {result['peak_mib'] / 1024:.2f} | {result['seconds']:.0f} |")
+            gpu = result.get("gpu_peak_mib")
+            rows.append(f"| {batch} | {chunk or 'none'} | {result['peak_mib'] / 1024:.2f} | {result['seconds']:.0f} | "
+                        + (f"{gpu / 1024:.2f} |" if gpu is not None else "no GPU |"))  # fmt: skip
             print(rows[-1], flush=True)
     publish(
         [
@@ -103,8 +108,8 @@ def memory(batches: list[int], output: Path) -> None:
             "Peak resident memory of a fresh process that loads the model and the corpus and runs one step "
             "(the model, the Austen corpus and Python included).",
             "",
-            "| global batch (pairs) | cache chunk | peak RSS (GiB) | step + set-up s |",
-            "| --- | --- | --- | --- |",
+            "| global batch (pairs) | cache chunk | peak RSS (GiB) | step + set-up s | peak GPU memory (GiB) |",
+            "| --- | --- | --- | --- | --- |",
             *rows,
         ],
         output,

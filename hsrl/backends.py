@@ -432,10 +432,10 @@ def load_text_model(
                 f"{'OpenVINO' if backend.startswith('openvino') else 'ONNX'} (e.g. a Quick-Thought GRU); serve it with "
                 "--backend torch"
             )
-        folder = onnx_cache_folder(source, cache_root)
-        if backend == "openvino-bf16" and not cpu_has_bf16():
+        if backend == "openvino-bf16" and not cpu_has_bf16():  # refused before any cache folder is made
             raise BackendError("openvino-bf16 needs a CPU that computes in bfloat16 (avx512_bf16 or AMX); this one "
                                "does not: use --backend openvino")  # fmt: skip
+        folder = onnx_cache_folder(source, cache_root)
         if backend.startswith("openvino"):
             precision = "bf16" if backend == "openvino-bf16" else "f32"
             model = _export_openvino(folder, source, device, threads, precision)

@@ -42,10 +42,12 @@ from hsrl.backends import (
     session_options,
 )
 
-__all__ = ["IMAGE_ONNX_FILE", "OnnxImageEncoder", "export_image_encoder", "load_image_model"]
+__all__ = ["IMAGE_BACKENDS", "IMAGE_ONNX_FILE", "OnnxImageEncoder", "export_image_encoder", "load_image_model"]
 
 log = logging.getLogger("hsrl.onnx_image")
 
+#: The backends that run image encoders (the others in :data:`hsrl.backends.BACKENDS` are refused, see above).
+IMAGE_BACKENDS = ("torch", "onnx", "auto")
 #: the exported graph's name inside ``onnx/`` (beside a text model's ``model.onnx`` in a two-tower folder)
 IMAGE_ONNX_FILE = "image.onnx"
 _INPUT, _OUTPUT = "pixels", "embedding"
@@ -137,7 +139,7 @@ def load_image_model(
 
     Args:
         path: an hsrl image model folder (``model.safetensors`` + ``hsrl_config.json``).
-        backend: ``torch``, ``onnx`` or ``auto`` (:data:`hsrl.backends.BACKENDS`; ``onnx-int8`` is refused).
+        backend: one of :data:`IMAGE_BACKENDS` (``onnx-int8`` and ``openvino`` are refused in one line).
         device: ``cuda…`` uses ONNX Runtime's CUDA provider when ``onnxruntime-gpu`` is installed.
         threads: ONNX Runtime's intra-op threads.
         cache_root: force the export cache there instead of the model folder.

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from hsrl.backends import BACKENDS
 from hsrl.cli.harness import OneLineArgumentParser, UsageError, run_cli
+from hsrl.onnx_image import IMAGE_BACKENDS
 
 __all__ = ["build_parser", "main"]
 
@@ -58,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument(
         "--image-backend",
         default="torch",
-        choices=[b for b in BACKENDS if b in ("torch", "onnx", "auto")],
+        choices=IMAGE_BACKENDS,
         help="what runs the image model: torch, onnx (ONNX Runtime fp32, exported once with torch.onnx and cached "
         "next to the model), auto (onnx, else torch)" + _DEFAULT,
     )

@@ -78,7 +78,7 @@ class TextEncoder(Encoder):
         self.call_overhead: float | None = 200.0
         if self.pretokenized:  # sorted by token count (ties by characters); plans cost padded tokens
             self.sort_key = _tokens_then_characters
-            self.call_overhead = TOKEN_CALL_OVERHEAD.get(self.backend.backend, 40.0)
+            self.call_overhead = TOKEN_CALL_OVERHEAD
         dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         self.dim = int(dimension())
         self.max_seq_length = int(getattr(model, "max_seq_length", 0) or 0) or None
@@ -129,7 +129,8 @@ def _tokens_then_characters(item: Any) -> tuple[int, int]:
 
 
 #: A model call's fixed cost in padded tokens (all-MiniLM-L6-v2, one thread): its time over the time per token.
-TOKEN_CALL_OVERHEAD = {"torch": 40.0, "onnx": 40.0, "onnx-int8": 40.0, "openvino": 40.0, "openvino-bf16": 40.0}
+#: One value for every backend: only the ratio matters, and it only decides where a batch is split.
+TOKEN_CALL_OVERHEAD = 40.0
 
 
 def _open(path: str | Path, kind: str, flag: str, device: str | None, **options: Any) -> Any:

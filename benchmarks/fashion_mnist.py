@@ -127,7 +127,7 @@ HEADER = [
 
 
 def _spread(values: list[float]) -> str:
-    """``mean`` of one value, ``mean ± sd (n seeds)`` of several."""
+    """One value as it is; several as ``mean ± sd (n seeds)``."""
     if len(values) == 1:
         return f"{values[0]:.4f}"
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} ({len(values)} seeds)"

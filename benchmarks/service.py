@@ -57,7 +57,6 @@ INFINITY_SPEC = ["infinity-emb[server,torch,einops,optimum]", "optimum[onnxrunti
                  # optimum 1.27's exporter imports torch.onnx internals gone in torch 2.14, and ONNX Runtime 1.32's
                  # helpers need torch.int4 (torch >= 2.6): the optimum engine starts with these two
                  "torch==2.5.1", "onnxruntime==1.20.1"]  # fmt: skip
-#: the peer engine each hsrl backend is compared with
 #: the infinity-emb peer each hsrl backend is compared with: its label -> (engine, the one ONNX file it is shown).
 #: infinity's optimum engine runs whichever ONNX file it finds (preferring a quantised one when there are several),
 #: so each optimum peer gets a view of the model folder holding exactly one: fp32 for the fp32 backends, int8 for

@@ -522,6 +522,7 @@ def fit(
     *,
     accelerator: Accelerator | None = None,
     encode: Callable[[nn.Module, Any], tuple[Tensor, Tensor]] = encode_views,
+    regularizer: Callable[[nn.Module, int], Tensor] | None = None,
 ) -> FitResult:
     """Train ``model`` so that ``loss_fn(x, y)`` on the global batch goes down.
 
@@ -535,6 +536,8 @@ def fit(
         config: the run's :class:`TrainConfig`.
         accelerator: from :func:`training_session`; one is made if omitted.
         encode: maps ``(model, batch)`` to the two views' embeddings.
+        regularizer: a term of this process's own, added to the loss every step: called as
+            ``regularizer(model, step)`` (e.g. :class:`hsrl.replay.ReplayAnchor`); logged under its ``name``.
 
     Raises:
         TrainingDivergedError: the loss became NaN or infinite. Nothing is saved for the
@@ -619,7 +622,8 @@ def fit(
             try:
                 with sync:
                     terms, x, y = _train_step(model, batch, loss_fn, accelerator, config, encode, state.step + 1,
-                                              checkpoints, loss_scale=1 / accumulate)  # fmt: skip
+                                              checkpoints, loss_scale=1 / accumulate,
+                                              regularizer=regularizer)  # fmt: skip
             except TrainingDivergedError:
                 bar.close()
                 raise
@@ -677,7 +681,13 @@ def fit(
         last_checkpoint = _save_checkpoint(accelerator, state, checkpoints, config.keep_checkpoints)
     accelerator.wait_for_everyone()
     return FitResult(
-        accelerator.unwrap_model(model), state.step, last_loss, history, last_checkpoint, state.train_seconds
+        # Without the autocast wrapper: what fit returns embeds in full precision (evaluation, saving, serving).
+        accelerator.unwrap_model(model, keep_fp32_wrapper=False),
+        state.step,
+        last_loss,
+        history,
+        last_checkpoint,
+        state.train_seconds,
     )
 
 
@@ -716,6 +726,7 @@ def _train_step(
     checkpoints: Path,
     *,
     loss_scale: float = 1.0,
+    regularizer: Callable[[nn.Module, int], Tensor] | None = None,
 ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
     """Forward, global-batch loss and backward of one batch; gradients are added to the model's.
 
@@ -726,9 +737,20 @@ def _train_step(
     again with a graph to back-propagate it (:mod:`hsrl.gradcache`): same loss, same
     gradients, the activation memory of one chunk.
 
+    A ``regularizer`` is this process's own term (it needs no other process's rows), computed before the batch's
+    forward: it joins the loss's backward, or, with caching, has its own backward first, inside ``no_sync``, so
+    that the last chunk's backward synchronises every gradient once.
+
     Returns:
         ``(terms, x, y)``: the loss and its parts, and the global batch's embeddings.
     """
+    extra = None
+    if regularizer is not None:
+        # First in both paths, so that dropout draws the same random numbers with and without caching.
+        extra = _regularizer_value(regularizer, model, step, checkpoints)
+        if config.cache_chunk_size:
+            with accelerator.no_sync(model):
+                accelerator.backward(extra * loss_scale)
     chunks: list[Any] = []
     if config.cache_chunk_size:
         chunks = split_batch(batch, config.cache_chunk_size)
@@ -743,6 +765,11 @@ def _train_step(
     terms, loss = _loss_terms(loss_fn, x, y, x_local)
     if not torch.isfinite(terms["loss"]):
         raise _diverged(f"the loss ({float(terms['loss'])})", step, checkpoints)
+    if extra is not None:
+        name = getattr(regularizer, "name", "regularizer")
+        terms = {**terms, name: extra.detach(), "loss": terms["loss"] + extra.detach()}
+        if not config.cache_chunk_size:
+            loss = loss + extra
     if not config.cache_chunk_size:
         accelerator.backward(loss * loss_scale)
         return terms, x, y
@@ -752,6 +779,15 @@ def _train_step(
     grad_x, grad_y = torch.autograd.grad(loss * (scale * loss_scale), [x_local, y_local])
     backward_chunks(model, encode, chunks, states, grad_x, grad_y, no_sync=lambda: accelerator.no_sync(model))
     return terms, x.detach(), y.detach()
+
+
+def _regularizer_value(
+    regularizer: Callable[[nn.Module, int], Tensor], model: nn.Module, step: int, checkpoints: Path
+) -> Tensor:
+    value = regularizer(model, step)
+    if not torch.isfinite(value.detach()):
+        raise _diverged(f"the {getattr(regularizer, 'name', 'regularizer')} term ({float(value)})", step, checkpoints)
+    return value
 
 
 def _loss_terms(

@@ -140,7 +140,7 @@ def small_txt(tmp_path: Path, sentences: list[str]) -> Path:
 
 
 #: Modules whose tests mostly launch recipes or commands in new processes (see pytest_collection_modifyitems).
-LAUNCHING_MODULES = frozenset({"test_text_recipe", "test_stl10_recipe", "test_gradcache", "test_hub"})
+LAUNCHING_MODULES = frozenset({"test_text_recipe", "test_stl10_recipe", "test_gradcache", "test_hub", "test_replay"})
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups

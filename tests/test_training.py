@@ -266,6 +266,24 @@ def _train_plain(cfg: TrainConfig, objective: str):
                    encode=encode)  # fmt: skip
 
 
+def test_a_bf16_run_returns_a_model_that_embeds_in_full_precision(tmp_path: Path) -> None:
+    """Training autocasts to bfloat16; the model fit returns does not (its evaluation, export and serving would
+    otherwise run in bf16 while the starting model's ran in float32)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    try:
+        result = _train_plain(config(tmp_path, epochs=1, checkpoint_every=None, mixed_precision="bf16"), "align:1")
+    finally:
+        AcceleratorState._reset_state(True)
+    x = torch.randn(16, 8, generator=torch.Generator().manual_seed(1))
+    weight, bias = result.model[0].weight.detach(), result.model[0].bias.detach()
+    out = result.model(x).detach()
+    assert out.dtype == torch.float32
+    # bf16 keeps 8 bits of mantissa (errors near 1e-2 here); float32 agrees to rounding.
+    torch.testing.assert_close(out, x @ weight.T + bias, rtol=0, atol=1e-5)
+
+
 def test_gradient_accumulation_equals_the_big_batch_for_a_mean_loss_but_not_for_uniformity(tmp_path: Path) -> None:
     big = config(tmp_path / "big", batch_size=8, epochs=1, checkpoint_every=None)
     small = config(tmp_path / "small", batch_size=4, epochs=1, checkpoint_every=None, gradient_accumulation_steps=2)

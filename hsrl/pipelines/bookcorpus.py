@@ -49,6 +49,7 @@ from hsrl.models.text import (
     set_dropout,
 )
 from hsrl.models.wise import interpolate_weights, snapshot_weights
+from hsrl.replay import ReplayAnchor, load_replay_documents
 from hsrl.training import TrainConfig, TrainingDivergedError, fit, make_dataloader, training_session
 
 #: Streamed sentences a from-scratch tokenizer is trained on when the data is BookCorpus.
@@ -104,6 +105,13 @@ class BookCorpusConfig(TrainConfig):
     freeze_layers: int = field(
         default=0, metadata={"help": "freeze the token embeddings and the first N transformer layers (0: train all)"}
     )
+    replay_dataset: str = field(
+        default="none",
+        metadata={"help": "text of another domain to keep where the starting model put it (hsrl.replay): pydoc "
+                          "(the Python reference, in every Python), a path, or none"},
+    )  # fmt: skip
+    replay_sentences: int = field(default=32, metadata={"help": "replay sentences per process and step"})
+    replay_weight: float = field(default=4.0, metadata={"help": "weight of the replay term (mu)"})
     wise_ft: float = field(
         default=1.0,
         metadata={"help": "after training, mix the weights with the starting model's: (1 - a)·start + a·trained "
@@ -123,6 +131,12 @@ class BookCorpusConfig(TrainConfig):
             raise ValueError("--freeze-layers must be >= 0 and works with --encoder transformer")
         if not 0 <= self.wise_ft <= 1 or (self.wise_ft < 1 and self.model is None):
             raise ValueError("--wise-ft must be in [0, 1] and mixes with a pretrained --model (not from scratch)")
+        if self.replay_dataset != "none" and (self.model is None or self.encoder == "gru"):
+            raise ValueError("--replay-dataset keeps a pretrained --model's embeddings (transformer encoder); "
+                             "from scratch there is nothing to keep")  # fmt: skip
+        if self.replay_sentences < 1 or self.replay_weight <= 0:
+            raise ValueError(f"--replay-sentences must be >= 1 and --replay-weight > 0, got {self.replay_sentences} "
+                             f"and {self.replay_weight}")  # fmt: skip
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.pairs == "same-book" and self.dataset == "bookcorpus":
@@ -221,6 +235,7 @@ def run(config: BookCorpusConfig) -> int:
         eval_names = [n.strip() for n in config.eval_dataset.split(",") if n.strip() and n.strip() != "none"]
         eval_sets = {eval_set_name(name): load_eval_documents(name) for name in eval_names}
         train_pairs, train_sentences, heldout = _training_data(config, consecutive)
+        replay_documents = None if config.replay_dataset == "none" else load_replay_documents(config.replay_dataset)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -246,12 +261,20 @@ def run(config: BookCorpusConfig) -> int:
         accelerator.wait_for_everyone()
 
         start_weights = snapshot_weights(encoder) if config.wise_ft < 1 else None
+        replay = None
+        if replay_documents is not None:  # the starting model's embeddings, before any step
+            replay = ReplayAnchor.from_documents(
+                encoder, replay_documents, per_step=config.replay_sentences, weight=config.replay_weight,
+                seed=config.seed, process=accelerator.process_index,
+            )  # fmt: skip
+            accelerator.print(f"replay: {len(replay.sentences):,} sentences of {config.replay_dataset}, "
+                              f"{replay.per_step} per step, weight {config.replay_weight:g}")  # fmt: skip
         collate, encode = _views(config, encoder, consecutive)
         groups = getattr(train_pairs, "groups", None) if config.pairs == "same-book" else None
         loader = make_dataloader(train_pairs, config, collate_fn=collate, groups=groups,
                                  shuffle=config.pairs != "consecutive" and not consecutive)  # fmt: skip
         try:
-            result = fit(encoder, loss, loader, config, accelerator=accelerator, encode=encode)
+            result = fit(encoder, loss, loader, config, accelerator=accelerator, encode=encode, regularizer=replay)
         except (TrainingDivergedError, ValueError) as error:
             accelerator.print(f"error: {error}")
             return 1

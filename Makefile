@@ -65,13 +65,16 @@ test-slow: setup
 
 # The main job on the embedded default: fine-tune the packaged all-MiniLM-L6-v2 on neighbouring
 # sentences of the Austen novels (Persuasion held out), then print its evaluation against the
-# untouched checkpoint. About 10 minutes on 2 CPU cores.
+# untouched checkpoint. About 10 minutes on 2 CPU cores. Training autocasts to bfloat16 where the CPU computes in it
+# (avx512_bf16 or AMX: 1.7x the steps of float32 here), and stays in float32 elsewhere.
 demo: setup
-	@echo "==> demo: align/uniform fine-tuning of all-MiniLM-L6-v2 on the embedded Austen corpus (7.5 minutes of training)"
-	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+	@echo "==> demo: contrastive + uniformity fine-tuning of all-MiniLM-L6-v2 on the embedded Austen corpus (6.75 minutes of training)"
+	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --dynamo_backend no \
+		--mixed_precision $$($(PY) -c "from hsrl.backends import cpu_has_bf16; print('bf16' if cpu_has_bf16() else 'no')") \
 		--num_cpu_threads_per_process $(CORES) \
-		recipes/bookcorpus.py --dataset austen --model minilm --loss "align:2,alpha=2 + uniform:1,t=2" \
-		--batch-size 128 --lr 3e-5 --max-seq-length 48 --time-budget-min 7.5 --checkpoint-every 50 \
+		recipes/bookcorpus.py --dataset austen --model minilm --loss "contrastive:1,tau=0.05 + uniform:0.19,t=2" \
+		--batch-size 96 --lr 1e-4 --max-seq-length 48 --time-budget-min 6.75 --checkpoint-every 50 \
+		--replay-dataset pydoc --replay-sentences 32 --replay-weight 4 \
 		--eval-dataset factbook --output-dir runs/demo
 	@echo "==> model (sentence-transformers folder) and metrics in runs/demo; TensorBoard logs in runs/demo/logs"
 

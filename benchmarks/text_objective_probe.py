@@ -1,0 +1,164 @@
+"""Screen text objectives fast: held-out metrics of MiniLM fine-tuned on Austen, measured along the run.
+
+    python benchmarks/text_objective_probe.py NAME --loss "contrastive:1,tau=0.05 + uniform:0.25,t=2" --lr 1e-4 \\
+        --replay pydoc --replay-weight 4 --steps 80 --eval-at 40 80
+    python benchmarks/text_objective_probe.py --table      # every finished probe as one Markdown table
+
+``make demo``'s settings were chosen with this. One probe is a plain loop (one intra-op thread, bfloat16 autocast,
+Adam, gradients clipped to norm 1), on the recipe's parts: the packaged all-MiniLM-L6-v2 at 48 tokens, Austen
+neighbour pairs (*Persuasion* held out), :class:`hsrl.losses.HypersphereLoss`, :class:`hsrl.replay.ReplayAnchor`
+and :func:`hsrl.evaluation.text.evaluate_text_encoder` (float32, all 3,559 *Persuasion* and 3,186 Factbook
+sentences) at the steps named. A step is ``--batch`` examples: ``--batch − --replay-sentences`` neighbour pairs
+and the replay sentences. Two probes run side by side on the 2 cores (one thread each). The recipe
+(``recipes/bookcorpus.py``) is what ``make demo`` runs; the probe only finds where to point it, at a third of
+the cost (it saves no checkpoint and evaluates only the steps asked for).
+
+``--replay-mode pooled`` feeds replay *pairs* through the same objective instead of anchoring replay sentences
+(the comparison in ``hsrl.replay``'s docstring).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "runs" / "text_objective_probe"
+METRICS = ("recall@10", "align", "uniform", "factbook_recall@10", "factbook_align", "factbook_uniform")
+#: The untouched model on the same sets (``make demo``'s baseline, measured in every recipe run).
+UNTOUCHED = {"recall@10": 0.0620, "align": 1.416, "uniform": -3.127, "factbook_recall@10": 0.3386}
+
+
+def probe(args: argparse.Namespace) -> None:
+    import torch
+
+    from hsrl.data.text import SentencePairDataset, austen_splits, load_factbook
+    from hsrl.evaluation.text import evaluate_text_encoder
+    from hsrl.losses import HypersphereLoss
+    from hsrl.models.text import build_text_encoder, pair_collate, pair_encoder
+    from hsrl.replay import ReplayAnchor, load_replay_documents
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    draw = random.Random(args.seed)
+    out = RUNS / args.name
+    out.mkdir(parents=True, exist_ok=True)
+    train_docs, heldout = austen_splits()
+    factbook = load_factbook()
+    pairs = SentencePairDataset.from_documents(train_docs)
+    encoder = build_text_encoder("minilm", max_seq_length=48, device="cpu")
+    collate, encode = pair_collate(encoder), pair_encoder(encoder)
+    loss = HypersphereLoss(args.loss)
+    anchor, pooled = None, None
+    n_replay = args.replay_sentences if args.replay else 0
+    if args.replay and args.replay_mode == "anchor":
+        anchor = ReplayAnchor.from_documents(encoder, load_replay_documents(args.replay), per_step=n_replay,
+                                             weight=args.replay_weight, seed=args.seed)  # fmt: skip
+    elif args.replay:
+        pooled = SentencePairDataset.from_documents(load_replay_documents(args.replay))
+    by_book: dict[str, list[int]] = {}
+    for index, book in enumerate(pairs.groups or []):
+        by_book.setdefault(book, []).append(index)
+    order, position = list(range(len(pairs))), len(pairs)
+
+    def batch(n: int) -> list[int]:
+        nonlocal position
+        if args.same_book:
+            book = draw.choices(list(by_book), weights=[len(v) for v in by_book.values()])[0]
+            return draw.sample(by_book[book], n)
+        if position + n > len(order):
+            draw.shuffle(order)
+            position = 0
+        position += n
+        return order[position - n : position]
+
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=args.lr)
+    log: list[dict] = []
+    encoder.train()
+    seconds = 0.0
+    for step in range(1, args.steps + 1):
+        started = time.perf_counter()
+        items = [pairs[i] for i in batch(args.batch - (n_replay if pooled is None else 0))]
+        if pooled is not None:
+            items = items[: args.batch - n_replay] + [pooled[i] for i in draw.sample(range(len(pooled)), n_replay)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            x, y = encode(encoder, collate(items))
+            value = loss(x.float(), y.float())
+            if anchor is not None:
+                value = value + anchor(encoder, step)
+        value.backward()
+        torch.nn.utils.clip_grad_norm_(encoder.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        seconds += time.perf_counter() - started
+        if step % 10 == 0:
+            print(f"step {step} loss {value.item():.4f} {seconds:.0f}s", flush=True)
+        if step in args.eval_at:
+            metrics = evaluate_text_encoder(encoder, heldout, eval_sets={"factbook": factbook})
+            encoder.train()
+            log.append({"step": step, "train_seconds": seconds, **{k: metrics[k] for k in METRICS}})
+            print(json.dumps(log[-1]), flush=True)
+            (out / "log.json").write_text(json.dumps({"args": vars(args), "log": log}, indent=1))
+
+
+def table() -> str:
+    lines = [
+        "| probe | objective | pairs | replay | lr | step | Persuasion recall@10 | align | uniform | Factbook recall@10 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| untouched MiniLM | | | | | 0 | {UNTOUCHED['recall@10']:.4f} | {UNTOUCHED['align']:.3f} "
+        f"| {UNTOUCHED['uniform']:.3f} | {UNTOUCHED['factbook_recall@10']:.4f} |",
+    ]
+    for path in sorted(RUNS.glob("*/log.json")):
+        data = json.loads(path.read_text())
+        a = data["args"]
+        replay = "none" if not a["replay"] else f"{a['replay']} {a['replay_mode']} ×{a['replay_sentences']}"
+        if a["replay"] and a["replay_mode"] == "anchor":
+            replay += f", μ = {a['replay_weight']:g}"
+        for row in data["log"]:
+            mark = {k: "" if ok else " ✗" for k, ok in (("align", row["align"] < UNTOUCHED["align"]),
+                                                         ("uniform", row["uniform"] < UNTOUCHED["uniform"]))}  # fmt: skip
+            lines.append(
+                f"| {a['name']} | `{a['loss']}` | {'same-book' if a['same_book'] else 'shuffled'} | {replay} "
+                f"| {a['lr']:g} | {row['step']} | {row['recall@10']:.4f} ({row['recall@10'] / UNTOUCHED['recall@10']:.2f}×) "
+                f"| {row['align']:.3f}{mark['align']} | {row['uniform']:.3f}{mark['uniform']} "
+                f"| {row['factbook_recall@10']:.4f} ({row['factbook_recall@10'] / UNTOUCHED['factbook_recall@10']:.2f}×) |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("name", nargs="?")
+    parser.add_argument("--table", action="store_true", help="print every finished probe as one table")
+    parser.add_argument("--loss", default="align:2,alpha=2 + uniform:1,t=2")
+    parser.add_argument("--lr", type=float, default=3e-5)
+    parser.add_argument("--batch", type=int, default=128, help="examples per step: pairs + replay sentences")
+    parser.add_argument("--steps", type=int, default=80)
+    parser.add_argument("--eval-at", type=int, nargs="*", default=[40, 80])
+    parser.add_argument("--same-book", action="store_true")
+    parser.add_argument("--replay", default=None, help="pydoc or a path (hsrl.replay)")
+    parser.add_argument("--replay-mode", choices=("anchor", "pooled"), default="anchor")
+    parser.add_argument("--replay-sentences", type=int, default=32)
+    parser.add_argument("--replay-weight", type=float, default=4.0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.table:
+        print(table())
+        return 0
+    if not args.name:
+        parser.error("name a probe, or pass --table")
+    probe(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -47,8 +47,9 @@ loop and formula, whose replay sentences were drawn with Python's `random` inste
 2,120 now); a rerun draws other sentences.
 
 What it says (and why `make demo` uses contrastive:1,tau=0.05 + uniform:0.19 with pydoc anchored at weight 4):
-- Anchoring the replay text (c3) keeps the Factbook at 0.97× where the previous demo (the same objective, no replay) kept 0.82×;
-  feeding the same text through the objective as pairs (c2) keeps 0.88× and crowds both domains.
+- Anchoring the replay text (c3) keeps the Factbook at 0.97× where the previous demo (the same objective, no
+  replay) kept 0.82×; feeding the same text through the objective as pairs (c2) keeps 0.88× and crowds both
+  domains.
 - Contrastive carries Persuasion recall (1.23-1.35×); the uniformity weight sets the geometry: 0.1 (f1) leaves
   alignment better and uniformity worse than the start, 0.25 (e1) the reverse; 0.19 lies between, where both are
   better (the demo measured 1.377 and -3.162).

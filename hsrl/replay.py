@@ -1,9 +1,10 @@
 """Replay anchoring: fine-tune on one domain, keep text of other domains where the starting model put it.
 
 Fine-tuning all-MiniLM-L6-v2 on neighbouring sentences of novels moves *every* sentence, not only the novels':
-``make demo``'s objective alone cost a fifth of next-sentence retrieval on the CIA World Factbook (a domain it never
-saw), whose sentences it crowded together (Factbook uniformity −3.43 → −2.61). Replaying other-domain text through
-the same align/uniform objective does not help (measured: the text is crowded just the same); anchoring it does.
+the previous ``make demo`` (align:2 + uniform:1) cost a fifth of next-sentence retrieval on the CIA World Factbook
+(a domain it never saw), whose sentences it crowded together (Factbook uniformity −3.43 → −2.61). Feeding
+other-domain text through the same objective as pairs helps little (Factbook 0.88×, and uniformity worse than the
+start); anchoring it keeps 0.97× (``benchmarks/results/text_objective_probe.md``).
 Each step, ``R`` sentences of a replay corpus are embedded by the model in training and pulled toward their
 embeddings under the *starting* model:
 

@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from hsrl.data.text import Document, SentenceCorpus
+from hsrl.data.text_sources import read_documents
 
 __all__ = ["REPLAY_CORPORA", "ReplayAnchor", "load_python_reference", "load_replay_documents"]
 
@@ -75,13 +77,13 @@ def load_replay_documents(name: str) -> list[Document]:
     """
     if name == "pydoc":
         documents = load_python_reference()
+    elif not Path(name).exists():
+        raise ValueError(f"--replay-dataset {name}: no such file or folder (or 'pydoc', the Python reference)")
     else:
-        from hsrl.evaluation.text import load_eval_documents  # the same reader and errors as --eval-dataset
-
         try:
-            documents = load_eval_documents(name)
+            documents = read_documents(name)
         except ValueError as error:
-            raise ValueError(str(error).replace("--eval-dataset", "--replay-dataset")) from None
+            raise ValueError(f"--replay-dataset {name}: {error}") from None
     if not any(document.sentences for document in documents):
         raise ValueError(f"--replay-dataset {name}: no sentences in it")
     return documents

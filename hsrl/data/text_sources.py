@@ -29,7 +29,7 @@ from torch.utils.data import IterableDataset
 
 from hsrl.data.text import Document, austen_splits, split_sentences
 
-__all__ = ["TEXT_SUFFIXES", "BookCorpusPairs", "load_documents", "read_text_file", "split_heldout"]
+__all__ = ["TEXT_SUFFIXES", "BookCorpusPairs", "load_documents", "read_documents", "read_text_file", "split_heldout"]
 
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".parquet")
 
@@ -125,6 +125,14 @@ def read_text_file(path: str | Path) -> list[Document]:
             raise ValueError(f"{path}: not a readable parquet file ({error})") from None
         return _documents_from_records(table.to_pylist(), path)
     raise ValueError(f"{path}: unsupported file type; use one of {', '.join(TEXT_SUFFIXES)}")
+
+
+def read_documents(path: str | Path) -> list[Document]:
+    """Every document of a text file, or of every file under a folder in name order (see :func:`read_text_file`;
+    a file of another type is a ``ValueError``)."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return [doc for f in files for doc in read_text_file(f)]
 
 
 def _local_documents(path: Path) -> list[Document]:

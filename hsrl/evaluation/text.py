@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from hsrl.data.text import AUSTEN_BOOKS, Document, SentenceCorpus, austen_splits, load_austen, load_factbook
-from hsrl.data.text_sources import read_text_file
+from hsrl.data.text_sources import read_documents
 from hsrl.evaluation.knn import knn_accuracy
 from hsrl.evaluation.summary import format_change
 from hsrl.losses import align_loss, uniform_loss
@@ -108,9 +108,8 @@ def load_eval_documents(name: str) -> list[Document]:
         raise ValueError(
             f"--eval-dataset {name}: no such file or folder (embedded sets: {', '.join(EMBEDDED_EVAL_SETS)})"
         )
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     try:
-        documents = [doc for f in files for doc in read_text_file(f)]
+        documents = read_documents(path)
     except ValueError as error:
         raise ValueError(f"--eval-dataset {name}: {error}") from None
     if not any(len(doc.sentences) >= 2 for doc in documents):

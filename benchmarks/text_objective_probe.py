@@ -35,8 +35,8 @@ from _report import publish
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "text_objective_probe"
 METRICS = ("recall@10", "align", "uniform", "factbook_recall@10", "factbook_align", "factbook_uniform")
-#: The untouched model on the same sets (``make demo``'s baseline, measured in every recipe run).
-UNTOUCHED = {"recall@10": 0.0620, "align": 1.416, "uniform": -3.127, "factbook_recall@10": 0.3386}
+#: The probe that evaluates the untouched model (``--steps 0 --eval-at 0``); the table's ratios are against it.
+UNTOUCHED_PROBE = "untouched"
 NOTES = """\
 Every probe: all-MiniLM-L6-v2 at 48 tokens, Austen neighbour pairs (*Persuasion* held out), Adam at a constant
 lr, 128 examples a step (with replay: 96 pairs and 32 replay sentences, or 32 replay pairs when pooled), bf16
@@ -105,11 +105,21 @@ def probe(args: argparse.Namespace) -> None:
     log: list[dict] = []
     encoder.train()
     seconds = 0.0
+
+    def evaluate(step: int) -> None:
+        metrics = evaluate_text_encoder(encoder, heldout, eval_sets={"factbook": factbook})
+        encoder.train()
+        log.append({"step": step, "train_seconds": seconds, **{k: metrics[k] for k in METRICS}})
+        print(json.dumps(log[-1]), flush=True)
+        (out / "log.json").write_text(json.dumps({"args": vars(args), "log": log}, indent=1))
+
+    if 0 in args.eval_at:
+        evaluate(0)
     for step in range(1, args.steps + 1):
         started = time.perf_counter()
-        items = [pairs[i] for i in batch(args.batch - (n_replay if pooled is None else 0))]
+        items = [pairs[i] for i in batch(args.batch - n_replay)]
         if pooled is not None:
-            items = items[: args.batch - n_replay] + [pooled[i] for i in draw.sample(range(len(pooled)), n_replay)]
+            items += [pooled[i] for i in draw.sample(range(len(pooled)), n_replay)]
         with torch.autocast("cpu", dtype=torch.bfloat16):
             x, y = encode(encoder, collate(items))
             value = loss(x.float(), y.float())
@@ -123,14 +133,15 @@ def probe(args: argparse.Namespace) -> None:
         if step % 10 == 0:
             print(f"step {step} loss {value.item():.4f} {seconds:.0f}s", flush=True)
         if step in args.eval_at:
-            metrics = evaluate_text_encoder(encoder, heldout, eval_sets={"factbook": factbook})
-            encoder.train()
-            log.append({"step": step, "train_seconds": seconds, **{k: metrics[k] for k in METRICS}})
-            print(json.dumps(log[-1]), flush=True)
-            (out / "log.json").write_text(json.dumps({"args": vars(args), "log": log}, indent=1))
+            evaluate(step)
 
 
 def table() -> list[str]:
+    untouched_log = RUNS / UNTOUCHED_PROBE / "log.json"
+    if not untouched_log.is_file():
+        raise SystemExit(f"no {untouched_log}: run `python {Path(__file__).name} {UNTOUCHED_PROBE} --steps 0 "
+                         "--eval-at 0` first (the untouched model, on the same sets)")  # fmt: skip
+    untouched = json.loads(untouched_log.read_text())["log"][0]
     lines = [
         "# Text objective probe: MiniLM on Austen, held-out metrics along the run",
         "",
@@ -141,23 +152,26 @@ def table() -> list[str]:
         "| probe | objective | pairs | replay | lr | step | Persuasion recall@10 | align | uniform "
         "| Factbook recall@10 |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        f"| untouched MiniLM | | | | | 0 | {UNTOUCHED['recall@10']:.4f} | {UNTOUCHED['align']:.3f} "
-        f"| {UNTOUCHED['uniform']:.3f} | {UNTOUCHED['factbook_recall@10']:.4f} |",
+        f"| untouched MiniLM (probe `{UNTOUCHED_PROBE}`) | | | | | 0 | {untouched['recall@10']:.4f} "
+        f"| {untouched['align']:.3f} "
+        f"| {untouched['uniform']:.3f} | {untouched['factbook_recall@10']:.4f} |",
     ]
     for path in sorted(RUNS.glob("*/log.json")):
+        if path == untouched_log:
+            continue
         data = json.loads(path.read_text())
         a = data["args"]
         replay = "none" if not a["replay"] else f"{a['replay']} {a['replay_mode']} ×{a['replay_sentences']}"
         if a["replay"] and a["replay_mode"] == "anchor":
             replay += f", μ = {a['replay_weight']:g}"
         for row in data["log"]:
-            worse = {k: "" if row[k] < UNTOUCHED[k] else " ✗" for k in ("align", "uniform")}
+            worse = {k: "" if row[k] < untouched[k] else " ✗" for k in ("align", "uniform")}
             recall, factbook = row["recall@10"], row["factbook_recall@10"]
             lines.append(
                 f"| {a['name']} | `{a['loss']}` | {'same-book' if a['same_book'] else 'shuffled'} | {replay} "
-                f"| {a['lr']:g} | {row['step']} | {recall:.4f} ({recall / UNTOUCHED['recall@10']:.2f}×) "
+                f"| {a['lr']:g} | {row['step']} | {recall:.4f} ({recall / untouched['recall@10']:.2f}×) "
                 f"| {row['align']:.3f}{worse['align']} | {row['uniform']:.3f}{worse['uniform']} "
-                f"| {factbook:.4f} ({factbook / UNTOUCHED['factbook_recall@10']:.2f}×) |"
+                f"| {factbook:.4f} ({factbook / untouched['factbook_recall@10']:.2f}×) |"
             )
     return [*lines, "", NOTES]
 

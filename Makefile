@@ -74,7 +74,7 @@ demo: setup
 		--num_cpu_threads_per_process $(CORES) \
 		recipes/bookcorpus.py --dataset austen --model minilm --loss "contrastive:1,tau=0.05 + uniform:0.19,t=2" \
 		--batch-size 96 --lr 1e-4 --max-seq-length 48 --time-budget-min 6.75 --checkpoint-every 50 \
-		--replay-dataset pydoc --replay-sentences 32 --replay-weight 4 \
+		--replay-dataset wordnet --replay-sentences 32 --replay-weight 4 \
 		--eval-dataset factbook --output-dir runs/demo
 	@echo "==> model (sentence-transformers folder) and metrics in runs/demo; TensorBoard logs in runs/demo/logs"
 

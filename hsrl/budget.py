@@ -12,7 +12,11 @@ total number of steps in advance, so :class:`StepPlanner` measures the step time
   so slow checkpoints or a busy machine do not leave the schedule unfinished;
 * the run stops at the planned step, or at once when the budget is spent, whichever is first;
 * a resumed run starts from the plan its average step time gives for the remaining budget
-  (which may be larger than when it was saved), then revises as above.
+  (which may be larger than when it was saved), then revises as above;
+* with ``max_steps`` (``--max-steps`` next to ``--time-budget-min``) no plan exceeds it: the run
+  trains that many steps, or fewer when the machine cannot fit them in the budget. A recipe
+  whose quality peaks at a known step count then gives the same model on any machine fast
+  enough, and still stops in time on a slow one.
 
 Until the first plan the schedule runs against a provisional, very long horizon, so the LR
 follows its warm-up and then stays near its peak (a cosine at progress ~0).
@@ -37,9 +41,11 @@ class StepPlanner:
         budget_seconds: the whole budget, over every resumed piece of the run.
         min_window_fraction: the calibration window's least share of the budget.
         revise_every: revise the plan each time this share of the budget has passed.
+        max_steps: the most steps any plan may give (None: as many as the budget allows).
     """
 
     budget_seconds: float
+    max_steps: int | None = None
     min_window_fraction: float = 0.01
     revise_every: float = 0.1
     planned: int = 0
@@ -49,6 +55,11 @@ class StepPlanner:
     def __post_init__(self) -> None:
         if not (self.budget_seconds > 0 and math.isfinite(self.budget_seconds)):
             raise ValueError(f"the time budget must be > 0 seconds, got {self.budget_seconds}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"--max-steps must be >= 1, got {self.max_steps}")
+
+    def _capped(self, plan: int) -> int:
+        return plan if self.max_steps is None else min(plan, self.max_steps)
 
     def resume(self, step: int, elapsed: float) -> int:
         """The plan for a run resumed at ``step`` after ``elapsed`` seconds, from its average step time.
@@ -58,7 +69,7 @@ class StepPlanner:
         """
         if step > 0 and elapsed > 0:
             per_step = elapsed / step
-            self.planned = step + max(0, math.floor((self.budget_seconds - elapsed) / per_step))
+            self.planned = self._capped(step + max(0, math.floor((self.budget_seconds - elapsed) / per_step)))
         return self.planned
 
     def exhausted(self, elapsed: float) -> bool:
@@ -83,7 +94,10 @@ class StepPlanner:
             return None
         per_step = seconds / steps
         remaining = max(0.0, self.budget_seconds - elapsed)
+        # At least one more step (the caller stops on the plan or the budget, whichever is first), at most the cap.
         self.planned = max(step + 1, step + math.floor(remaining / per_step))
+        if self.max_steps is not None:
+            self.planned = max(step, min(self.planned, self.max_steps))
         passed = math.floor(elapsed / (self.revise_every * self.budget_seconds)) + 1
         self._next_revision = passed * self.revise_every * self.budget_seconds
         return self.planned

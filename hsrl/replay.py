@@ -14,9 +14,16 @@ embeddings under the *starting* model:
 
 (learning without forgetting, Li & Hoiem 2016, on replay text; both embeddings are unit vectors, so each term is
 ``2 − 2 cos``). ``f₀``'s embeddings are computed once, before training. The replay corpus must not be an evaluation
-set: the recipe's default, ``pydoc``, is the Python language reference that ships with every Python
-(``pydoc_data.topics``: technical English prose about software), while the held-out check is the Factbook's history
-and politics.
+set. Two are embedded: ``wordnet``, a sample of WordNet 3.0's definitions (one short expository sentence per word
+sense, over the whole vocabulary), which ``make demo`` uses, and ``pydoc``, the Python language reference that
+ships with every Python (``pydoc_data.topics``: prose about software). The held-out check is the Factbook's
+history and politics, which neither contains.
+
+*What* is anchored matters more than how hard: anchoring pydoc at weight 4 or 16 keeps the same 0.90-0.94× of the
+Factbook, while WordNet's definitions at weight 4 keep 1.02× at 50 steps and 0.96× at 100 (pydoc: 0.93×, 0.89×),
+with more Persuasion recall and both alignment and uniformity better than the start. The anchor holds the regions
+of embedding space its sentences occupy; definitions of every word occupy far more of general English than
+sentences about software do.
 
 The term is per process and per step; its sentences are drawn from a generator seeded by ``(seed, step, process)``,
 so a resumed run draws the same ones and processes draw different ones. :func:`hsrl.training.fit` adds it to the
@@ -25,8 +32,11 @@ loss (``regularizer=``), with or without gradient caching.
 
 from __future__ import annotations
 
+import gzip
+import json
 import re
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +46,11 @@ from torch import Tensor
 from hsrl.data.text import Document, SentenceCorpus
 from hsrl.data.text_sources import read_documents
 
-__all__ = ["REPLAY_CORPORA", "ReplayAnchor", "load_python_reference", "load_replay_documents"]
+__all__ = ["REPLAY_CORPORA", "ReplayAnchor", "load_python_reference", "load_replay_documents", "load_wordnet_glosses"]
 
 #: Replay corpora known by name (anything else is a path).
-REPLAY_CORPORA = ("pydoc",)
+REPLAY_CORPORA = ("wordnet", "pydoc")
+_WORDNET_RESOURCE = "corpora/wordnet_glosses.jsonl.gz"
 
 #: Paragraph heads of pydoc's topics ("The "assert" statement" underlined with ****).
 _UNDERLINE = re.compile(r"^[*=\-~^]+$")
@@ -69,16 +80,36 @@ def load_python_reference() -> list[Document]:
     return documents
 
 
+def load_wordnet_glosses() -> list[Document]:
+    """The embedded sample of WordNet 3.0's definitions: 2,927 glosses over every part of speech, one sentence each.
+
+    Short expository sentences over the whole English vocabulary (people, places, institutions, nature, actions),
+    built by ``tools/build_wordnet_glosses.py`` (WordNet 3.0 licence in ``hsrl/data/corpora/WORDNET_LICENSE``).
+    One document per part of speech, glosses in WordNet's file order.
+    """
+    resource = resources.files("hsrl.data").joinpath(_WORDNET_RESOURCE)
+    with resource.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as lines:
+        rows = [json.loads(line) for line in lines]
+    by_pos: dict[str, list[str]] = {}
+    for row in rows:
+        by_pos.setdefault(row["pos"], []).append(row["text"])
+    return [Document.from_paragraphs(f"wordnet/{pos}", glosses) for pos, glosses in by_pos.items()]
+
+
 def load_replay_documents(name: str) -> list[Document]:
-    """``pydoc`` (:func:`load_python_reference`) or every document of a local text file or folder.
+    """``wordnet`` (:func:`load_wordnet_glosses`), ``pydoc`` (:func:`load_python_reference`) or every document of a
+    local text file or folder.
 
     Raises:
         ValueError: one line naming ``--replay-dataset`` when the path is missing, unreadable or empty.
     """
-    if name == "pydoc":
+    if name == "wordnet":
+        documents = load_wordnet_glosses()
+    elif name == "pydoc":
         documents = load_python_reference()
     elif not Path(name).exists():
-        raise ValueError(f"--replay-dataset {name}: no such file or folder (or 'pydoc', the Python reference)")
+        raise ValueError(f"--replay-dataset {name}: no such file or folder (or 'wordnet', WordNet's definitions, or "
+                         "'pydoc', the Python reference)")  # fmt: skip
     else:
         try:
             documents = read_documents(name)

@@ -91,7 +91,11 @@ class TrainConfig:
         default=256, metadata={"help": "examples per process and step; the loss sees batch_size x processes"}
     )
     epochs: int = field(default=1, metadata={"help": "passes over the data (ignored when --max-steps is set)"})
-    max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps"})
+    max_steps: int | None = field(
+        default=None,
+        metadata={"help": "stop after this many optimizer steps (with --time-budget-min: at most this many, fewer "
+                          "if the budget runs out first)"},
+    )  # fmt: skip
     time_budget_min: float | None = field(
         default=None,
         metadata={"help": "train for this many minutes of wall clock, with the LR schedule planned for the budget "
@@ -204,13 +208,9 @@ class TrainConfig:
             raise ValueError(f"--betas needs two numbers in [0, 1), got {self.betas}")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ValueError(f"--max-grad-norm must be > 0, got {self.max_grad_norm}")
-        if self.time_budget_min is not None:
-            if not (isinstance(self.time_budget_min, int | float) and math.isfinite(self.time_budget_min)
-                    and self.time_budget_min > 0):  # fmt: skip
-                raise ValueError(f"--time-budget-min must be a number of minutes > 0, got {self.time_budget_min}")
-            if self.max_steps is not None:
-                raise ValueError("--time-budget-min and --max-steps both set: give one (the budget plans the "
-                                 "number of steps and the LR schedule itself)")  # fmt: skip
+        budget = self.time_budget_min
+        if budget is not None and not (isinstance(budget, int | float) and math.isfinite(budget) and budget > 0):
+            raise ValueError(f"--time-budget-min must be a number of minutes > 0, got {budget}")
         if self.cache_chunk_size is not None:
             if self.cache_chunk_size < 1:
                 raise ValueError(f"--cache-chunk-size must be >= 1, got {self.cache_chunk_size}")
@@ -562,8 +562,8 @@ def fit(
     if config.max_steps is None and steps_per_epoch is None and config.time_budget_min is None:
         raise ValueError("this dataset has no length: set --max-steps or --time-budget-min")
     total_steps = config.max_steps or config.epochs * int(steps_per_epoch or 0)
-    if config.time_budget_min is not None:
-        total_steps = PROVISIONAL_STEPS
+    if config.time_budget_min is not None:  # the planner sets it; until then the cap, or a horizon of ~infinity
+        total_steps = config.max_steps or PROVISIONAL_STEPS
     if total_steps < 1 or steps_per_epoch == 0:
         raise ValueError(
             f"no full batch of {config.batch_size} x {accelerator.num_processes} processes in the data; "
@@ -584,7 +584,7 @@ def fit(
         accelerator.print(f"resumed from {resume_from} (step {state.step}, epoch {state.epoch})")
     planner = None
     if config.time_budget_min is not None:
-        planner = StepPlanner(config.time_budget_min * 60)
+        planner = StepPlanner(config.time_budget_min * 60, max_steps=config.max_steps)
         if state.step:  # resumed: plan the rest of the budget from the run's average step time
             total_steps = schedule.total_steps = state.planned_steps = planner.resume(state.step, state.train_seconds)
 

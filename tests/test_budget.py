@@ -16,9 +16,12 @@ from hsrl.checkpoints import find_latest_checkpoint, read_trainer_state
 from hsrl.training import TrainConfig
 
 
-def simulate(planner: StepPlanner, seconds_per_step: float, first_step: float) -> tuple[int, float]:
-    """Run the planner against a clock where every step but the first takes the same time."""
-    step, elapsed, total = 0, 0.0, 10**9
+def simulate(
+    planner: StepPlanner, seconds_per_step: float, first_step: float, start_total: int = 10**9
+) -> tuple[int, float]:
+    """Run the planner against a clock where every step but the first takes the same time (the loop of ``fit``:
+    ``start_total`` steps until the first plan, then the plan; stop at the plan or the budget)."""
+    step, elapsed, total = 0, 0.0, start_total
     while step < total and not planner.exhausted(elapsed):
         elapsed += first_step if step == 0 else seconds_per_step
         step += 1
@@ -58,8 +61,30 @@ def test_bad_budgets_are_refused() -> None:
     for bad in ({"time_budget_min": 0}, {"time_budget_min": -1.0}, {"time_budget_min": float("nan")}):
         with pytest.raises(ValueError, match="--time-budget-min must be a number of minutes > 0"):
             TrainConfig(**bad)
-    with pytest.raises(ValueError, match="both set"):
-        TrainConfig(time_budget_min=1.0, max_steps=10)
+    with pytest.raises(ValueError, match="--max-steps must be >= 1"):
+        StepPlanner(60.0, max_steps=0)
+
+
+@settings(max_examples=50, deadline=None)
+@given(per_step=st.floats(0.01, 5.0), budget=st.floats(60.0, 3600.0), first=st.floats(0.0, 20.0),
+       cap=st.integers(1, 2000))  # fmt: skip
+def test_with_max_steps_the_plan_is_the_cap_or_what_the_budget_allows(
+    per_step: float, budget: float, first: float, cap: int
+) -> None:
+    """``--max-steps`` next to ``--time-budget-min``: no plan exceeds the cap; a budget too short for it stops the
+    run as without a cap."""
+    capped, uncapped = StepPlanner(budget, max_steps=cap), StepPlanner(budget)
+    steps, _ = simulate(capped, per_step, first, start_total=cap)
+    free_steps, _ = simulate(uncapped, per_step, first)
+    assert steps == min(cap, free_steps)
+    assert capped.planned <= cap
+
+
+def test_fit_with_a_budget_and_max_steps_trains_exactly_the_cap_when_it_fits(tmp_path: Path) -> None:
+    cfg = config(tmp_path, time_budget_min=5.0, max_steps=4, checkpoint_every=1000)
+    result = train(cfg)
+    assert result.steps == 4  # the budget alone would have run 5 minutes
+    assert read_trainer_state(find_latest_checkpoint(tmp_path / "checkpoints"))["step"] == 4
 
 
 def slow(seconds: float):

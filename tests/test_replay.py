@@ -7,6 +7,7 @@ import copy
 import json
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,9 @@ from conftest import OFFLINE, ROOT
 from test_gradcache import logged_losses
 from test_text_recipe import run_recipe
 
+from hsrl.data.text import SentenceCorpus, load_factbook
 from hsrl.models.text import build_text_encoder, set_dropout
-from hsrl.replay import ReplayAnchor, load_python_reference, load_replay_documents
+from hsrl.replay import ReplayAnchor, load_python_reference, load_replay_documents, load_wordnet_glosses
 
 
 @pytest.fixture
@@ -31,6 +33,21 @@ def test_python_reference_is_prose_without_code() -> None:
     assert not any(">>>" in s or "::=" in s for s in sentences)
     assert all(len(s.split()) >= 1 for s in sentences)
     assert any("exception" in s for s in sentences)  # it is the language reference
+
+
+def test_wordnet_glosses_are_one_sentence_definitions_of_every_part_of_speech_and_not_the_factbook() -> None:
+    documents = load_wordnet_glosses()
+    assert [d.id for d in documents] == ["wordnet/noun", "wordnet/verb", "wordnet/adj", "wordnet/adv"]
+    sentences = SentenceCorpus.from_documents(documents).sentences
+    assert len(sentences) == 2927  # every 30th of the 87,808 definitions of six words or more
+    assert all(len(s.split()) >= 6 and not s[0].islower() and s.endswith(".") for s in sentences)
+    assert not any('; "' in s for s in sentences)  # the quoted usage examples are cut off
+    assert load_replay_documents("wordnet") == documents
+    # A replay corpus must never be an evaluation set: no Factbook sentence is in it.
+    factbook = {s for d in load_factbook() for s in d.sentences}
+    assert factbook.isdisjoint(sentences)
+    licence = resources.files("hsrl.data").joinpath("corpora/WORDNET_LICENSE")
+    assert "WordNet 3.0 Copyright 2006 by Princeton University" in licence.read_text(encoding="utf-8")
 
 
 def test_a_replay_path_reads_like_an_evaluation_set_and_errors_name_the_flag(tmp_path: Path) -> None:

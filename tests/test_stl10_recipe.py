@@ -89,7 +89,7 @@ def test_fashion_mnist_defaults_under_a_time_budget_save_evaluate_summarise_and_
         (["--dataset", "fashion-mnist", "--preset", "imagenet"], "unknown preset 'imagenet'"),
         (["--dataset", "fashion-mnist", "--time-budget-min", "0"], "--time-budget-min must be"),
         (["--dataset", "fashion-mnist", "--time-budget-min", "ten"], "invalid"),
-        (["--dataset", "fashion-mnist", "--time-budget-min", "5", "--max-steps", "9"], "both set"),
+        (["--dataset", "fashion-mnist", "--time-budget-min", "5", "--max-steps", "0"], "--max-steps must be >= 1"),
         (["--dataset", "fashion-mnist", "--head-grid", "0"], "--head-grid must be >= 1"),
         (["--dataset", "fashion-mnist", "--encoder", "small_alexnet", "--head-grid", "2"], "for the small_resnet"),
     ],

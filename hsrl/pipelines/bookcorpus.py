@@ -107,8 +107,8 @@ class BookCorpusConfig(TrainConfig):
     )
     replay_dataset: str = field(
         default="none",
-        metadata={"help": "text of another domain to keep where the starting model put it (hsrl.replay): pydoc "
-                          "(the Python reference, in every Python), a path, or none"},
+        metadata={"help": "text of another domain to keep where the starting model put it (hsrl.replay): wordnet "
+                          "(WordNet's definitions, embedded), pydoc (the Python reference), a path, or none"},
     )  # fmt: skip
     replay_sentences: int = field(default=32, metadata={"help": "replay sentences per process and step"})
     replay_weight: float = field(default=4.0, metadata={"help": "weight of the replay term (mu)"})

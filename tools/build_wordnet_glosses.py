@@ -1,0 +1,92 @@
+"""Build the embedded replay corpus ``wordnet``: a fixed sample of WordNet 3.0's definitions (glosses).
+
+    apt-get download wordnet-base && dpkg -x wordnet-base_*.deb /tmp/wordnet-base
+    python tools/build_wordnet_glosses.py /tmp/wordnet-base/usr/share/wordnet
+
+Why glosses: replay anchoring (``hsrl.replay``) protects the regions of embedding space its sentences cover. The
+Python reference (``pydoc``) covers software; WordNet's definitions cover the whole English vocabulary — people,
+places, institutions, nature, actions — in short expository sentences, so anchoring them keeps general text
+where the starting model put it (measured in ``benchmarks/results/text_objective_probe.md``). They are not the
+Factbook: a gloss defines one word sense, it says nothing of any country's history.
+
+What is kept: the definition of each synset of ``data.noun``, ``data.verb``, ``data.adj`` and ``data.adv`` (the
+text after ``|`` up to the first quoted example), capitalised and ended with a full stop, when it has at least six
+words; then every 30th of those in file order (2,927 of 87,808), a sample spread evenly over the parts of speech
+and the lexicographer files. Writes ``hsrl/data/corpora/wordnet_glosses.jsonl.gz`` (one record per gloss) and
+copies WordNet's licence next to it (``WORDNET_LICENSE``), as that licence asks of every copy.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from pathlib import Path
+
+CORPORA = Path(__file__).resolve().parents[1] / "hsrl" / "data" / "corpora"
+OUTPUT = CORPORA / "wordnet_glosses.jsonl.gz"
+PARTS_OF_SPEECH = ("noun", "verb", "adj", "adv")
+EVERY = 30
+MIN_WORDS = 6
+
+LICENSE = """\
+WordNet Release 3.0
+
+This software and database is being provided to you, the LICENSEE, by Princeton University under the following
+license. By obtaining, using and/or copying this software and database, you agree that you have read, understood,
+and will comply with these terms and conditions.:
+
+Permission to use, copy, modify and distribute this software and database and its documentation for any purpose
+and without fee or royalty is hereby granted, provided that you agree to comply with the following copyright
+notice and statements, including the disclaimer, and that the same appear on ALL copies of the software, database
+and documentation, including modifications that you make for internal use or for distribution.
+
+WordNet 3.0 Copyright 2006 by Princeton University. All rights reserved.
+
+THIS SOFTWARE AND DATABASE IS PROVIDED "AS IS" AND PRINCETON UNIVERSITY MAKES NO REPRESENTATIONS OR WARRANTIES,
+EXPRESS OR IMPLIED. BY WAY OF EXAMPLE, BUT NOT LIMITATION, PRINCETON UNIVERSITY MAKES NO REPRESENTATIONS OR
+WARRANTIES OF MERCHANT- ABILITY OR FITNESS FOR ANY PARTICULAR PURPOSE OR THAT THE USE OF THE LICENSED SOFTWARE,
+DATABASE OR DOCUMENTATION WILL NOT INFRINGE ANY THIRD PARTY PATENTS, COPYRIGHTS, TRADEMARKS OR OTHER RIGHTS.
+
+The name of Princeton University or Princeton may not be used in advertising or publicity pertaining to
+distribution of the software and/or database. Title to copyright in this software, database and any associated
+documentation shall at all times remain with Princeton University and LICENSEE agrees to preserve same.
+
+(hsrl ships a sample of WordNet 3.0's glosses, hsrl/data/corpora/wordnet_glosses.jsonl.gz, built by
+tools/build_wordnet_glosses.py from Debian's wordnet-base package.)
+"""
+
+
+def definition(line: str) -> str | None:
+    """The definition of one ``data.*`` synset line (its gloss without the quoted examples), or None."""
+    if line.startswith("  ") or "|" not in line:  # the licence header lines start with two spaces
+        return None
+    gloss = line.split("|", 1)[1].strip().split('; "')[0].strip().rstrip(";").strip()
+    if len(gloss.split()) < MIN_WORDS:
+        return None
+    return gloss[0].upper() + gloss[1:] + "."
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1 or not (Path(argv[0]) / "data.noun").is_file():
+        print("usage: python tools/build_wordnet_glosses.py WORDNET_DICT_FOLDER (the one with data.noun)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    folder = Path(argv[0])
+    rows = []
+    for pos in PARTS_OF_SPEECH:
+        for line in (folder / f"data.{pos}").read_text(encoding="latin-1").splitlines():
+            text = definition(line)
+            if text is not None:
+                rows.append({"pos": pos, "offset": line.split(" ", 1)[0], "text": text})
+    sample = rows[::EVERY]
+    # mtime=0: the same input gives byte-identical output.
+    with open(OUTPUT, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
+        out.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in sample).encode("utf-8"))
+    (CORPORA / "WORDNET_LICENSE").write_text(LICENSE, encoding="utf-8")
+    print(f"{len(sample)} of {len(rows)} glosses -> {OUTPUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

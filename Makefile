@@ -68,12 +68,12 @@ test-slow: setup
 # untouched checkpoint. About 10 minutes on 2 CPU cores. Training autocasts to bfloat16 where the CPU computes in it
 # (avx512_bf16 or AMX: 1.7x the steps of float32 here), and stays in float32 elsewhere.
 demo: setup
-	@echo "==> demo: contrastive + uniformity fine-tuning of all-MiniLM-L6-v2 on the embedded Austen corpus (6.75 minutes of training)"
+	@echo "==> demo: contrastive + uniformity fine-tuning of all-MiniLM-L6-v2 on the embedded Austen corpus (at most 100 steps or 6.75 minutes of training)"
 	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --dynamo_backend no \
 		--mixed_precision $$($(PY) -c "from hsrl.backends import cpu_has_bf16; print('bf16' if cpu_has_bf16() else 'no')") \
 		--num_cpu_threads_per_process $(CORES) \
 		recipes/bookcorpus.py --dataset austen --model minilm --loss "contrastive:1,tau=0.05 + uniform:0.19,t=2" \
-		--batch-size 96 --lr 1e-4 --max-seq-length 48 --time-budget-min 6.75 --checkpoint-every 50 \
+		--batch-size 96 --lr 1e-4 --max-seq-length 48 --time-budget-min 6.75 --max-steps 100 --checkpoint-every 50 \
 		--replay-dataset wordnet --replay-sentences 32 --replay-weight 4 \
 		--eval-dataset factbook --output-dir runs/demo
 	@echo "==> model (sentence-transformers folder) and metrics in runs/demo; TensorBoard logs in runs/demo/logs"

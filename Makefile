@@ -65,7 +65,7 @@ test-slow: setup
 
 # The main job on the embedded default: fine-tune the packaged all-MiniLM-L6-v2 on neighbouring
 # sentences of the Austen novels (Persuasion held out), then print its evaluation against the
-# untouched checkpoint. About 10 minutes on 2 CPU cores. Training autocasts to bfloat16 where the CPU computes in it
+# untouched checkpoint. About 7 minutes on 2 CPU cores (at most 10 anywhere: the budget caps it). Training autocasts to bfloat16 where the CPU computes in it
 # (avx512_bf16 or AMX: 1.7x the steps of float32 here), and stays in float32 elsewhere.
 demo: setup
 	@echo "==> demo: contrastive + uniformity fine-tuning of all-MiniLM-L6-v2 on the embedded Austen corpus (at most 100 steps or 6.75 minutes of training)"

@@ -57,11 +57,12 @@ at weight 4):
   recall is as high or higher (1.34× against 1.30× at 100) and both alignment and uniformity stay better than the
   start (h0's uniformity does not). With seed 1 (h1s1, h0s1): 0.98× against 0.93×, recall 1.27× and 1.28×. Four
   times the weight (i1, mu = 16), twice the sentences a step (i2, 64), or three times the corpus (j1, every 10th
-  gloss, 8,781 sentences) change nothing beyond the noise (0.94-0.97×).
-- The trade-off along a run: the Factbook is at or above the start up to about 50 steps and then slowly gives way
-  while Persuasion recall still climbs (1.24× → 1.34×). A cosine schedule (j2) ends at Factbook 1.01× but recall
-  1.28× and alignment worse than the start; a higher learning rate (g1: 2e-4, cosine) or larger batches at it (g2:
-  256 pairs) make uniformity worse than the start and recall lower.
+  gloss, 8,781 sentences: `tools/build_wordnet_glosses.py DIR --every 10 --output wordnet10.txt`) change nothing
+  beyond the noise (0.94-0.97×).
+- The trade-off along a run (seed 0): the Factbook is above the start at 50 steps and then gives way while
+  Persuasion recall still climbs (1.24× → 1.34×); seed 1 keeps 0.98× at both. A cosine schedule (j2) ends at
+  Factbook 1.01× but recall 1.28× and alignment worse than the start; a higher learning rate (g1: 2e-4, cosine) or
+  larger batches at it (g2: 256 pairs) make uniformity worse than the start and recall lower.
 - Contrastive carries Persuasion recall (1.23-1.35×); the uniformity weight sets the geometry: 0.1 (f1) leaves
   alignment better and uniformity worse than the start, 0.25 (e1) the reverse; 0.19 lies between, where both are
   better.
@@ -164,8 +165,9 @@ def table() -> list[str]:
     lines = [
         "# Text objective probe: MiniLM on Austen, held-out metrics along the run",
         "",
-        "Each probe: `python benchmarks/text_objective_probe.py NAME --loss LOSS --lr LR [--same-book] [--replay pydoc "
-        "--replay-mode anchor|pooled --replay-weight MU] --steps N --eval-at ...` (two at a time, one intra-op thread "
+        "Each probe: `python benchmarks/text_objective_probe.py NAME --loss LOSS --lr LR [--schedule cosine] "
+        "[--batch B] [--seed S] [--same-book] [--replay wordnet|pydoc|PATH --replay-mode anchor|pooled "
+        "--replay-weight MU --replay-sentences R] --steps N --eval-at ...` (two at a time, one intra-op thread "
         "each, on 2 cores); this table: `python benchmarks/text_objective_probe.py --table --output FILE`.",
         "",
         "| probe | objective | pairs | replay | lr | step | Persuasion recall@10 | align | uniform "

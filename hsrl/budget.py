@@ -15,11 +15,12 @@ total number of steps in advance, so :class:`StepPlanner` measures the step time
   (which may be larger than when it was saved), then revises as above;
 * with ``max_steps`` (``--max-steps`` next to ``--time-budget-min``) no plan exceeds it: the run
   trains that many steps, or fewer when the machine cannot fit them in the budget. A recipe
-  whose quality peaks at a known step count then gives the same model on any machine fast
-  enough, and still stops in time on a slow one.
+  tuned for a step count then trains the same steps on any machine fast enough, and still
+  stops in time on a slow one.
 
-Until the first plan the schedule runs against a provisional, very long horizon, so the LR
-follows its warm-up and then stays near its peak (a cosine at progress ~0).
+Until the first plan the schedule runs against ``max_steps`` or, without it, a provisional,
+very long horizon, so the LR follows its warm-up and then stays near its peak (a cosine at
+progress ~0).
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ class TrainConfig:
     time_budget_min: float | None = field(
         default=None,
         metadata={"help": "train for this many minutes of wall clock, with the LR schedule planned for the budget "
-                          "from the measured step time (instead of --max-steps/--epochs)"},
+                          "from the measured step time (instead of --epochs; --max-steps then caps the steps)"},
     )  # fmt: skip
     gradient_accumulation_steps: int = field(
         default=1,

@@ -1,7 +1,8 @@
 """Quick-Thought-style text pretraining with the paper's objectives (its Table 4, BookCorpus).
 
     accelerate launch recipes/bookcorpus.py                     # the paper's setting, streamed BookCorpus
-    accelerate launch recipes/bookcorpus.py --dataset austen --model minilm --max-steps 60   # make demo
+    accelerate launch recipes/bookcorpus.py --dataset austen --model minilm --replay-dataset wordnet \\
+        --max-steps 100 --time-budget-min 6.75   # make demo's core (the Makefile has every flag)
     accelerate launch recipes/bookcorpus.py --dataset my_books/ --loss "contrastive:1,tau=0.1"
     accelerate launch recipes/bookcorpus.py --dataset austen --encoder gru --loss "quickthought:1"  # Quick-Thought
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 recipes/bookcorpus.py --dataset austen

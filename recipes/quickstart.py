@@ -34,6 +34,9 @@ from hsrl.models.folder import save_model
 from hsrl.models.image import SmallCNN
 from hsrl.training import TrainConfig, TrainingDivergedError, fit, make_dataloader, training_session
 
+#: Steps of a quick start without --time-budget-min.
+QUICKSTART_STEPS = 400
+
 
 @dataclass
 class QuickstartConfig(TrainConfig):
@@ -43,7 +46,11 @@ class QuickstartConfig(TrainConfig):
     loss: str = field(default="align:1,alpha=2 + uniform:1,t=2", metadata={"help": "objective, as the paper writes it"})
     dim: int = field(default=64, metadata={"help": "embedding dimension"})
     batch_size: int = field(default=256, metadata={"help": "images per process and step"})
-    max_steps: int | None = field(default=400, metadata={"help": "optimizer steps"})
+    max_steps: int | None = field(
+        default=None,
+        metadata={"help": f"optimizer steps (default {QUICKSTART_STEPS}; with --time-budget-min, none: the budget "
+                          "decides, or a cap)"},
+    )  # fmt: skip
     lr: float = field(default=2e-3, metadata={"help": "AdamW learning rate"})
     lr_schedule: Literal["constant", "multistep", "cosine", "linear"] = field(
         default="cosine", metadata={"help": "learning-rate schedule after warm-up"}
@@ -53,6 +60,12 @@ class QuickstartConfig(TrainConfig):
     eval_train_size: int = field(default=60000, metadata={"help": "training images used as the 5-NN memory bank"})
     eval_test_size: int = field(default=10000, metadata={"help": "test images classified by 5-NN"})
     push_to_hub: str | None = push_to_hub_field()
+
+    def __post_init__(self) -> None:
+        # The default length applies only without a budget: a default cap would silently cut a budget short.
+        if self.max_steps is None and self.time_budget_min is None:
+            self.max_steps = QUICKSTART_STEPS
+        super().__post_init__()
 
 
 USAGE = """```python

@@ -80,11 +80,28 @@ def test_with_max_steps_the_plan_is_the_cap_or_what_the_budget_allows(
     assert capped.planned <= cap
 
 
+def test_a_resumed_capped_plan_stays_at_the_cap() -> None:
+    planner = StepPlanner(100.0, max_steps=30)
+    assert planner.resume(10, 5.0) == 30  # the budget would allow 10 + 190 steps
+    assert StepPlanner(100.0, max_steps=30).resume(10, 90.0) == 11  # 9 s a step, 10 s left: fewer than the cap
+
+
 def test_fit_with_a_budget_and_max_steps_trains_exactly_the_cap_when_it_fits(tmp_path: Path) -> None:
-    cfg = config(tmp_path, time_budget_min=5.0, max_steps=4, checkpoint_every=1000)
-    result = train(cfg)
-    assert result.steps == 4  # the budget alone would have run 5 minutes
-    assert read_trainer_state(find_latest_checkpoint(tmp_path / "checkpoints"))["step"] == 4
+    """Slow steps (30 ms) and a 1.5 s budget: the planner plans ~45 steps after its calibration; the cap of 8 wins,
+    and a run resumed with a larger budget trains up to the cap and no further."""
+    cfg = config(tmp_path, time_budget_min=1.5 / 60, max_steps=8, checkpoint_every=1000)
+    result = train(cfg, encode=slow(0.03))
+    assert result.steps == 8
+    assert read_trainer_state(find_latest_checkpoint(tmp_path / "checkpoints"))["step"] == 8
+
+    # A cap reached before the planner's first plan (it needs two timed steps after the first): still exact.
+    assert train(config(tmp_path / "two", time_budget_min=1.5 / 60, max_steps=2), encode=slow(0.03)).steps == 2
+
+    short = tmp_path / "short"
+    first = train(config(short, time_budget_min=0.5 / 60, max_steps=30, checkpoint_every=1000), encode=slow(0.03))
+    assert first.steps < 30  # stopped by the budget
+    more = config(short, time_budget_min=5.0, max_steps=30, checkpoint_every=1000, resume="latest")
+    assert train(more, encode=slow(0.03)).steps == 30  # the rest, up to the cap
 
 
 def slow(seconds: float):

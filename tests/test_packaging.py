@@ -3,6 +3,7 @@ every package listed, the service installed as ``hsrl_service``, and ``hsrl --ve
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.metadata
 import json
 import os
@@ -75,6 +76,12 @@ def test_every_package_is_listed_and_the_service_installs_as_hsrl_service() -> N
     missing = (on_disk | data_only) ^ listed
     assert not missing, f"add new packages to [tool.setuptools] packages: {sorted(missing)}"
     assert set(settings["package-data"]) >= data_only
+    # Every shipped corpus file matches a package-data pattern, WordNet's licence included (its terms ask that the
+    # notice travel with every copy of the data).
+    corpora = [p.name for p in (ROOT / "hsrl" / "data" / "corpora").iterdir() if p.is_file()]
+    patterns = settings["package-data"]["hsrl.data.corpora"]
+    assert "WORDNET_LICENSE" in corpora and "wordnet_glosses.jsonl.gz" in corpora
+    assert all(any(fnmatch.fnmatch(name, pattern) for pattern in patterns) for name in corpora)
     assert not any(name == "service" or name.startswith("service.") for name in listed)
     import hsrl_service.app
 

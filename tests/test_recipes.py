@@ -87,3 +87,18 @@ def test_quickstart_bad_input_is_one_line(tmp_path: Path, args: list[str], messa
         # launcher then adds its own report)
         launched = launch("quickstart.py", "--output-dir", str(tmp_path), *args, timeout=120)
         assert launched.returncode != 0 and message in launched.stderr
+
+
+def test_quickstart_steps_default_to_400_only_without_a_time_budget() -> None:
+    """A default step count next to --time-budget-min would cap the budget (--max-steps is a cap there): the
+    quick start's 400 steps apply only when no budget is given, and a --max-steps the user gives stays a cap."""
+    sys.path.insert(0, str(ROOT / "recipes"))
+    try:
+        from quickstart import QUICKSTART_STEPS, QuickstartConfig
+    finally:
+        sys.path.remove(str(ROOT / "recipes"))
+    from hsrl.cli.config import parse_config
+
+    assert parse_config(QuickstartConfig, []).max_steps == QUICKSTART_STEPS == 400
+    assert parse_config(QuickstartConfig, ["--time-budget-min", "10"]).max_steps is None
+    assert parse_config(QuickstartConfig, ["--time-budget-min", "10", "--max-steps", "7"]).max_steps == 7

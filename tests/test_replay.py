@@ -41,7 +41,7 @@ def test_wordnet_glosses_are_one_sentence_definitions_of_every_part_of_speech_an
     sentences = SentenceCorpus.from_documents(documents).sentences
     assert len(sentences) == 2927  # every 30th of the 87,808 definitions of six words or more
     assert all(len(s.split()) >= 6 and not s[0].islower() and s.endswith(".") for s in sentences)
-    assert not any('; "' in s for s in sentences)  # the quoted usage examples are cut off
+    assert not any('; "' in s for s in sentences)  # examples after the '; "' separator are cut off
     assert load_replay_documents("wordnet") == documents
     # A replay corpus must never be an evaluation set: no Factbook sentence is in it.
     factbook = {s for d in load_factbook() for s in d.sentences}

@@ -95,10 +95,9 @@ class StepPlanner:
             return None
         per_step = seconds / steps
         remaining = max(0.0, self.budget_seconds - elapsed)
-        # At least one more step (the caller stops on the plan or the budget, whichever is first), at most the cap.
-        self.planned = max(step + 1, step + math.floor(remaining / per_step))
-        if self.max_steps is not None:
-            self.planned = max(step, min(self.planned, self.max_steps))
+        # At least one more step (the caller stops on the plan or the budget, whichever is first), at most the cap
+        # (which may be the step just done).
+        self.planned = max(step, self._capped(max(step + 1, step + math.floor(remaining / per_step))))
         passed = math.floor(elapsed / (self.revise_every * self.budget_seconds)) + 1
         self._next_revision = passed * self.revise_every * self.budget_seconds
         return self.planned

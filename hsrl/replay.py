@@ -32,18 +32,15 @@ loss (``regularizer=``), with or without gradient caching.
 
 from __future__ import annotations
 
-import gzip
-import json
 import re
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from hsrl.data.text import Document, SentenceCorpus
+from hsrl.data.text import Document, SentenceCorpus, read_shipped_corpus
 from hsrl.data.text_sources import read_documents
 
 __all__ = ["REPLAY_CORPORA", "ReplayAnchor", "load_python_reference", "load_replay_documents", "load_wordnet_glosses"]
@@ -87,11 +84,8 @@ def load_wordnet_glosses() -> list[Document]:
     built by ``tools/build_wordnet_glosses.py`` (WordNet 3.0 licence in ``hsrl/data/corpora/WORDNET_LICENSE``).
     One document per part of speech, glosses in WordNet's file order.
     """
-    resource = resources.files("hsrl.data").joinpath(_WORDNET_RESOURCE)
-    with resource.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as lines:
-        rows = [json.loads(line) for line in lines]
     by_pos: dict[str, list[str]] = {}
-    for row in rows:
+    for row in read_shipped_corpus(_WORDNET_RESOURCE):
         by_pos.setdefault(row["pos"], []).append(row["text"])
     return [Document.from_paragraphs(f"wordnet/{pos}", glosses) for pos, glosses in by_pos.items()]
 

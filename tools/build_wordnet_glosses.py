@@ -82,10 +82,9 @@ def main(argv: list[str]) -> int:
     if not (args.folder / "data.noun").is_file() or args.every < 1:
         print(f"error: {args.folder} has no data.noun, or --every < 1", file=sys.stderr)
         return 2
-    folder = args.folder
     rows = []
     for pos in PARTS_OF_SPEECH:
-        for line in (folder / f"data.{pos}").read_text(encoding="latin-1").splitlines():
+        for line in (args.folder / f"data.{pos}").read_text(encoding="latin-1").splitlines():
             text = definition(line)
             if text is not None:
                 rows.append({"pos": pos, "offset": line.split(" ", 1)[0], "text": text})

@@ -41,6 +41,7 @@ __all__ = [
     "load_austen",
     "load_factbook",
     "neighbour_pairs",
+    "read_shipped_corpus",
     "split_sentences",
 ]
 
@@ -146,11 +147,18 @@ def split_sentences(text: str) -> list[str]:
 # ---------------------------------------------------------------------------------------
 
 
+def read_shipped_corpus(resource: str) -> list[dict]:
+    """The records of a corpus shipped inside hsrl (``resource`` under ``hsrl/data``, gzipped JSON lines)."""
+    with (
+        resources.files("hsrl.data").joinpath(resource).open("rb") as raw,
+        gzip.open(raw, "rt", encoding="utf-8") as lines,
+    ):
+        return [json.loads(line) for line in lines]
+
+
 @functools.lru_cache(maxsize=1)
 def _austen_paragraphs() -> tuple[tuple[str, int, str], ...]:
-    resource = resources.files("hsrl.data").joinpath(_AUSTEN_RESOURCE)
-    with resource.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as lines:
-        rows = [json.loads(line) for line in lines]
+    rows = read_shipped_corpus(_AUSTEN_RESOURCE)
     return tuple((r["book"], r["chapter"], r["text"]) for r in rows)
 
 
@@ -191,9 +199,7 @@ def _austen_chapters(book: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
 
 @functools.lru_cache(maxsize=1)
 def _factbook_paragraphs() -> tuple[tuple[str, str], ...]:
-    resource = resources.files("hsrl.data").joinpath(_FACTBOOK_RESOURCE)
-    with resource.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as lines:
-        rows = [json.loads(line) for line in lines]
+    rows = read_shipped_corpus(_FACTBOOK_RESOURCE)
     return tuple((f"{r['region']}/{r['code']}", r["text"]) for r in rows)
 
 

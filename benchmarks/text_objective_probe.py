@@ -201,48 +201,14 @@ def probe(args: argparse.Namespace) -> None:
 
 
 #: Capitalised words that are not a character's or a place's name: titles, days, months and the like.
-NOT_NAMES = frozenset(
-    [
-        "Mr",
-        "Mrs",
-        "Miss",
-        "Sir",
-        "Lady",
-        "Lord",
-        "Colonel",
-        "Captain",
-        "Admiral",
-        "Dr",
-        "Rev",
-        "General",
-        "Major",
-        "Madam",
-        "Ma",
-        "God",
-        "Christmas",
-        "England",
-        "English",
-        "Monday",
-        "Tuesday",
-        "Wednesday",
-        "Thursday",
-        "Friday",
-        "Saturday",
-        "Sunday",
-        "January",
-        "February",
-        "March",
-        "April",
-        "May",
-        "June",
-        "July",
-        "August",
-        "September",
-        "October",
-        "November",
-        "December",
-    ]
-)
+# fmt: off
+NOT_NAMES = frozenset([
+    "Mr", "Mrs", "Miss", "Sir", "Lady", "Lord", "Colonel", "Captain", "Admiral", "Dr", "Rev", "General", "Major",
+    "Madam", "Ma", "God", "Christmas", "England", "English", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday",
+    "Saturday", "Sunday", "January", "February", "March", "April", "May", "June", "July", "August", "September",
+    "October", "November", "December",
+])
+# fmt: on
 
 
 def _name_swapper(sentences: list[str], draw: random.Random):

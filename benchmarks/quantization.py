@@ -64,7 +64,7 @@ def next_sentence_metrics(vectors: np.ndarray, docs: list[int], search=None) -> 
     relevant = [{str(q + 1)} for q in queries]
     metrics = compute_metrics(rankings, relevant, accuracy_at_k=(), precision_recall_at_k=(10,), mrr_at_k=(),
                               ndcg_at_k=(10,), map_at_k=())  # fmt: skip
-    # Per query, for the paired bootstrap: 1 when the successor is among the 10 (recall@10 of one relevant item).
+    # Per query, for McNemar's test (paired_change): 1 when the successor is among the 10.
     hits = np.array([str(q + 1) in {doc for _, doc in ranking} for q, ranking in zip(queries, rankings, strict=True)])
     return {"recall@10": metrics["recall@10"], "ndcg@10": metrics["ndcg@10"], "queries": len(queries), "hits": hits}
 

@@ -15,8 +15,8 @@ text after ``|`` up to the first quoted example), capitalised and ended with a f
 words; then every 30th of those in file order (2,927 of 87,808), a sample in proportion to the parts of speech
 (2,301 nouns, 365 adjectives, 225 verbs, 36 adverbs) and spread over WordNet's lexicographer files. Examples
 quoted without the ``; "`` separator stay in (a few dozen glosses). Writes
-``hsrl/data/corpora/wordnet_glosses.jsonl.gz`` (one record per gloss) and copies WordNet's licence next to it
-(``WORDNET_LICENSE``), as that licence asks of every copy.
+``hsrl/data/corpora/wordnet_glosses.jsonl.gz`` (one record per gloss); WordNet's licence lies next to it in the
+repository (``WORDNET_LICENSE``), as that licence asks of every copy, and the build refuses to write without it.
 """
 
 from __future__ import annotations
@@ -29,36 +29,10 @@ from pathlib import Path
 
 CORPORA = Path(__file__).resolve().parents[1] / "hsrl" / "data" / "corpora"
 OUTPUT = CORPORA / "wordnet_glosses.jsonl.gz"
+LICENSE = CORPORA / "WORDNET_LICENSE"
 PARTS_OF_SPEECH = ("noun", "verb", "adj", "adv")
 EVERY = 30
 MIN_WORDS = 6
-
-LICENSE = """\
-WordNet Release 3.0
-
-This software and database is being provided to you, the LICENSEE, by Princeton University under the following
-license. By obtaining, using and/or copying this software and database, you agree that you have read, understood,
-and will comply with these terms and conditions.:
-
-Permission to use, copy, modify and distribute this software and database and its documentation for any purpose
-and without fee or royalty is hereby granted, provided that you agree to comply with the following copyright
-notice and statements, including the disclaimer, and that the same appear on ALL copies of the software, database
-and documentation, including modifications that you make for internal use or for distribution.
-
-WordNet 3.0 Copyright 2006 by Princeton University. All rights reserved.
-
-THIS SOFTWARE AND DATABASE IS PROVIDED "AS IS" AND PRINCETON UNIVERSITY MAKES NO REPRESENTATIONS OR WARRANTIES,
-EXPRESS OR IMPLIED. BY WAY OF EXAMPLE, BUT NOT LIMITATION, PRINCETON UNIVERSITY MAKES NO REPRESENTATIONS OR
-WARRANTIES OF MERCHANT- ABILITY OR FITNESS FOR ANY PARTICULAR PURPOSE OR THAT THE USE OF THE LICENSED SOFTWARE,
-DATABASE OR DOCUMENTATION WILL NOT INFRINGE ANY THIRD PARTY PATENTS, COPYRIGHTS, TRADEMARKS OR OTHER RIGHTS.
-
-The name of Princeton University or Princeton may not be used in advertising or publicity pertaining to
-distribution of the software and/or database. Title to copyright in this software, database and any associated
-documentation shall at all times remain with Princeton University and LICENSEE agrees to preserve same.
-
-(hsrl ships a sample of WordNet 3.0's glosses, hsrl/data/corpora/wordnet_glosses.jsonl.gz, built by
-tools/build_wordnet_glosses.py from Debian's wordnet-base package.)
-"""
 
 
 def definition(line: str) -> str | None:
@@ -82,6 +56,9 @@ def main(argv: list[str]) -> int:
     if not (args.folder / "data.noun").is_file() or args.every < 1:
         print(f"error: {args.folder} has no data.noun, or --every < 1", file=sys.stderr)
         return 2
+    if args.output is None and not LICENSE.is_file():
+        print(f"error: {LICENSE} is missing: WordNet's licence must ship next to its glosses", file=sys.stderr)
+        return 2
     rows = []
     for pos in PARTS_OF_SPEECH:
         for line in (args.folder / f"data.{pos}").read_text(encoding="latin-1").splitlines():
@@ -96,7 +73,6 @@ def main(argv: list[str]) -> int:
     # mtime=0: the same input gives byte-identical output.
     with open(OUTPUT, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
         out.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in sample).encode("utf-8"))
-    (CORPORA / "WORDNET_LICENSE").write_text(LICENSE, encoding="utf-8")
     print(f"{len(sample)} of {len(rows)} glosses -> {OUTPUT}")
     return 0
 

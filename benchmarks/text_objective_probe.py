@@ -88,6 +88,7 @@ def probe(args: argparse.Namespace) -> None:
     import torch
 
     from hsrl.data.text import SentencePairDataset, austen_splits, load_factbook
+    from hsrl.data.text_sources import read_documents
     from hsrl.evaluation.text import evaluate_text_encoder
     from hsrl.losses import HypersphereLoss
     from hsrl.models.text import build_text_encoder, freeze_lower_layers, pair_collate, pair_encoder
@@ -101,7 +102,10 @@ def probe(args: argparse.Namespace) -> None:
     train_docs, heldout = austen_splits()
     factbook = load_factbook()
     # --oracle trains on the held-out book itself: not a setting, a ceiling (how far this budget could go at all)
-    pairs = SentencePairDataset.from_documents(heldout if args.oracle else train_docs, context_size=args.context_size)
+    # --extra-text: other books' neighbour pairs join the five novels' (each file's documents are one more "book")
+    extra = [doc for path in args.extra_text for doc in read_documents(path)]
+    pairs = SentencePairDataset.from_documents(heldout if args.oracle else train_docs + extra,
+                                               context_size=args.context_size)  # fmt: skip
     if args.min_words > 1:  # drop pairs with a fragment ("Yes." / "Oh!") on either side: nothing to retrieve by
         kept = [
             k
@@ -144,13 +148,14 @@ def probe(args: argparse.Namespace) -> None:
         return one_book + order[position - n : position]
 
     swap = _name_swapper(pairs.sentences, draw) if args.swap_names else None
-    optimizer = torch.optim.Adam([p for p in encoder.parameters() if p.requires_grad], lr=args.lr)
+    optimizer = torch.optim.Adam(_parameter_groups(encoder, args.lr, args.llrd), lr=args.lr)
     # the recipe's --lr-schedule cosine (min 0, no warm-up) when asked; constant otherwise
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / args.steps)) if args.schedule == "cosine" else 1.0
     )
     log: list[dict] = []
-    encoder.train()
+    # --no-dropout: train with the encoder in eval mode (dropout off; MiniLM has no batch norm, so nothing else changes)
+    encoder.train(not args.no_dropout)
     seconds = 0.0
 
     # --ema D: an exponential moving average of the weights, w̄ ← D·w̄ + (1 − D)·w after every step, evaluated too
@@ -165,13 +170,14 @@ def probe(args: argparse.Namespace) -> None:
             averaged = evaluate_text_encoder(encoder, heldout, eval_sets={"factbook": factbook})
             encoder.load_state_dict(trained)
             row["ema"] = {k: averaged[k] for k in METRICS}
-        encoder.train()
+        encoder.train(not args.no_dropout)
         log.append(row)
         print(json.dumps(log[-1]), flush=True)
         (out / "log.json").write_text(json.dumps({"args": vars(args), "log": log}, indent=1))
 
     if 0 in args.eval_at:
         evaluate(0)
+    memory = (torch.empty(0, 384), torch.empty(0, 384))  # --memory: the last steps' x and y rows, newest first
     for step in range(1, args.steps + 1):
         started = time.perf_counter()
         items = [pairs[i] for i in batch(args.batch - n_replay)]
@@ -181,7 +187,12 @@ def probe(args: argparse.Namespace) -> None:
             items += [pooled[i] for i in draw.sample(range(len(pooled)), n_replay)]
         with torch.autocast("cpu", dtype=torch.bfloat16):
             x, y = encode(encoder, collate(items))
-            value = loss(x.float(), y.float())
+            x, y = x.float(), y.float()
+            value = loss(x, y)
+            if args.memory:
+                value = value + _memory_contrastive(x, y, memory, args.memory_tau)
+                memory = (torch.cat([x.detach(), memory[0]])[: args.memory],
+                          torch.cat([y.detach(), memory[1]])[: args.memory])  # fmt: skip
             if anchor is not None:
                 value = value + anchor(encoder, step)
         value.backward()
@@ -198,6 +209,39 @@ def probe(args: argparse.Namespace) -> None:
             print(f"step {step} loss {value.item():.4f} {seconds:.0f}s", flush=True)
         if step in args.eval_at:
             evaluate(step)
+
+
+def _parameter_groups(encoder, lr: float, decay: float) -> list[dict]:
+    """Adam's parameter groups: one at ``lr``, or (``decay`` < 1, layer-wise decay) the top transformer layer and
+    what follows it at ``lr``, each layer below at ``decay`` times the one above, the embeddings lowest."""
+    trainable = [(name, p) for name, p in encoder.named_parameters() if p.requires_grad]
+    if decay >= 1.0:
+        return [{"params": [p for _, p in trainable], "lr": lr}]
+    depth = len(encoder[0].auto_model.encoder.layer)
+    groups: dict[int, list] = {}
+    for name, p in trainable:
+        if ".embeddings." in name:
+            level = 0
+        elif ".encoder.layer." in name:
+            level = int(name.split(".encoder.layer.")[1].split(".")[0]) + 1
+        else:
+            level = depth
+        groups.setdefault(level, []).append(p)
+    return [{"params": ps, "lr": lr * decay ** (depth - min(level, depth))} for level, ps in sorted(groups.items())]
+
+
+def _memory_contrastive(x, y, memory, tau: float):
+    r"""Symmetric InfoNCE with in-batch *and* remembered negatives (a cross-batch memory):
+    :math:`\tfrac12[\mathrm{CE}(x Y^\top/\tau) + \mathrm{CE}(y X^\top/\tau)]`, ``Y`` = this batch's ``y`` rows then
+    the memory's, ``X`` likewise; row ``i``'s positive is column ``i``. With an empty memory it is the loss's own
+    ``contrastive`` term."""
+    import torch
+    import torch.nn.functional as F
+
+    target = torch.arange(len(x))
+    forward = F.cross_entropy(x @ torch.cat([y, memory[1]]).T / tau, target)
+    backward = F.cross_entropy(y @ torch.cat([x, memory[0]]).T / tau, target)
+    return (forward + backward) / 2
 
 
 #: Capitalised words that are not a character's or a place's name: titles, days, months and the like.
@@ -254,7 +298,9 @@ def table() -> list[str]:
         "Each probe: `python benchmarks/text_objective_probe.py NAME --loss LOSS --lr LR [--schedule cosine] "
         "[--batch B] [--seed S] [--same-book] [--replay wordnet|pydoc|PATH --replay-mode anchor|pooled "
         "--replay-weight MU --replay-sentences R] [--book-mix F] [--context-size K] [--min-words W] [--swap-names] "
-        "[--freeze-layers N] [--ema D] [--oracle] --steps N --eval-at ...` (two at a time, one intra-op thread "
+        "[--freeze-layers N] [--ema D] [--extra-text FILE ...] [--memory M --memory-tau T] [--llrd D] [--no-dropout] "
+        "[--oracle] "
+        "--steps N --eval-at ...` (two at a time, one intra-op thread "
         "each, on 2 cores); this table: `python benchmarks/text_objective_probe.py --table --output FILE`.",
         "",
         "| probe | objective | pairs | replay | lr | step | Persuasion recall@10 | align | uniform "
@@ -284,6 +330,17 @@ def table() -> list[str]:
             batch += f", ±{a['context_size']} neighbours"
         if a.get("min_words", 1) > 1:
             batch += f", sentences of ≥ {a['min_words']} words"
+        if a.get("extra_text"):
+            batch += " + " + " + ".join(Path(f).name.split(".")[0] for f in a["extra_text"])
+        if a.get("llrd", 1.0) < 1.0:
+            schedule += f" at the top layer, ×{a['llrd']:g} a layer down"
+        objective = (
+            a["loss"]
+            if not a.get("memory")
+            else (f"{a['loss']} + memory contrastive, tau={a['memory_tau']:g}, {a['memory']} remembered rows")
+        )
+        if a.get("no_dropout"):
+            schedule += ", dropout off"
         if a.get("freeze_layers"):
             schedule += f", embeddings + {a['freeze_layers']} layers frozen"
         rows = []
@@ -295,7 +352,7 @@ def table() -> list[str]:
             worse = {k: "" if row[k] < untouched[k] else " ✗" for k in ("align", "uniform")}
             recall, factbook = row["recall@10"], row["factbook_recall@10"]
             lines.append(
-                f"| {name} | `{a['loss']}` | {'same-book' if a['same_book'] else 'shuffled'}{batch} | {replay} "
+                f"| {name} | `{objective}` | {'same-book' if a['same_book'] else 'shuffled'}{batch} | {replay} "
                 f"| {a['lr']:g}{schedule} | {row['step']} | {recall:.4f} ({recall / untouched['recall@10']:.2f}×) "
                 f"| {row['align']:.3f}{worse['align']} | {row['uniform']:.3f}{worse['uniform']} "
                 f"| {factbook:.4f} ({factbook / untouched['factbook_recall@10']:.2f}×) |"
@@ -320,6 +377,16 @@ def main() -> int:
     parser.add_argument("--book-mix", type=float, default=0.0, help="share of each batch's pairs from one book")
     parser.add_argument("--context-size", type=int, default=1, help="neighbours within this many sentences pair up")
     parser.add_argument("--min-words", type=int, default=1, help="drop pairs with a sentence of fewer words")
+    parser.add_argument("--extra-text", nargs="*", default=[], help="more books (text files) to train on")
+    parser.add_argument(
+        "--memory",
+        type=int,
+        default=0,
+        help="add a contrastive term whose negatives include the last M steps' rows (0: none)",
+    )
+    parser.add_argument("--memory-tau", type=float, default=0.05)
+    parser.add_argument("--llrd", type=float, default=1.0, help="layer-wise lr decay (1: one lr for all)")
+    parser.add_argument("--no-dropout", action="store_true", help="train with dropout off")
     parser.add_argument("--oracle", action="store_true", help="train on Persuasion itself (a ceiling, not a setting)")
     parser.add_argument("--swap-names", action="store_true", help="replace each pair's names by random ones")
     parser.add_argument("--ema", type=float, default=0.0, help="also evaluate an EMA of the weights (decay)")

@@ -49,6 +49,7 @@ __all__ = [
     "load_eval_documents",
     "neighbour_retrieval",
     "senteval",
+    "sphere_metrics",
     "summary_block",
 ]
 
@@ -122,7 +123,7 @@ def eval_set_name(name: str) -> str:
     return name if name in EMBEDDED_EVAL_SETS else Path(name).name.split(".")[0]
 
 
-def _sphere_metrics(z: Tensor, doc_ids: Sequence[int]) -> dict[str, float]:
+def sphere_metrics(z: Tensor, doc_ids: Sequence[int]) -> dict[str, float]:
     """Alignment of consecutive sentences, uniformity, and next-sentence retrieval."""
     pairs = torch.tensor([(i, i + 1) for i in range(len(doc_ids) - 1) if doc_ids[i] == doc_ids[i + 1]])
     return {
@@ -227,11 +228,11 @@ def evaluate_text_encoder(
     sentences, doc_ids = corpus.sentences, corpus.doc_ids
     if max_sentences is not None:
         sentences, doc_ids = sentences[:max_sentences], doc_ids[:max_sentences]
-    metrics = {**_sphere_metrics(encode(sentences), doc_ids), "heldout_sentences": float(len(sentences))}
+    metrics = {**sphere_metrics(encode(sentences), doc_ids), "heldout_sentences": float(len(sentences))}
     for name, documents in (eval_sets or {}).items():
         other = SentenceCorpus.from_documents(documents)
         keep = slice(None) if max_sentences is None else slice(max_sentences)
-        results = _sphere_metrics(encode(other.sentences[keep]), other.doc_ids[keep])
+        results = sphere_metrics(encode(other.sentences[keep]), other.doc_ids[keep])
         metrics.update({f"{name}_{key}": value for key, value in results.items()})
     if attribution:
         # The cap holds here too: up to ``max_sentences`` passages per split (at least 5 per book).

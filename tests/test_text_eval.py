@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from hsrl.data.text import load_austen
-from hsrl.evaluation.text import book_attribution, format_comparison, neighbour_retrieval, senteval
+from hsrl.evaluation.text import book_attribution, format_comparison, neighbour_retrieval, senteval, sphere_metrics
 
 
 def test_neighbour_retrieval_on_hand_checkable_embeddings() -> None:
@@ -22,6 +22,19 @@ def test_neighbour_retrieval_on_hand_checkable_embeddings() -> None:
     assert result == pytest.approx({"recall@1": 1 / 3, "recall@2": 2 / 3, "mrr@10": (1 + 1 / 2 + 1 / 3) / 3})
     # A document boundary removes the query across it.
     assert neighbour_retrieval(z, [0, 0, 1, 1], ks=(1,))["recall@1"] == pytest.approx(0.5)
+
+
+def test_sphere_metrics_pairs_only_consecutive_sentences_of_one_document() -> None:
+    # The same four points; documents [0, 0, 1, 1] leave two neighbour pairs, (0, 1) and (2, 3).
+    angles = torch.tensor([0.0, 0.5, 1.2, 3.0])
+    z = torch.stack([angles.cos(), angles.sin()], dim=1)
+    result = sphere_metrics(z, [0, 0, 1, 1])
+    chord2 = lambda a, b: float((z[a] - z[b]).pow(2).sum())  # noqa: E731
+    assert result["align"] == pytest.approx((chord2(0, 1) + chord2(2, 3)) / 2, rel=1e-5)
+    pairwise = [chord2(i, j) for i in range(4) for j in range(i + 1, 4)]
+    expected_uniform = torch.tensor(pairwise).mul(-2).exp().mean().log()
+    assert result["uniform"] == pytest.approx(float(expected_uniform), rel=1e-5)
+    assert result["recall@1"] == pytest.approx(0.5)
 
 
 def test_format_comparison_marks_improvements_in_the_right_direction() -> None:

@@ -111,7 +111,7 @@ def probe(args: argparse.Namespace) -> None:
     from hsrl.data.text import SentencePairDataset, austen_splits, load_factbook
     from hsrl.data.text_sources import read_documents
     from hsrl.evaluation.text import evaluate_text_encoder
-    from hsrl.losses import HypersphereLoss
+    from hsrl.losses import HypersphereLoss, contrastive_loss
     from hsrl.models.text import build_text_encoder, freeze_lower_layers, pair_collate, pair_encoder
     from hsrl.replay import ReplayAnchor, load_replay_documents
 
@@ -215,7 +215,7 @@ def probe(args: argparse.Namespace) -> None:
             if hard is not None:  # one mined negative per pair: a sentence of the same book that looks like x_i
                 texts = [pairs.sentences[draw.choice(hard[pairs.pairs[i][0]])] for i in chosen]
                 h = encoder(dict(encoder.preprocess(texts)))["sentence_embedding"].float()
-                value = value + _memory_contrastive(x, y, (h, h), args.memory_tau)
+                value = value + contrastive_loss(x, y, tau=args.memory_tau, extra_negatives=h)
             if args.memory:
                 value = value + _memory_contrastive(x, y, memory, args.memory_tau)
                 memory = (torch.cat([x.detach(), memory[0]])[: args.memory],

@@ -307,6 +307,7 @@ def contrastive_loss(
     symmetric: bool = True,
     normalize: bool = False,
     rows: slice | None = None,
+    extra_negatives: Tensor | None = None,
 ) -> Tensor:
     r"""InfoNCE, the paper's contrastive loss, as cross-entropy on ``f(x)ᵀf(y)/τ`` logits.
 
@@ -321,6 +322,10 @@ def contrastive_loss(
     * Explicit negatives: ``negatives`` is an ``(M, d)`` tensor (e.g. a MoCo queue)
       shared by every row; the logits of row ``i`` are ``[x_iᵀy_i, x_iᵀn_1, ..., x_iᵀn_M] / τ``
       and ``symmetric`` is ignored.
+    * In-batch *and* extra negatives: ``extra_negatives`` is an ``(M, d)`` tensor (e.g. mined hard negatives, one
+      per pair) appended to every row's negatives in both directions: row ``i`` of ``y`` is scored against every
+      row of ``x`` and every extra negative, and with ``symmetric=True`` row ``i`` of ``x`` against every row of
+      ``y`` and every extra negative (:math:`M = N - 1 + M_{extra}`).
 
     Args:
         x: ``(N, d)`` L2-normalised embeddings.
@@ -329,6 +334,7 @@ def contrastive_loss(
         negatives: optional ``(M, d)`` explicit negatives.
         symmetric: average both directions with in-batch negatives.
         normalize: normalise the rows instead of raising when they are not unit vectors.
+        extra_negatives: optional ``(M, d)`` negatives added to the in-batch ones (not with ``negatives``).
         rows: with in-batch negatives, only these rows' share (their cross-entropies against the whole batch,
             divided by ``N``): shares over a partition of the rows add up to the loss.
 
@@ -344,11 +350,13 @@ def contrastive_loss(
     _check_positive(tau, "tau")
     x = _on_sphere(x, "x", normalize)
     y = _on_sphere(y, "y", normalize)
+    if negatives is not None and extra_negatives is not None:
+        raise ValueError("give negatives (instead of the in-batch ones) or extra_negatives (beside them), not both")
     if negatives is not None:
-        _check_embeddings(negatives, "negatives")
-        if negatives.shape[1] != x.shape[1]:
-            raise ValueError(f"negatives must have {x.shape[1]} columns, got shape {tuple(negatives.shape)}")
-        negatives = _on_sphere(negatives, "negatives", normalize)
+        negatives = _checked_negatives(negatives, "negatives", x.shape[1], normalize)
+    if extra_negatives is not None:
+        # none at all is allowed: a step whose pairs had nothing to mine is still the in-batch loss
+        extra_negatives = _checked_negatives(extra_negatives, "extra_negatives", x.shape[1], normalize, min_rows=0)
     # Logits and cross-entropy in at least float32, even under autocast: half-precision
     # logits divided by a small tau lose the differences the loss is about.
     with torch.autocast(device_type=x.device.type, enabled=False):
@@ -359,19 +367,35 @@ def contrastive_loss(
             logits = torch.cat([positive, xf @ nf.T], dim=1) / tau
             target = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
             return F.cross_entropy(logits, target)
+        # Columns a row is scored against: the other view's rows, then any extra negatives.
+        x_columns, y_columns = xf, yf
+        if extra_negatives is not None:
+            ef = extra_negatives.to(xf.dtype)
+            x_columns, y_columns = torch.cat([xf, ef]), torch.cat([yf, ef])
         if rows is not None:  # this process's rows against the whole batch, both directions
             start, stop, _ = rows.indices(x.shape[0])
             target = torch.arange(start, stop, device=x.device)
-            loss = F.cross_entropy((yf[rows] @ xf.T) / tau, target, reduction="sum") / x.shape[0]
+            loss = F.cross_entropy((yf[rows] @ x_columns.T) / tau, target, reduction="sum") / x.shape[0]
             if symmetric:
-                loss = (loss + F.cross_entropy((xf[rows] @ yf.T) / tau, target, reduction="sum") / x.shape[0]) / 2
+                backward = F.cross_entropy((xf[rows] @ y_columns.T) / tau, target, reduction="sum") / x.shape[0]
+                loss = (loss + backward) / 2
             return loss
-        logits = (yf @ xf.T) / tau  # row i: y_i against every x; the paper's denominator
         target = torch.arange(x.shape[0], device=x.device)
-        loss = F.cross_entropy(logits, target)
+        if extra_negatives is None:  # one product serves both directions
+            logits = (yf @ xf.T) / tau  # row i: y_i against every x; the paper's denominator
+            loss = F.cross_entropy(logits, target)
+            return (loss + F.cross_entropy(logits.T, target)) / 2 if symmetric else loss
+        loss = F.cross_entropy((yf @ x_columns.T) / tau, target)
         if symmetric:
-            loss = (loss + F.cross_entropy(logits.T, target)) / 2
+            loss = (loss + F.cross_entropy((xf @ y_columns.T) / tau, target)) / 2
         return loss
+
+
+def _checked_negatives(negatives: Tensor, name: str, columns: int, normalize: bool, min_rows: int = 1) -> Tensor:
+    _check_embeddings(negatives, name, min_rows=min_rows)
+    if negatives.shape[1] != columns:
+        raise ValueError(f"{name} must have {columns} columns, got shape {tuple(negatives.shape)}")
+    return negatives if len(negatives) == 0 else _on_sphere(negatives, name, normalize)
 
 
 # --------------------------------------------------------------------------- Quick-Thought

@@ -220,6 +220,29 @@ def test_contrastive_with_explicit_negatives(n, m, tau, seed) -> None:
     torch.testing.assert_close(contrastive_loss(x, y, tau=tau, negatives=negatives), expected, rtol=1e-9, atol=1e-10)
 
 
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(2, 8), m=st.integers(0, 12), tau=st.floats(0.05, 2.0), seed=st.integers(0, 2**16))
+def test_contrastive_with_extra_negatives_beside_the_batch(n, m, tau, seed) -> None:
+    """Each direction's denominator: the other view's N rows and the M extra negatives (written out by hand)."""
+    x, y, extra = sphere(n, 5, seed), sphere(n, 5, seed + 1), sphere(m, 5, seed + 2)
+
+    def direction(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        terms = []
+        for i in range(n):
+            denominator = torch.exp(b @ a[i] / tau).sum() + torch.exp(extra @ a[i] / tau).sum()
+            terms.append(-torch.log(torch.exp(a[i] @ b[i] / tau) / denominator))
+        return torch.stack(terms).mean()
+
+    expected = (direction(y, x) + direction(x, y)) / 2
+    torch.testing.assert_close(contrastive_loss(x, y, tau=tau, extra_negatives=extra), expected, rtol=1e-9, atol=1e-10)
+    # Its per-process shares still add up to it (what the multi-process loss sums).
+    cut = n // 2
+    shares = sum(contrastive_loss(x, y, tau=tau, extra_negatives=extra, rows=r) for r in (slice(0, cut), slice(cut, n)))
+    torch.testing.assert_close(shares, expected, rtol=1e-9, atol=1e-10)
+    if m == 0:  # no extra negative: the in-batch loss itself
+        torch.testing.assert_close(expected, contrastive_loss(x, y, tau=tau), rtol=1e-9, atol=1e-10)
+
+
 def test_theorem1_limit_is_approached_as_negatives_grow() -> None:
     """L_contrastive - log M tends to -E[xᵀy]/τ + E_x log E_{x⁻} e^{x⁻ᵀx/τ} (Theorem 1)."""
     tau, d = 0.5, 3
@@ -296,6 +319,13 @@ def test_hypersphere_loss_contrastive_plus_uniform() -> None:
         (lambda: contrastive_loss(sphere(4, 3, 0), sphere(4, 3, 1), tau=0), "tau"),
         (lambda: contrastive_loss(sphere(1, 3, 0), sphere(1, 3, 1)), "at least 2 rows"),
         (lambda: contrastive_loss(sphere(2, 3, 0), sphere(2, 3, 1), negatives=sphere(3, 4, 0)), "columns"),
+        (lambda: contrastive_loss(sphere(2, 3, 0), sphere(2, 3, 1), extra_negatives=sphere(3, 4, 0)), "columns"),
+        (
+            lambda: contrastive_loss(
+                sphere(2, 3, 0), sphere(2, 3, 1), negatives=sphere(3, 3, 0), extra_negatives=sphere(3, 3, 1)
+            ),
+            "not both",
+        ),
         (lambda: uniform_loss(torch.tensor([[1.0, 0.0], [float("nan"), 0.0]])), "NaN or infinite"),
         (lambda: uniform_loss(torch.tensor([[1.0, 0.0], [3.0, 4.0]])), "not L2-normalised"),
         (lambda: align_loss(torch.ones(2, 2, dtype=torch.long), torch.ones(2, 2, dtype=torch.long)), "floating"),

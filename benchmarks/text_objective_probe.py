@@ -258,31 +258,14 @@ def _parameter_groups(encoder, lr: float, decay: float) -> list[dict]:
 
 
 def _hard_negative_candidates(encoder, pairs, k: int) -> dict[int, list[int]]:
-    """For each pair's first sentence: the ``k`` sentences of its book the *starting* model puts nearest to it,
-    leaving out itself, the sentences within two places of it, and any with the same text as it or its neighbour
-    (mined once, before training, as DPR's BM25 negatives are; ``k`` > 1 so a step draws one at random)."""
-    import torch
-
+    """:func:`hsrl.data.hard_negatives.mine_hard_negatives` with the *starting* model's embeddings (mined once,
+    before training); a first sentence with no candidate at all (none in a large book) gets one fixed sentence."""
+    from hsrl.data.hard_negatives import mine_hard_negatives
     from hsrl.models.text import encode_texts
 
     z = encode_texts(encoder, pairs.sentences)
-    book_of: dict[int, str] = {}
-    neighbour_of: dict[int, int] = {}
-    for (i, j), book in zip(pairs.pairs, pairs.groups, strict=True):
-        book_of[i] = book_of[j] = book
-        neighbour_of.setdefault(i, j)
-    candidates: dict[int, list[int]] = {}
-    for book in sorted(set(book_of.values())):
-        members = torch.tensor(sorted(i for i, b in book_of.items() if b == book))
-        queries = [i for i in members.tolist() if i in neighbour_of]
-        for chunk in torch.tensor(queries).split(1024):
-            scores = z[chunk] @ z[members].T
-            scores[(chunk[:, None] - members[None, :]).abs() <= 2] = float("-inf")
-            for query, row in zip(chunk.tolist(), scores.topk(k + 8, dim=1).indices.tolist(), strict=True):
-                same = {pairs.sentences[query], pairs.sentences[neighbour_of[query]]}
-                found = [m for m in members[row].tolist() if pairs.sentences[m] not in same][:k]
-                candidates[query] = found or [int(members[row[0]])]
-    return candidates
+    found = mine_hard_negatives(z, pairs.sentences, pairs.pairs, pairs.groups, k)
+    return {i: c or [pairs.pairs[0][1]] for i, c in found.items()}
 
 
 def _memory_contrastive(x, y, memory, tau: float):

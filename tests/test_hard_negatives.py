@@ -1,0 +1,82 @@
+"""Hard-negative mining on hand-checkable embeddings: same book, nearest first, neighbours and copies left out."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hsrl.data.hard_negatives import mine_hard_negatives
+
+
+def _circle(angles: list[float]) -> torch.Tensor:
+    a = torch.tensor(angles)
+    return torch.stack([a.cos(), a.sin()], dim=1)
+
+
+def test_candidates_are_the_nearest_far_enough_sentences_of_the_same_book() -> None:
+    # Book "a" is sentences 0-5, book "b" 6-7. Sentence 0 sits at angle 0; by distance its nearest are 5 (0.1),
+    # 1 (0.2, a neighbour: excluded), 4 (0.3), 2 (0.4, within two places: excluded), 3 (0.5); 6 and 7 (angle 0.05)
+    # are nearer still but in the other book.
+    z = _circle([0.0, 0.2, 0.4, 0.5, 0.3, 0.1, 0.05, 0.05])
+    sentences = [f"s{i}" for i in range(8)]
+    pairs = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (6, 7)]
+    groups = ["a"] * 5 + ["b"]
+    found = mine_hard_negatives(z, sentences, pairs, groups, k=2)
+    assert found[0] == [5, 4]
+    assert found[0] == mine_hard_negatives(z, sentences, pairs, groups, k=3)[0][:2]
+    assert found[6] == []  # book "b" has no sentence more than two places from 6
+    assert set(found) == {0, 1, 2, 3, 4, 6}  # every pair's first sentence, and only those
+
+
+def test_copies_of_the_query_or_its_neighbour_are_never_negatives() -> None:
+    z = _circle([0.0, 0.1, 0.5, 0.9, 0.01, 0.02, 0.03])
+    sentences = ["Yes.", "No.", "a", "b", "c", "Yes.", "No."]  # 5 and 6 repeat the pair (0, 1)'s texts
+    pairs = [(0, 1), (2, 3), (4, 5), (5, 6)]
+    found = mine_hard_negatives(z, sentences, pairs, ["a"] * 4, k=3, exclude_within=1)
+    # By nearness to 0: 4 (0.01), 5 and 6 (copies: dropped), 2 (0.5), 3 (0.9); 1 is within one place.
+    assert found[0] == [4, 2, 3]
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(4, 40), k=st.integers(1, 6), window=st.integers(0, 3), seed=st.integers(0, 2**16))
+def test_mined_lists_follow_the_rules(n: int, k: int, window: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    z = F.normalize(torch.randn(n, 8, generator=g), dim=1)
+    sentences = [f"s{i % 7}" for i in range(n)]  # some texts repeat
+    pairs = [(i, i + 1) for i in range(n - 1)]
+    groups = ["a" if i < n // 2 else "b" for i in range(n - 1)]
+    found = mine_hard_negatives(z, sentences, pairs, groups, k, exclude_within=window)
+    book_of = {}
+    for (i, j), book in zip(pairs, groups, strict=True):
+        book_of[i] = book_of[j] = book
+    for query, candidates in found.items():
+        assert len(candidates) <= k
+        neighbour = query + 1
+        for m in candidates:
+            assert book_of[m] == book_of[query] and abs(m - query) > window
+            assert sentences[m] not in {sentences[query], sentences[neighbour]}
+        scores = [float(z[query] @ z[m]) for m in candidates]
+        assert scores == sorted(scores, reverse=True)
+        # Nothing admissible left out that beats the last one kept.
+        if len(candidates) == k:
+            texts = {sentences[query], sentences[neighbour]}
+            admissible = [
+                m
+                for m in book_of
+                if book_of[m] == book_of[query] and abs(m - query) > window and sentences[m] not in texts
+                and m not in candidates
+            ]  # fmt: skip
+            assert all(float(z[query] @ z[m]) <= scores[-1] + 1e-6 for m in admissible)
+
+
+def test_bad_input_is_one_clear_error() -> None:
+    z = _circle([0.0, 0.1, 0.2])
+    with pytest.raises(ValueError, match="must be >= 1"):
+        mine_hard_negatives(z, ["a", "b", "c"], [(0, 1)], ["a"], k=0)
+    with pytest.raises(ValueError, match="one embedding row per sentence"):
+        mine_hard_negatives(z, ["a", "b"], [(0, 1)], ["a"], k=1)
+    with pytest.raises(ValueError, match="one group per pair"):
+        mine_hard_negatives(z, ["a", "b", "c"], [(0, 1), (1, 2)], ["a"], k=1)

@@ -60,7 +60,10 @@ def chapters_to_records(lines: list[str], *, blank_ends_paragraph: bool, title_l
 
 
 def _until(lines: list[str], marker: str) -> list[str]:
-    return lines[: next(i for i, line in enumerate(lines) if marker in line)]
+    end = next((i for i, line in enumerate(lines) if marker in line), None)
+    if end is None:  # another edition of the file: say so in one line rather than a StopIteration traceback
+        raise SystemExit(f"extra_fiction.py: no {marker!r} line in this copy of the book; is it the edition named?")
+    return lines[:end]
 
 
 def moby_dick(tokenizers_dir: Path) -> list[dict]:

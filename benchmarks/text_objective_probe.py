@@ -199,7 +199,8 @@ def probe(args: argparse.Namespace) -> None:
 
     if 0 in args.eval_at:
         evaluate(0)
-    memory = (torch.empty(0, 384), torch.empty(0, 384))  # --memory: the last steps' x and y rows, newest first
+    width = encoder.get_sentence_embedding_dimension()
+    memory = (torch.empty(0, width), torch.empty(0, width))  # --memory: the last steps' x and y rows, newest first
     for step in range(1, args.steps + 1):
         started = time.perf_counter()
         chosen = batch(args.batch - n_replay)

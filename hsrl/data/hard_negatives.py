@@ -68,10 +68,11 @@ def mine_hard_negatives(
     for book in sorted(set(groups)):
         members = torch.tensor(sorted(i for i, b in book_of.items() if b == book))
         queries = torch.tensor([i for i in members.tolist() if i in neighbour_of])
+        book_embeddings = embeddings[members].float().T  # gathered once per book, not once per chunk
         # Scored a little past k: texts equal to the query's or its neighbour's are dropped after ranking.
         depth = min(len(members), k + 8)
         for chunk in queries.split(chunk_size):
-            scores = embeddings[chunk].float() @ embeddings[members].float().T
+            scores = embeddings[chunk].float() @ book_embeddings
             scores[(chunk[:, None] - members[None, :]).abs() <= exclude_within] = float("-inf")
             best = scores.topk(depth, dim=1)
             for query, values, rows in zip(chunk.tolist(), best.values.tolist(), best.indices.tolist(), strict=True):

@@ -40,13 +40,13 @@ def bare_loop(encoder, dataset, batch: int, steps: int, warmup: int, lr: float) 
     optimizer = torch.optim.Adam(encoder.parameters(), lr=lr)
     encoder.train()
     start = None
-    for step, (features, n) in enumerate(loader):
+    for step, batch in enumerate(loader):
         if step == warmup:
             start = time.perf_counter()
         if step == warmup + steps:
             break
-        z = encoder(features)["sentence_embedding"]
-        loss = loss_fn(z[:n], z[n:])
+        z = encoder(batch.features)["sentence_embedding"]
+        loss = loss_fn(z[: batch.n], z[batch.n :])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -57,7 +57,8 @@ __all__ = [
     "split_batch",
 ]
 
-Encode = Callable[[nn.Module, Any], tuple[Tensor, Tensor]]
+#: ``encode(model, batch)`` -> the views' embeddings: ``(x, y)``, or ``(x, y, negatives)``.
+Encode = Callable[[nn.Module, Any], tuple[Tensor, ...]]
 
 
 @dataclass(frozen=True)
@@ -143,21 +144,29 @@ def loss_precision(embeddings: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def embed_chunks(model: nn.Module, encode: Encode, chunks: Sequence[Any]) -> tuple[Tensor, Tensor, list[RandomState]]:
-    """Step 1: both views of every chunk with no graph, and the random state before each chunk.
+def embed_chunks(model: nn.Module, encode: Encode, chunks: Sequence[Any]) -> tuple[Any, ...]:
+    """Step 1: every view of every chunk with no graph, and the random state before each chunk.
+
+    ``encode`` returns two views ``(x, y)``, or more (e.g. ``(x, y, negatives)``); every chunk must give the same
+    number.
 
     Returns:
-        ``(x, y, states)``: the embeddings of the whole batch in the loss's precision (chunks in order,
-        detached; see :func:`loss_precision`)
-        and one :class:`RandomState` per chunk for :func:`backward_chunks`.
+        ``(x, y, [more views,] states)``: each view's embeddings of the whole batch in the loss's precision
+        (chunks in order, detached; see :func:`loss_precision`) and one :class:`RandomState` per chunk for
+        :func:`backward_chunks`.
     """
-    xs, ys, states = [], [], []
+    columns: list[list[Tensor]] = []
+    states = []
     for chunk in chunks:
         states.append(capture_random_state())
-        x, y = encode(model, chunk)
-        xs.append(loss_precision(x))
-        ys.append(loss_precision(y))
-    return torch.cat(xs), torch.cat(ys), states
+        views = encode(model, chunk)
+        if not columns:
+            columns = [[] for _ in views]
+        if len(views) != len(columns):
+            raise ValueError(f"encode gave {len(views)} views for one chunk and {len(columns)} for another")
+        for column, view in zip(columns, views, strict=True):
+            column.append(loss_precision(view))
+    return (*(torch.cat(column) for column in columns), states)
 
 
 def backward_chunks(
@@ -165,16 +174,15 @@ def backward_chunks(
     encode: Encode,
     chunks: Sequence[Any],
     states: Sequence[RandomState],
-    grad_x: Tensor,
-    grad_y: Tensor,
-    *,
+    *grads: Tensor,
     no_sync: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
 ) -> None:
     """Step 3: re-embed each chunk with a graph and back-propagate its slice of the cached gradient.
 
     Args:
-        grad_x, grad_y: the loss's gradient with respect to this process's embeddings
-            (``(n, d)``, rows in chunk order), as returned by ``torch.autograd.grad``.
+        grads: the loss's gradient with respect to this process's embeddings of each view, in the order
+            ``encode`` returns them (``grad_x, grad_y[, grad_negatives]``; each ``(n, d)``, rows in chunk order),
+            as returned by ``torch.autograd.grad``.
         no_sync: a context that suspends the data-parallel gradient all-reduce (e.g.
             ``lambda: accelerator.no_sync(model)``); every chunk but the last runs under it,
             so gradients are reduced once per step, not once per chunk.
@@ -188,10 +196,12 @@ def backward_chunks(
         last = index == len(chunks) - 1
         context = no_sync() if (no_sync is not None and not last) else contextlib.nullcontext()
         with context:
-            x, y = encode(model, chunk)
-            rows = slice(start, start + x.shape[0])
-            torch.autograd.backward([loss_precision(x), loss_precision(y)], [grad_x[rows], grad_y[rows]])
-        start += x.shape[0]
-    if start != grad_x.shape[0]:
-        raise ValueError(f"the chunks re-embedded {start} rows but the cached gradient has {grad_x.shape[0]}")
+            views = encode(model, chunk)
+            if len(views) != len(grads):
+                raise ValueError(f"encode gave {len(views)} views but {len(grads)} cached gradients were passed")
+            rows = slice(start, start + views[0].shape[0])
+            torch.autograd.backward([loss_precision(v) for v in views], [g[rows] for g in grads])
+        start += views[0].shape[0]
+    if start != grads[0].shape[0]:
+        raise ValueError(f"the chunks re-embedded {start} rows but the cached gradient has {grads[0].shape[0]}")
     restore_random_state(after)  # leave the generators where the first pass left them

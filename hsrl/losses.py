@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "NEGATIVE_TERMS",
     "NORM_TOLERANCE",
     "HypersphereLoss",
     "LossTerm",
@@ -571,8 +572,10 @@ def _uniform_term(x: Tensor, y: Tensor, *, t: float = 2.0) -> Tensor:
     return (uniform_loss(x, t=t) + uniform_loss(y, t=t)) / 2
 
 
-def _contrastive_term(x: Tensor, y: Tensor, *, tau: float = 0.5, symmetric: float = 1.0) -> Tensor:
-    return contrastive_loss(x, y, tau=tau, symmetric=bool(symmetric))
+def _contrastive_term(
+    x: Tensor, y: Tensor, *, tau: float = 0.5, symmetric: float = 1.0, extra_negatives: Tensor | None = None
+) -> Tensor:
+    return contrastive_loss(x, y, tau=tau, symmetric=bool(symmetric), extra_negatives=extra_negatives)
 
 
 def _quickthought_term(x: Tensor, y: Tensor, *, context: float = 1.0, tau: float = 1.0) -> Tensor:
@@ -590,9 +593,16 @@ def _uniform_share(x: Tensor, y: Tensor, rows: slice, reduce: Reduce, *, t: floa
 
 
 def _contrastive_share(
-    x: Tensor, y: Tensor, rows: slice, reduce: Reduce, *, tau: float = 0.5, symmetric: float = 1.0
+    x: Tensor,
+    y: Tensor,
+    rows: slice,
+    reduce: Reduce,
+    *,
+    tau: float = 0.5,
+    symmetric: float = 1.0,
+    extra_negatives: Tensor | None = None,
 ) -> Tensor:
-    return contrastive_loss(x, y, tau=tau, symmetric=bool(symmetric), rows=rows)
+    return contrastive_loss(x, y, tau=tau, symmetric=bool(symmetric), rows=rows, extra_negatives=extra_negatives)
 
 
 def _quickthought_share(
@@ -625,6 +635,9 @@ SHARES: Mapping[str, Callable[..., Tensor]] = MappingProxyType(
     {"align": _align_share, "uniform": _uniform_share, "contrastive": _contrastive_share,
      "quickthought": _quickthought_share}
 )  # fmt: skip
+#: Terms that score rows against negatives and so can take extra ones (e.g. mined hard negatives): their
+#: functions accept ``extra_negatives=``. The other terms ignore negatives (uniformity is of the two views only).
+NEGATIVE_TERMS = frozenset({"contrastive"})
 
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
@@ -721,35 +734,63 @@ class HypersphereLoss(nn.Module):
     def extra_repr(self) -> str:
         return " + ".join(str(term) for term in self.objective)
 
-    def terms(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        """Each term's unweighted value under its name, and the weighted total as ``loss``."""
+    def takes_negatives(self) -> bool:
+        """Whether a term of the objective can use extra negatives (:data:`NEGATIVE_TERMS`)."""
+        return any(term.name in NEGATIVE_TERMS for term in self.objective)
+
+    def _negative_params(self, term: LossTerm, negatives: Tensor | None) -> dict[str, Tensor]:
+        if negatives is None or term.name not in NEGATIVE_TERMS:
+            return {}
+        return {"extra_negatives": negatives}
+
+    def _check_negatives(self, negatives: Tensor | None) -> None:
+        if negatives is not None and not self.takes_negatives():
+            raise ValueError(f"extra negatives need a term that uses negatives ({', '.join(sorted(NEGATIVE_TERMS))}) "
+                             f"in the objective {self.extra_repr()!r}")  # fmt: skip
+
+    def terms(self, x: Tensor, y: Tensor, *, negatives: Tensor | None = None) -> dict[str, Tensor]:
+        """Each term's unweighted value under its name, and the weighted total as ``loss``.
+
+        ``negatives``: optional ``(M, d)`` extra negatives (e.g. one mined hard negative per pair), scored by the
+        contrastive term beside the in-batch ones (``contrastive_loss(..., extra_negatives=)``).
+        """
+        self._check_negatives(negatives)
         if self.gather:
             from hsrl.distributed import gather_with_grad
 
             x, y = gather_with_grad(x), gather_with_grad(y)
-        return weighted_terms(self.objective, x, y)
+            negatives = None if negatives is None else gather_with_grad(negatives)
+        return weighted_terms(
+            self.objective, x, y,
+            lambda term, a, b: TERMS[term.name][0](a, b, **term.params, **self._negative_params(term, negatives)),
+        )  # fmt: skip
 
-    def share_terms(self, x: Tensor, y: Tensor, *, rows: slice, reduce: Reduce, processes: int) -> dict[str, Tensor]:
+    def share_terms(
+        self, x: Tensor, y: Tensor, *, rows: slice, reduce: Reduce, processes: int, negatives: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """This process's share of :meth:`terms` of a batch gathered from ``processes`` processes.
 
-        ``x``, ``y``: the whole gathered batch; ``rows``: this process's rows of it. Summed over the processes,
-        the shares (and their gradients) are :meth:`terms` (and its gradients), while each process computes only
-        its rows' part of every pairwise term (:data:`SHARES`), as lightly's losses do; a term without a share
-        function is computed whole and divided by ``processes``.
+        ``x``, ``y``: the whole gathered batch; ``rows``: this process's rows of it; ``negatives``: the gathered
+        extra negatives, if any. Summed over the processes, the shares (and their gradients) are :meth:`terms`
+        (and its gradients), while each process computes only its rows' part of every pairwise term
+        (:data:`SHARES`), as lightly's losses do; a term without a share function is computed whole and divided
+        by ``processes``.
         """
+        self._check_negatives(negatives)
         values: dict[str, Tensor] = {}
         total: Tensor | None = None
         for term in self.objective:
             share = SHARES.get(term.name)
+            extra = self._negative_params(term, negatives)
             if share is None:
-                value = TERMS[term.name][0](x, y, **term.params) / processes
+                value = TERMS[term.name][0](x, y, **term.params, **extra) / processes
             else:
-                value = share(x, y, rows, reduce, **term.params)
+                value = share(x, y, rows, reduce, **term.params, **extra)
             values[term.name] = value
             total = value * term.weight if total is None else total + value * term.weight
         assert total is not None
         values["loss"] = total
         return values
 
-    def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        return self.terms(x, y)["loss"]
+    def forward(self, x: Tensor, y: Tensor, *, negatives: Tensor | None = None) -> Tensor:
+        return self.terms(x, y, negatives=negatives)["loss"]

@@ -334,7 +334,9 @@ def make_dataloader(
         "collate_fn": collate_fn,
         "num_workers": workers,
         "pin_memory": torch.cuda.is_available() and not config.cpu,
-        "persistent_workers": workers > 0,
+        # Workers hold a copy of the dataset: one whose items depend on the epoch (set_epoch) needs fresh workers
+        # each epoch to see it.
+        "persistent_workers": workers > 0 and not hasattr(dataset, "set_epoch"),
         "prefetch_factor": 4 if workers > 0 else None,
         # The loader's own generator (re-seeded per epoch by fit) seeds the workers,
         # so creating an iterator never consumes the global random state.
@@ -471,8 +473,11 @@ def _batch_metrics(x: Tensor, y: Tensor) -> dict[str, float]:
 
 
 def _set_epoch(loader: Any, epoch: int, seed: int) -> None:
-    if hasattr(loader, "set_epoch"):  # Accelerate's loader forwards it to the sampler or dataset
+    if hasattr(loader, "set_epoch"):  # Accelerate's loader forwards it to the sampler (or else the dataset)
         loader.set_epoch(epoch)
+    dataset = getattr(loader, "dataset", None)
+    if hasattr(dataset, "set_epoch"):  # a dataset whose items depend on the epoch (e.g. drawn hard negatives)
+        dataset.set_epoch(epoch)
     generator = getattr(loader, "generator", None)
     if isinstance(generator, torch.Generator):
         generator.manual_seed(seed * 1_000_003 + epoch)
@@ -521,7 +526,7 @@ def fit(
     config: TrainConfig,
     *,
     accelerator: Accelerator | None = None,
-    encode: Callable[[nn.Module, Any], tuple[Tensor, Tensor]] = encode_views,
+    encode: Callable[[nn.Module, Any], tuple[Tensor, ...]] = encode_views,
     regularizer: Callable[[nn.Module, int], Tensor] | None = None,
 ) -> FitResult:
     """Train ``model`` so that ``loss_fn(x, y)`` on the global batch goes down.
@@ -535,7 +540,9 @@ def fit(
         dataloader: from :func:`make_dataloader` (for exact resume), or any loader.
         config: the run's :class:`TrainConfig`.
         accelerator: from :func:`training_session`; one is made if omitted.
-        encode: maps ``(model, batch)`` to the two views' embeddings.
+        encode: maps ``(model, batch)`` to the two views' embeddings, or to three: ``(x, y, negatives)``, whose
+            extra negatives are gathered like the views and passed to ``loss_fn.terms(x, y, negatives=...)``
+            (:class:`hsrl.losses.HypersphereLoss` scores them in its contrastive term).
         regularizer: a term of this process's own, added to the loss every step: called as
             ``regularizer(model, step)`` (e.g. :class:`hsrl.replay.ReplayAnchor`); logged under its ``name``.
 
@@ -721,7 +728,7 @@ def _train_step(
     loss_fn: Callable[[Tensor, Tensor], Tensor],
     accelerator: Accelerator,
     config: TrainConfig,
-    encode: Callable[[nn.Module, Any], tuple[Tensor, Tensor]],
+    encode: Callable[[nn.Module, Any], tuple[Tensor, ...]],
     step: int,
     checkpoints: Path,
     *,
@@ -754,15 +761,20 @@ def _train_step(
     chunks: list[Any] = []
     if config.cache_chunk_size:
         chunks = split_batch(batch, config.cache_chunk_size)
-        x_local, y_local, states = embed_chunks(model, encode, chunks)
-        x_local.requires_grad_(True)
-        y_local.requires_grad_(True)
+        *local, states = embed_chunks(model, encode, chunks)
+        for view in local:
+            view.requires_grad_(True)
     else:
-        x_local, y_local = encode(model, batch)
-    x, y = gather_with_grad(loss_precision(x_local)), gather_with_grad(loss_precision(y_local))
-    if not bool(torch.isfinite(x.detach()).all() & torch.isfinite(y.detach()).all()):
+        local = list(encode(model, batch))
+    if len(local) not in (2, 3):
+        raise ValueError(f"encode must return (x, y) or (x, y, negatives), got {len(local)} views")
+    x_local = local[0]
+    # Every view of the global batch, gathered with gradients: x, y and any extra negatives.
+    x, y, *extra_views = (gather_with_grad(loss_precision(view)) for view in local)
+    if not all(bool(torch.isfinite(view.detach()).all()) for view in (x, y, *extra_views)):
         raise _diverged("the embeddings", step, checkpoints)
-    terms, loss = _loss_terms(loss_fn, x, y, x_local)
+    negatives = extra_views[0] if extra_views else None
+    terms, loss = _loss_terms(loss_fn, x, y, x_local, negatives)
     if not torch.isfinite(terms["loss"]):
         raise _diverged(f"the loss ({float(terms['loss'])})", step, checkpoints)
     if extra is not None:
@@ -776,8 +788,8 @@ def _train_step(
     # fp16 training scales the loss so that small gradients survive; the cached gradient
     # enters the backward in place of the loss, so it carries the scale instead.
     scale = accelerator.scaler.get_scale() if accelerator.scaler is not None else 1.0
-    grad_x, grad_y = torch.autograd.grad(loss * (scale * loss_scale), [x_local, y_local])
-    backward_chunks(model, encode, chunks, states, grad_x, grad_y, no_sync=lambda: accelerator.no_sync(model))
+    grads = torch.autograd.grad(loss * (scale * loss_scale), local)
+    backward_chunks(model, encode, chunks, states, *grads, no_sync=lambda: accelerator.no_sync(model))
     return terms, x.detach(), y.detach()
 
 
@@ -791,22 +803,30 @@ def _regularizer_value(
 
 
 def _loss_terms(
-    loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor, x_local: Tensor
+    loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor, x_local: Tensor, negatives: Tensor | None
 ) -> tuple[dict[str, Tensor], Tensor]:
     """``(terms of the global batch, detached; what this process back-propagates)``.
+
+    ``negatives`` (a third view, e.g. mined hard negatives) go to the loss as ``negatives=``; a loss that does not
+    take them is refused.
 
     With several processes and a loss that can be shared (``share_terms``, as :class:`hsrl.losses.HypersphereLoss`),
     each process computes only its rows' share and back-propagates ``W`` times it (see :mod:`hsrl.distributed`):
     the same value and gradients as every process computing the whole loss, at ``1/W`` of the pairwise work.
     The logged terms are the shares summed over the processes (one small all-reduce).
     """
+    with_negatives: dict[str, Tensor] = {}
+    if negatives is not None:
+        if not hasattr(loss_fn, "terms"):
+            raise ValueError("the batch has a third view (extra negatives) but the loss takes only two")
+        with_negatives["negatives"] = negatives
     processes = world_size()
     if processes > 1 and hasattr(loss_fn, "share_terms"):
         start = row_offset(x_local)
         shares = loss_fn.share_terms(x, y, rows=slice(start, start + x_local.shape[0]), reduce=all_reduce_detached,
-                                     processes=processes)  # fmt: skip
+                                     processes=processes, **with_negatives)  # fmt: skip
         names = list(shares)
         summed = all_reduce_detached(torch.stack([shares[name].detach().float() for name in names]))
         return dict(zip(names, summed, strict=True)), shares["loss"] * processes
-    terms = loss_fn.terms(x, y) if hasattr(loss_fn, "terms") else {"loss": loss_fn(x, y)}
+    terms = loss_fn.terms(x, y, **with_negatives) if hasattr(loss_fn, "terms") else {"loss": loss_fn(x, y)}
     return {name: value.detach() for name, value in terms.items()}, terms["loss"]

@@ -81,6 +81,42 @@ def test_cached_gradient_equals_the_plain_gradient(n: int, chunk: int, objective
         torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-12)
 
 
+def encode_triple(model: nn.Module, batch) -> tuple[torch.Tensor, ...]:
+    return model(batch[0]), model(batch[1]), model(batch[2])
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(3, 16), chunk=st.integers(1, 16), seed=st.integers(0, 99))
+def test_cached_gradient_with_a_third_view_of_negatives_equals_the_plain_gradient(n: int, chunk: int,
+                                                                                  seed: int) -> None:  # fmt: skip
+    """Three views (anchors, neighbours, mined negatives): each chunk's rows of all three are re-embedded and get
+    their slices of the three cached gradients."""
+    torch.manual_seed(seed)
+    model = Tower().double()
+    a = torch.randn(n, 6, dtype=torch.float64)
+    batch = (a, a + 0.3 * torch.randn(n, 6, dtype=torch.float64), torch.randn(n, 6, dtype=torch.float64))
+    loss_fn = HypersphereLoss("contrastive:1,tau=0.2 + uniform:0.5,t=2")
+
+    model.zero_grad()
+    chunks = split_batch(batch, min(chunk, n))
+    x, y, h, states = embed_chunks(model, encode_triple, chunks)
+    views = [v.requires_grad_(True) for v in (x, y, h)]
+    loss = loss_fn(*views[:2], negatives=views[2])
+    backward_chunks(model, encode_triple, chunks, states, *torch.autograd.grad(loss, views))
+    grads = [p.grad.clone() for p in model.parameters()]
+
+    model.zero_grad()
+    x, y, h = encode_triple(model, batch)
+    reference = loss_fn(x, y, negatives=h)
+    reference.backward()
+    assert float(loss) == pytest.approx(float(reference), rel=1e-12, abs=1e-12)
+    assert float(reference) != pytest.approx(float(loss_fn(x, y)), abs=1e-9)  # the negatives count
+    for g, p in zip(grads, model.parameters(), strict=True):
+        torch.testing.assert_close(g, p.grad, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="3 views but 2 cached gradients"):
+        backward_chunks(model, encode_triple, chunks, states, *torch.autograd.grad(loss_fn(*views[:2]), views[:2]))
+
+
 def test_one_chunk_with_dropout_equals_the_plain_step_exactly() -> None:
     """The first pass's random state is restored, so the masks of both passes match the plain forward's."""
     model = Tower(dropout=0.5)
@@ -144,6 +180,25 @@ def test_tokenized_pairs_chunks_keep_anchor_and_neighbour_rows(minilm) -> None:
     ids = batch.features["input_ids"]
     torch.testing.assert_close(chunks[0].features["input_ids"], ids[[0, 1, 3, 4]])
     torch.testing.assert_close(chunks[1].features["input_ids"], ids[[2, 5]])
+
+
+def test_tokenized_triples_chunk_and_encode_every_view(minilm) -> None:
+    """(anchor, neighbour, negative) items: three blocks of rows, chunked block by block, encoded as three views."""
+    items = [("a b", "c", "x"), ("d", "e f g", "y z"), ("h", "i", "w")]
+    batch = pair_collate(minilm)(items)
+    assert batch.n == 3 and batch.views == 3
+    ids = batch.features["input_ids"]
+    chunks = split_batch(batch, 2)
+    assert [(c.n, c.views) for c in chunks] == [(2, 3), (1, 3)]
+    torch.testing.assert_close(chunks[0].features["input_ids"], ids[[0, 1, 3, 4, 6, 7]])
+    torch.testing.assert_close(chunks[1].features["input_ids"], ids[[2, 5, 8]])
+    minilm.eval()
+    x, y, h = pair_encoder(minilm)(minilm, batch)
+    expected = minilm.encode(["y z"], convert_to_tensor=True, normalize_embeddings=True)[0]
+    torch.testing.assert_close(h[1], expected, rtol=0, atol=1e-5)  # padding in a batch shifts sums a little
+    assert x.shape == y.shape == h.shape == (3, minilm.get_sentence_embedding_dimension())
+    with pytest.raises(ValueError, match="same number of sentences"):
+        pair_collate(minilm)([("a", "b"), ("c", "d", "e")])
 
 
 def test_split_batch_shapes_and_errors() -> None:

@@ -1,4 +1,5 @@
-"""Hard-negative mining on hand-checkable embeddings: same book, nearest first, neighbours and copies left out."""
+"""Hard-negative mining on hand-checkable embeddings (same book, nearest first, neighbours and copies left out),
+and the dataset that serves one drawn negative per pair."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hsrl.data.hard_negatives import mine_hard_negatives
+from hsrl.data.hard_negatives import HardNegativePairs, mine_hard_negatives
 
 
 def _circle(angles: list[float]) -> torch.Tensor:
@@ -80,3 +81,46 @@ def test_bad_input_is_one_clear_error() -> None:
         mine_hard_negatives(z, ["a", "b"], [(0, 1)], ["a"], k=1)
     with pytest.raises(ValueError, match="one group per pair"):
         mine_hard_negatives(z, ["a", "b", "c"], [(0, 1), (1, 2)], ["a"], k=1)
+
+
+def _served(size: int = 30, k: int = 4, seed: int = 0) -> HardNegativePairs:
+    sentences = [f"s{i}" for i in range(size)]
+    pairs = [(i, i + 1) for i in range(size - 1)]
+    candidates = {i: [(i + 5 + c) % size for c in range(k)] for i, _ in pairs}
+    candidates[3] = []  # nothing mined for this anchor
+    return HardNegativePairs(sentences, pairs, ["a"] * len(pairs), candidates, seed=seed)
+
+
+def test_served_triples_draw_from_the_candidates_by_seed_epoch_and_index() -> None:
+    data = _served()
+    first = [data[i] for i in range(len(data))]
+    assert all(len(item) == 3 for item in first)
+    for index, (anchor, neighbour, negative) in enumerate(first):
+        i, j = data.pairs[index]
+        assert (anchor, neighbour) == (f"s{i}", f"s{j}")
+        m = data.negative_of(index)
+        assert negative == f"s{m}"
+        assert m in data.candidates[i] if data.candidates[i] else m not in (i, j)
+    # The same (seed, epoch, index) draws the same negative: in a new object too (a resumed run, a worker's copy).
+    assert [data[i] for i in range(len(data))] == first == [_served()[i] for i in range(len(data))]
+    data.set_epoch(1)
+    second = [data[i] for i in range(len(data))]
+    assert second != first  # another epoch draws again
+    assert [item[:2] for item in second] == [item[:2] for item in first]  # the pairs themselves do not move
+    assert [_served(seed=1)[i] for i in range(len(data))] != first  # and another seed too
+
+
+def test_every_candidate_is_drawn_over_epochs() -> None:
+    data = _served(k=4)
+    drawn = set()
+    for epoch in range(40):
+        data.set_epoch(epoch)
+        drawn.add(data.negative_of(0))
+    assert drawn == set(data.candidates[0])
+
+
+def test_served_pairs_need_candidates_for_every_anchor() -> None:
+    with pytest.raises(ValueError, match="no hard-negative candidates for sentence 1"):
+        HardNegativePairs(["a", "b", "c"], [(0, 1), (1, 2)], None, {0: [2]})
+    with pytest.raises(ValueError, match="outside the 3 sentences"):
+        HardNegativePairs(["a", "b", "c"], [(0, 1)], None, {0: [7]})

@@ -303,6 +303,49 @@ def test_hypersphere_loss_contrastive_plus_uniform() -> None:
     torch.testing.assert_close(loss(x, y), expected, rtol=1e-10, atol=1e-12)
 
 
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(2, 9), cut=st.integers(1, 8), tau=st.floats(0.05, 1.0), weight=st.floats(0.1, 3.0),
+       seed=st.integers(0, 2**16))  # fmt: skip
+def test_hypersphere_loss_with_extra_negatives_and_its_shares(n, cut, tau, weight, seed) -> None:
+    """``negatives=`` reach the contrastive term only (uniformity stays that of the two views), and the shares of
+    a split of the rows add up to the loss, values and gradients (what two processes back-propagate)."""
+    x, y, extra = sphere(n, 5, seed), sphere(n, 5, seed + 1), sphere(n, 5, seed + 2)
+    loss = HypersphereLoss(f"contrastive:1,tau={tau} + uniform:{weight},t=2")
+    expected = contrastive_loss(x, y, tau=tau, extra_negatives=extra) + weight * (
+        ref_uniform(x, 2) + ref_uniform(y, 2)) / 2  # fmt: skip
+    torch.testing.assert_close(loss(x, y, negatives=extra), expected, rtol=1e-10, atol=1e-12)
+    terms = loss.terms(x, y, negatives=extra)
+    assert float(terms["contrastive"]) != pytest.approx(float(loss.terms(x, y)["contrastive"]), abs=1e-9)
+
+    # Shares of a split of the rows (uniformity's shares need a real all-reduce: tests/test_distributed.py).
+    pairwise = HypersphereLoss(f"contrastive:1,tau={tau} + align:{weight}")
+    cut = min(max(cut, 1), n - 1)
+    rows = (slice(0, cut), slice(cut, n))
+
+    def total(a: torch.Tensor, b: torch.Tensor, e: torch.Tensor, shared: bool) -> torch.Tensor:
+        if not shared:
+            return pairwise(a, b, negatives=e)
+        return sum(pairwise.share_terms(a, b, rows=r, reduce=lambda v, op: v, processes=2, negatives=e)["loss"]
+                   for r in rows)  # fmt: skip
+
+    def grads(shared: bool) -> tuple[torch.Tensor, ...]:
+        views = [v.clone().requires_grad_(True) for v in (x, y, extra)]
+        total(*views, shared).backward()
+        return tuple(v.grad for v in views)
+
+    torch.testing.assert_close(total(x, y, extra, True), total(x, y, extra, False), rtol=1e-9, atol=1e-10)
+    for got, want in zip(grads(True), grads(False), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10)
+
+
+def test_extra_negatives_need_a_term_that_uses_them() -> None:
+    x, y = sphere(4, 3, 0), sphere(4, 3, 1)
+    assert HypersphereLoss("contrastive:1 + uniform:1").takes_negatives()
+    assert not HypersphereLoss("align:1 + uniform:1").takes_negatives()
+    with pytest.raises(ValueError, match="need a term that uses negatives"):
+        HypersphereLoss("align:1 + uniform:1")(x, y, negatives=sphere(4, 3, 2))
+
+
 # --------------------------------------------------------------------------- input checks
 
 

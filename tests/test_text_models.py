@@ -11,6 +11,7 @@ import torch
 from hsrl.models.text import (
     ScratchConfig,
     build_text_encoder,
+    embed_by_length,
     encode_texts,
     freeze_lower_layers,
     pair_collate,
@@ -61,6 +62,40 @@ def test_packaged_minilm_loads_and_matches_sentence_transformers(sentences: list
     reference = SentenceTransformer(resolve_model_path("minilm"), device="cpu")
     expected = torch.as_tensor(reference.encode(sentences[:8], normalize_embeddings=True))
     torch.testing.assert_close(encode_texts(encoder, sentences[:8]), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_embedding_by_length_gives_each_row_its_whole_batch_embedding_and_gradient(
+    sentences: list[str], padding_side: str
+) -> None:
+    """MiniLM, dropout off, in float64 (so only rounding could differ, far below the tolerance): 23 sentences of very
+    different lengths embedded in length-sorted groups of 5 (each cut to its own longest) equal one padded forward,
+    row for row, values and parameter gradients."""
+    encoder = build_text_encoder("minilm", max_seq_length=48).double()
+    encoder[0].tokenizer.padding_side = padding_side
+    encoder.eval()  # dropout off: both ways draw no masks
+    texts = [" ".join(sentences[i : i + i % 4 + 1]) for i in range(23)]  # one to four sentences each
+    features = encoder.preprocess(texts)
+    mask = features["attention_mask"]
+    assert int(mask.sum(1).min()) < mask.shape[1] // 2  # much padding to cut
+    assert bool((mask[:, 0] == 0).any()) == (padding_side == "left")
+
+    def embedded_and_grads(bucket_size: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        encoder.zero_grad()
+        z = embed_by_length(encoder, features, bucket_size)
+        weights = torch.linspace(-1, 1, z.numel(), dtype=z.dtype).view_as(z)  # a different weight for every entry
+        (z * weights).sum().backward()
+        return z.detach(), {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}
+
+    whole, whole_grads = embedded_and_grads(0)
+    grouped, grouped_grads = embedded_and_grads(5)
+    torch.testing.assert_close(grouped, whole, rtol=0, atol=1e-10)
+    assert grouped_grads.keys() == whole_grads.keys() and len(whole_grads) > 50
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(grouped_grads[name], grad, rtol=1e-8, atol=1e-10)
+    encode = pair_encoder(encoder, bucket_size=5)
+    x, y = encode(encoder, pair_collate(encoder)(list(zip(texts[:11], texts[11:22], strict=True))))
+    torch.testing.assert_close(torch.cat([x, y]).detach(), whole[:22], rtol=0, atol=1e-10)
 
 
 def test_freezing_lower_layers_trains_only_the_upper_ones(sentences: list[str]) -> None:

@@ -109,15 +109,23 @@ def test_recipe_under_a_time_budget_stops_saves_and_evaluates(
     assert "| factbook_recall@10 |" in printed  # the summary table is printed
 
 
-def test_two_process_recipe_with_cache_chunk_size_equals_the_plain_run(tmp_path: Path, small_txt: Path) -> None:
+HARD_NEGATIVES = ["--loss", "contrastive:1,tau=0.1 + uniform:0.2,t=2", "--hard-negatives", "5"]
+
+
+@pytest.mark.parametrize("objective", [[], HARD_NEGATIVES], ids=["align-uniform", "hard-negatives"])
+def test_two_process_recipe_with_cache_chunk_size_equals_the_plain_run(
+    tmp_path: Path, small_txt: Path, objective: list[str]
+) -> None:
     """The recipe on two CPU processes (gloo), plain and with 8 pairs per process re-embedded in chunks of 4: both
-    finish cleanly; same logged losses, same saved weights."""
+    finish cleanly; same logged losses, same saved weights. With mined hard negatives too: a third view, gathered
+    from both processes like the pairs, whose chunks are re-embedded with theirs."""
     from safetensors.torch import load_file
 
     for name, extra in (("plain", []), ("cached", ["--cache-chunk-size", "4"])):
         done = run_recipe(["--dataset", str(small_txt), "--output-dir", str(tmp_path / name), "--max-steps", "3",
                            "--seed", "2", "--dropout", "0", "--checkpoint-every", "none", "--eval-dataset", "none",
-                           "--log-every", "1", *SCRATCH_FLAGS, "--batch-size", "8", *extra], processes=2)  # fmt: skip
+                           "--log-every", "1", *SCRATCH_FLAGS, "--batch-size", "8", *objective, *extra],
+                          processes=2)  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
         assert json.loads((tmp_path / name / "metrics.json").read_text())["steps"] == 3
         assert "terminate called" not in done.stderr  # the process group is shut down cleanly
@@ -130,6 +138,54 @@ def test_two_process_recipe_with_cache_chunk_size_equals_the_plain_run(tmp_path:
     assert logged_losses(tmp_path / "cached") == pytest.approx(logged_losses(tmp_path / "plain"), abs=1e-4)
     a, b = (load_file(tmp_path / n / "model" / "model.safetensors") for n in ("plain", "cached"))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-4
+
+
+def test_hard_negative_run_resumed_across_an_epoch_equals_the_uninterrupted_run(
+    tmp_path: Path, small_txt: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--hard-negatives``: mined once (the candidates saved with the run), one drawn per pair and step. Stopped
+    at step 6 and resumed to 14 (past the end of the first epoch, 11 batches), the run logs the losses and saves
+    the weights of one run straight to 14: the draws depend on (seed, epoch, pair), the candidates are read back,
+    not mined again."""
+    from safetensors.torch import load_file
+
+    def run(out: Path, *extra: str) -> str:
+        code = recipe_main(["--dataset", str(small_txt), "--output-dir", str(out), "--eval-dataset", "none",
+                            "--log-every", "1", "--checkpoint-every", "6", *SCRATCH_FLAGS, *HARD_NEGATIVES,
+                            *extra])  # fmt: skip
+        assert code == 0
+        return capsys.readouterr().out
+
+    straight = run(tmp_path / "straight", "--max-steps", "14")
+    assert "hard negatives: 5 candidates for each of" in straight
+    run(tmp_path / "resumed", "--max-steps", "6")
+    resumed = run(tmp_path / "resumed", "--max-steps", "14", "--resume", "latest")
+    assert "resumed from" in resumed and "hard negatives:" not in resumed  # read back, not mined again
+    from test_gradcache import logged_losses
+
+    assert len(logged_losses(tmp_path / "straight")) == 14
+    assert logged_losses(tmp_path / "resumed") == logged_losses(tmp_path / "straight")
+    saved = json.loads((tmp_path / "straight" / "hard_negatives.json").read_text())
+    assert saved["k"] == 5 and len(saved["candidates"]) > 150
+    a, b = (load_file(tmp_path / n / "model" / "model.safetensors") for n in ("straight", "resumed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--hard-negatives", "5"], "--hard-negatives adds negatives to a contrastive term"),
+        (["--hard-negatives", "-1"], "--hard-negatives must be >= 0"),
+        (["--hard-negatives", "5", "--encoder", "gru", "--loss", "contrastive:1"], "not streamed BookCorpus, the GRU"),
+    ],
+)
+def test_recipe_bad_hard_negative_flags_are_one_line(tmp_path: Path, small_txt: Path, flags: list[str],
+                                                     message: str) -> None:  # fmt: skip
+    done = subprocess.run([sys.executable, str(ROOT / "recipes" / "bookcorpus.py"), "--dataset", str(small_txt),
+                           "--output-dir", str(tmp_path), *flags],
+                          env=OFFLINE, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr + done.stdout
+    assert message in done.stderr.strip().splitlines()[-1]
 
 
 def test_frozen_lower_layers_and_wise_ft_mix_save_what_they_say(

@@ -12,16 +12,23 @@ largest cosine ``z_i·z_m``, leaving out
 
 * ``m`` within ``exclude_within`` places of ``i`` (itself and its neighbours, which may be true positives), and
 * any sentence whose text equals ``i``'s or its neighbour's ("Yes." recurs hundreds of times).
+
+:class:`HardNegativePairs` serves them to training: item ``index`` is ``(anchor, neighbour, negative)``, the
+negative drawn from the anchor's candidates by a generator seeded with ``(seed, epoch, index)``, so a resumed run
+draws what an uninterrupted one would, and each epoch draws afresh. The text recipe mines and serves them with
+``--hard-negatives K`` (``hsrl.pipelines.bookcorpus``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
-__all__ = ["mine_hard_negatives"]
+__all__ = ["HardNegativePairs", "mine_hard_negatives"]
 
 
 def mine_hard_negatives(
@@ -81,3 +88,66 @@ def mine_hard_negatives(
                          if v != float("-inf") and sentences[m] not in same]  # fmt: skip
                 candidates[query] = found[:k]
     return candidates
+
+
+class HardNegativePairs(Dataset[tuple[str, str, str]]):
+    """Neighbour pairs with one mined hard negative each: item ``index`` is ``(anchor, neighbour, negative)``.
+
+    The negative is drawn from the anchor's candidates (:func:`mine_hard_negatives`) by ``random.Random`` seeded
+    with ``(seed, epoch, index)``: the same item in the same epoch is always the same triple (exact resume, any
+    number of loader workers), and another epoch draws again. An anchor with no candidate (a book too small to
+    have one) gets a sentence of the whole corpus drawn the same way, other than the pair's own two: an ordinary
+    random negative.
+
+    Args:
+        sentences, pairs, groups: the pair dataset's (:class:`hsrl.data.text.SentencePairDataset`).
+        candidates: ``{anchor index: [sentence index, ...]}`` for every pair's anchor.
+        seed: the run's seed.
+
+    Raises:
+        ValueError: a pair's anchor has no entry in ``candidates``, or a candidate is not a sentence index.
+    """
+
+    def __init__(
+        self,
+        sentences: Sequence[str],
+        pairs: Sequence[tuple[int, int]],
+        groups: Sequence[str] | None,
+        candidates: Mapping[int, Sequence[int]],
+        *,
+        seed: int = 0,
+    ) -> None:
+        missing = next((i for i, _ in pairs if i not in candidates), None)
+        if missing is not None:
+            raise ValueError(f"no hard-negative candidates for sentence {missing}: mine them for every pair's anchor")
+        if any(not 0 <= m < len(sentences) for found in candidates.values() for m in found):
+            raise ValueError(f"a hard-negative candidate is outside the {len(sentences)} sentences")
+        if len(sentences) < 3:
+            raise ValueError("hard negatives need at least three sentences")
+        self.sentences, self.pairs, self.groups = sentences, pairs, groups
+        self.candidates = candidates
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the next epoch's negatives (:func:`hsrl.training.fit` calls it before each epoch)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def negative_of(self, index: int) -> int:
+        """The sentence index drawn as pair ``index``'s negative in this epoch."""
+        i, j = self.pairs[index]
+        # Integers seed random.Random the same on every platform and Python (strings would hash per process).
+        draw = random.Random((self.seed * 1_000_003 + self.epoch) * 1_000_000_007 + index)
+        found = self.candidates[i]
+        if found:
+            return found[draw.randrange(len(found))]
+        while True:  # no candidate: any other sentence (at least three exist)
+            m = draw.randrange(len(self.sentences))
+            if m not in (i, j):
+                return m
+
+    def __getitem__(self, index: int) -> tuple[str, str, str]:
+        i, j = self.pairs[index]
+        return self.sentences[i], self.sentences[j], self.sentences[self.negative_of(index)]

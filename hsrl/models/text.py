@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -31,10 +31,12 @@ from hsrl.hub import hub_model_errors, looks_like_hub_id
 from hsrl.models.wordpiece import train_wordpiece_tokenizer
 
 __all__ = [
+    "LENGTH_BUCKET_SIZE",
     "PACKAGED_MODELS",
     "ScratchConfig",
     "TokenizedPairs",
     "build_text_encoder",
+    "embed_by_length",
     "encode_texts",
     "load_sentence_transformer",
     "pair_encoder",
@@ -246,43 +248,88 @@ def _output_width(modules: list[Any]) -> int:
 
 class TokenizedPairs(NamedTuple):
     """A batch of ``n`` (anchor, neighbour) pairs tokenised together: rows ``[0, n)`` are the
-    anchors and rows ``[n, 2n)`` their neighbours, with one padding for all."""
+    anchors and rows ``[n, 2n)`` their neighbours, with one padding for all. With ``views = 3`` rows ``[2n, 3n)``
+    are each pair's extra negative (:class:`hsrl.data.hard_negatives.HardNegativePairs`)."""
 
     features: dict[str, Any]
     n: int
+    views: int = 2
 
     def chunks(self, size: int) -> Iterator[TokenizedPairs]:
-        """Pairs ``[i, i + size)`` with their own anchors and neighbours (for gradient caching)."""
+        """Pairs ``[i, i + size)`` with their own rows of every view (for gradient caching)."""
+        rows_total = self.views * self.n
         for start in range(0, self.n, size):
             stop = min(start + size, self.n)
-            rows = torch.cat([torch.arange(start, stop), torch.arange(self.n + start, self.n + stop)])
-            features = {key: value[rows] if isinstance(value, Tensor) and value.shape[:1] == (2 * self.n,) else value
+            rows = torch.cat([torch.arange(v * self.n + start, v * self.n + stop) for v in range(self.views)])
+            features = {key: value[rows] if isinstance(value, Tensor) and value.shape[:1] == (rows_total,) else value
                         for key, value in self.features.items()}  # fmt: skip
-            yield TokenizedPairs(features, stop - start)
+            yield TokenizedPairs(features, stop - start, self.views)
 
 
-def pair_encoder(encoder: Any) -> Any:
+#: Rows of a batch embedded per forward by :func:`embed_by_length` in the text recipe (``--length-bucket-size``).
+LENGTH_BUCKET_SIZE = 64
+
+
+def embed_by_length(model: Any, features: Mapping[str, Any], bucket_size: int = LENGTH_BUCKET_SIZE) -> Tensor:
+    """``model(features)["sentence_embedding"]``, with the rows embedded in length-sorted groups of ``bucket_size``.
+
+    A batch is padded to its longest sentence, and a transformer's cost grows with the padded length: Austen's
+    sentences average 27 tokens under a 48-token cap that 19% of them reach, so one forward of 320 sentences pays
+    for nearly twice the tokens it holds. Sorted by length, each group is cut to its own longest sentence before
+    its forward (1.7× faster forward and backward on this CPU, 320 sentences in groups of 64, bf16). Mean or
+    CLS pooling under the attention mask gives every row the embedding it has in the whole batch (only float
+    sums in another order differ), and the rows come back in their order, with their gradients.
+
+    ``bucket_size`` ≤ 0, or a batch of at most ``bucket_size`` rows, is one forward of the whole batch.
+    """
+    mask = features.get("attention_mask")
+    if mask is None or bucket_size <= 0 or mask.shape[0] <= bucket_size:
+        return model(dict(features))["sentence_embedding"]
+    rows, width = mask.shape
+    lengths = mask.sum(dim=1)
+    order = torch.argsort(lengths, stable=True)
+    pad_left = bool((mask[:, 0] == 0).any())  # tokenizers that pad on the left keep each row's end at the right
+    parts = []
+    for group in order.split(bucket_size):
+        longest = int(lengths[group].max())
+        columns = slice(width - longest, width) if pad_left else slice(0, longest)
+        part = {}
+        for key, value in features.items():
+            if isinstance(value, Tensor) and value.shape[:2] == (rows, width):
+                part[key] = value[group][:, columns]
+            elif isinstance(value, Tensor) and value.shape[:1] == (rows,):
+                part[key] = value[group]
+            else:
+                part[key] = value
+        parts.append(model(part)["sentence_embedding"])
+    return torch.cat(parts)[torch.argsort(order)]  # back in the batch's order (a gather: gradients flow)
+
+
+def pair_encoder(encoder: Any, *, bucket_size: int = 0) -> Any:
     """``encode(model, batch)`` for :func:`hsrl.training.fit` on batches of tokenised pairs.
 
-    The collate function tokenises anchors and neighbours together (one padding, one
-    forward), so ``batch`` is ``(features, n_anchors)``.
+    The collate function tokenises anchors and neighbours (and negatives, if any) together, so ``batch`` is
+    :class:`TokenizedPairs`; the result is ``(x, y)`` or ``(x, y, negatives)``. With ``bucket_size`` > 0 the rows
+    go through the model in length-sorted groups of that many (:func:`embed_by_length`), else in one forward.
     """
 
-    def encode(model: Any, batch: TokenizedPairs) -> tuple[Tensor, Tensor]:
-        features, n = batch
-        z = model(dict(features))["sentence_embedding"]
-        return z[:n], z[n:]
+    def encode(model: Any, batch: TokenizedPairs) -> tuple[Tensor, ...]:
+        z = embed_by_length(model, batch.features, bucket_size)
+        return tuple(z.split(batch.n))
 
     return encode
 
 
 def pair_collate(encoder: Any):
-    """Collate ``[(anchor, neighbour), ...]`` into :class:`TokenizedPairs` (anchors, then neighbours)."""
+    """Collate ``[(anchor, neighbour), ...]`` or ``[(anchor, neighbour, negative), ...]`` into
+    :class:`TokenizedPairs` (anchors, then neighbours, then negatives)."""
 
-    def collate(items: list[tuple[str, str]]) -> TokenizedPairs:
-        anchors = [a for a, _ in items]
-        neighbours = [b for _, b in items]
-        return TokenizedPairs(encoder.preprocess(anchors + neighbours), len(items))
+    def collate(items: list[tuple[str, ...]]) -> TokenizedPairs:
+        views = len(items[0])
+        if any(len(item) != views for item in items):
+            raise ValueError("every item of a batch must have the same number of sentences")
+        texts = [item[v] for v in range(views) for item in items]
+        return TokenizedPairs(encoder.preprocess(texts), len(items), views)
 
     return collate
 

@@ -20,12 +20,14 @@ from __future__ import annotations
 import itertools
 import json
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from hsrl.checkpoints import atomic_write_json
 from hsrl.configuration import config_to_dict
+from hsrl.data.hard_negatives import HardNegativePairs, mine_hard_negatives
 from hsrl.data.text import SentenceCorpus, SentencePairDataset, austen_splits
 from hsrl.data.text_sources import BookCorpusPairs, load_documents
 from hsrl.evaluation.summary import format_summary, write_metrics
@@ -40,8 +42,10 @@ from hsrl.hub import publish_run, push_to_hub_field
 from hsrl.losses import HypersphereLoss
 from hsrl.models.folder import save_model
 from hsrl.models.text import (
+    LENGTH_BUCKET_SIZE,
     ScratchConfig,
     build_text_encoder,
+    encode_texts,
     freeze_lower_layers,
     pair_collate,
     pair_encoder,
@@ -105,6 +109,17 @@ class BookCorpusConfig(TrainConfig):
     freeze_layers: int = field(
         default=0, metadata={"help": "freeze the token embeddings and the first N transformer layers (0: train all)"}
     )
+    length_bucket_size: int = field(
+        default=LENGTH_BUCKET_SIZE,
+        metadata={"help": "embed a batch's sentences in length-sorted groups of this many, each padded to its own "
+                          "longest (1.7x faster steps on Austen); 0: one forward padded to the batch's longest"},
+    )  # fmt: skip
+    hard_negatives: int = field(
+        default=0,
+        metadata={"help": "mine this many hard-negative candidates per pair with the starting model (the sentences "
+                          "of the same book most like its anchor); each step adds one drawn per pair to the "
+                          "contrastive term's negatives (0: in-batch negatives only)"},
+    )  # fmt: skip
     replay_dataset: str = field(
         default="none",
         metadata={"help": "text of another domain to keep where the starting model put it (hsrl.replay): wordnet "
@@ -141,6 +156,14 @@ class BookCorpusConfig(TrainConfig):
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.pairs == "same-book" and self.dataset == "bookcorpus":
             raise ValueError("--pairs same-book needs documents with book ids; the hub's BookCorpus has none")
+        if self.length_bucket_size < 0:
+            raise ValueError(f"--length-bucket-size must be >= 0, got {self.length_bucket_size}")
+        if self.hard_negatives < 0:
+            raise ValueError(f"--hard-negatives must be >= 0, got {self.hard_negatives}")
+        unminable = self.encoder == "gru" or self.pairs == "consecutive" or self.dataset == "bookcorpus"
+        if self.hard_negatives and unminable:
+            raise ValueError("--hard-negatives mines a finite corpus's pairs for --encoder transformer (shuffled "
+                             "or same-book pairs); not streamed BookCorpus, the GRU, consecutive batches")  # fmt: skip
         if self.cache_chunk_size and (self.encoder == "gru" or self.pairs == "consecutive"):
             raise ValueError("--cache-chunk-size works with --encoder transformer on shuffled pairs; the GRU and "
                              "consecutive batches are not split into chunks")  # fmt: skip
@@ -158,6 +181,9 @@ def _objective(config: BookCorpusConfig) -> tuple[HypersphereLoss, bool]:
     if consecutive and names & {"align", "contrastive"}:
         raise ValueError("--loss: quickthought trains on consecutive batches (x = f(s), y = g(s) of the same "
                          "sentences); combine it only with uniform")  # fmt: skip
+    if config.hard_negatives and not loss.takes_negatives():
+        raise ValueError(f"--hard-negatives adds negatives to a contrastive term, and --loss {config.loss!r} has none; "
+                         "e.g. --loss 'contrastive:1,tau=0.05 + uniform:0.22,t=2'")  # fmt: skip
     if consecutive and config.cache_chunk_size:
         raise ValueError("--cache-chunk-size: the quickthought objective trains on consecutive batches, which "
                          "are not split into chunks; drop --cache-chunk-size")  # fmt: skip
@@ -216,6 +242,35 @@ def _starting_encoder(config: BookCorpusConfig, accelerator: Any, train_sentence
     )  # fmt: skip
 
 
+def _hard_negative_pairs(
+    config: BookCorpusConfig, accelerator: Any, encoder: Any, pairs: SentencePairDataset
+) -> HardNegativePairs:
+    """``pairs`` with one mined hard negative each (:mod:`hsrl.data.hard_negatives`).
+
+    The main process embeds every training sentence with the *starting* model (under the run's autocast: bf16
+    on this CPU is 1.7× faster and agrees with float32 to a cosine of 0.99998), mines ``--hard-negatives``
+    candidates per anchor and writes them to ``OUTPUT/hard_negatives.json``; every process reads that file. A
+    resumed run reads it instead of mining again, so it trains on the same candidates.
+    """
+    path = Path(config.output_dir) / "hard_negatives.json"
+    wanted = {"k": config.hard_negatives, "sentences": len(pairs.sentences), "pairs": len(pairs)}
+    if accelerator.is_main_process:
+        saved = json.loads(path.read_text()) if config.resume and path.is_file() else {}
+        if {key: saved.get(key) for key in wanted} != wanted:
+            started = time.perf_counter()
+            with accelerator.autocast():
+                embeddings = encode_texts(encoder, pairs.sentences)
+            mined = mine_hard_negatives(embeddings, pairs.sentences, pairs.pairs, pairs.groups or ["all"] * len(pairs),
+                                        config.hard_negatives)  # fmt: skip
+            atomic_write_json(path, {**wanted, "candidates": {str(i): found for i, found in mined.items()}})
+            print(f"hard negatives: {config.hard_negatives} candidates for each of {len(mined):,} anchors, mined "
+                  f"in {time.perf_counter() - started:.0f} s (the starting model, same book)")  # fmt: skip
+    accelerator.wait_for_everyone()
+    saved = json.loads(path.read_text())
+    candidates = {int(i): found for i, found in saved["candidates"].items()}
+    return HardNegativePairs(pairs.sentences, pairs.pairs, pairs.groups, candidates, seed=config.seed)
+
+
 def _views(config: BookCorpusConfig, encoder: Any, consecutive: bool) -> tuple[Any, Any]:
     """``(collate, encode)``: how a batch is built, and how it becomes the two views ``(x, y)``."""
     from hsrl.models import quickthought
@@ -224,7 +279,7 @@ def _views(config: BookCorpusConfig, encoder: Any, consecutive: bool) -> tuple[A
         return quickthought.consecutive_collate(encoder), quickthought.consecutive_encoder(encoder)
     if config.encoder == "gru":  # x = f(sentence), y = g(neighbour)
         return quickthought.gru_pair_collate(encoder), quickthought.gru_pair_encoder(encoder)
-    return pair_collate(encoder), pair_encoder(encoder)
+    return pair_collate(encoder), pair_encoder(encoder, bucket_size=config.length_bucket_size)
 
 
 def run(config: BookCorpusConfig) -> int:
@@ -269,6 +324,8 @@ def run(config: BookCorpusConfig) -> int:
             )  # fmt: skip
             accelerator.print(f"replay: {len(replay.sentences):,} sentences of {config.replay_dataset}, "
                               f"{replay.per_step} per step, weight {config.replay_weight:g}")  # fmt: skip
+        if config.hard_negatives:
+            train_pairs = _hard_negative_pairs(config, accelerator, encoder, train_pairs)
         collate, encode = _views(config, encoder, consecutive)
         groups = getattr(train_pairs, "groups", None) if config.pairs == "same-book" else None
         loader = make_dataloader(train_pairs, config, collate_fn=collate, groups=groups,

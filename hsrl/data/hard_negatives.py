@@ -50,7 +50,8 @@ def mine_hard_negatives(
         groups: each pair's book; candidates come from the same book only.
         k: candidates per sentence (a step draws one of them, so ``k`` > 1 varies the negatives).
         exclude_within: leave out sentences this many places or fewer from the query.
-        chunk_size: queries scored at a time (memory: ``chunk_size × book size`` floats).
+        chunk_size: queries scored at a time (memory: ``chunk_size × book size`` floats, and never more than
+            about 2**26 of them: fewer queries at a time in a large book).
 
     Returns:
         ``{i: [m, ...]}`` for every first sentence ``i``; a list may be shorter than ``k`` (a small book) and is
@@ -78,7 +79,9 @@ def mine_hard_negatives(
         book_embeddings = embeddings[members].float().T  # gathered once per book, not once per chunk
         # Scored a little past k: texts equal to the query's or its neighbour's are dropped after ranking.
         depth = min(len(members), k + 8)
-        for chunk in queries.split(chunk_size):
+        # At most ~2**26 scores (256 MB of float32) at a time, however large the book.
+        rows = max(1, min(chunk_size, (1 << 26) // len(members)))
+        for chunk in queries.split(rows):
             scores = embeddings[chunk].float() @ book_embeddings
             scores[(chunk[:, None] - members[None, :]).abs() <= exclude_within] = float("-inf")
             best = scores.topk(depth, dim=1)

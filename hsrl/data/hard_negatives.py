@@ -80,8 +80,8 @@ def mine_hard_negatives(
         # Scored a little past k: texts equal to the query's or its neighbour's are dropped after ranking.
         depth = min(len(members), k + 8)
         # At most ~2**26 scores (256 MB of float32) at a time, however large the book.
-        rows = max(1, min(chunk_size, (1 << 26) // len(members)))
-        for chunk in queries.split(rows):
+        queries_at_once = max(1, min(chunk_size, (1 << 26) // len(members)))
+        for chunk in queries.split(queries_at_once):
             scores = embeddings[chunk].float() @ book_embeddings
             scores[(chunk[:, None] - members[None, :]).abs() <= exclude_within] = float("-inf")
             best = scores.topk(depth, dim=1)

@@ -12,7 +12,9 @@ import csv
 import itertools
 import json
 import math
+import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -80,13 +82,18 @@ def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 @pytest.fixture(scope="module")
-def quick_outputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """All five experiments in --quick mode, into one folder (``OUT/<experiment>``)."""
+def quick_outputs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """All five experiments in --quick mode, into one folder (``OUT/<experiment>``), removed after the module.
+
+    The quick runs' models and checkpoints take ~2 GB; keeping them to the session's end would double the suite's
+    peak disk use.
+    """
     out = tmp_path_factory.mktemp("reproduce")
     started = time.perf_counter()
     assert cli_main(["all", "--quick", "--output-dir", str(out), "--device", "cpu"]) == 0
     (out / "seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
-    return out
+    yield out
+    shutil.rmtree(out, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- structure

@@ -100,3 +100,38 @@ def test_max_sentences_caps_every_set_book_attribution_included(monkeypatch: pyt
     calls.clear()
     evaluate_text_encoder(None, heldout[:1], attribution=True)
     assert calls[-2:] == [6 * 150, 6 * 150]
+
+
+def test_eval_text_max_seq_length_truncates_every_model_and_bad_values_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``hsrl eval text --max-seq-length N`` embeds every model (``--model`` and ``--baseline``) on N tokens: its
+    numbers are those of the packaged MiniLM truncated by hand, and differ from the model's own length."""
+    import json
+
+    from model_folders import _text_corpus
+    from sentence_transformers import SentenceTransformer
+
+    from hsrl.cli import main as hsrl_main
+    from hsrl.data.text_sources import load_documents
+    from hsrl.evaluation.text import evaluate_text_encoder
+    from hsrl.models.text import resolve_model_path
+
+    corpus = _text_corpus(tmp_path / "books.txt")
+    runs = {}
+    for name, extra in (("own", []), ("short", ["--max-seq-length", "6"])):
+        out = tmp_path / f"{name}.json"
+        argv = ["eval", "text", "--model", "minilm", "--baseline", "minilm", "--dataset", str(corpus)]
+        assert hsrl_main([*argv, "--output", str(out), *extra]) == 0
+        runs[name] = json.loads(out.read_text())
+    by_hand = SentenceTransformer(resolve_model_path("minilm"), device="cpu")
+    by_hand.max_seq_length = 6
+    expected = evaluate_text_encoder(by_hand, load_documents(str(corpus))[1])
+    for role in ("model", "baseline"):
+        assert runs["short"][role] == pytest.approx(expected, abs=1e-5)
+        assert abs(runs["own"][role]["align"] - expected["align"]) > 1e-2  # 6 tokens embed less of each sentence
+    capsys.readouterr()
+    for value, message in (("0", "--max-seq-length must be >= 1"), ("600", "--baseline embeds at most 512 tokens")):
+        assert hsrl_main([*argv, "--max-seq-length", value]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err

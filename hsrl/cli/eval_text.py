@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from typing import Any
 
 from hsrl.checkpoints import atomic_write_json
 from hsrl.cli.harness import OneLineArgumentParser, UsageError, run_cli
@@ -29,11 +30,16 @@ def cli_main(argv: Sequence[str]) -> int:
     )  # fmt: skip
     parser.add_argument("--senteval", help="folder with MR/CR/SUBJ/MPQA files")
     parser.add_argument("--max-sentences", type=int, help="evaluate on the first N held-out sentences")
+    parser.add_argument("--max-seq-length", type=int, help="embed at most N tokens of each sentence, for every "
+                        "model evaluated (default: each model's own, as saved; a model trained on short inputs "
+                        "saves its training length)")  # fmt: skip
     parser.add_argument("--output", help="write the metrics as JSON here")
     return run_cli(parser, argv, _run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.max_seq_length is not None and args.max_seq_length < 1:
+        raise UsageError(f"--max-seq-length must be >= 1, got {args.max_seq_length}")
     # Models first: a Hub id missing offline is one line before any corpus is read.
     folders = {}
     for role, name in (("baseline", args.baseline), ("model", args.model)):
@@ -50,6 +56,8 @@ def _run(args: argparse.Namespace) -> int:
             if opened.kind != "text":
                 raise UsageError(f"--{role} {folder} is an {opened.kind} model; hsrl eval text needs a text model")
             encoder = opened.module
+            if args.max_seq_length is not None:
+                set_max_seq_length(encoder, args.max_seq_length, role)
             results[role] = evaluate_text_encoder(
                 encoder, heldout, attribution=args.dataset == "austen", senteval_dir=args.senteval,
                 max_sentences=args.max_sentences, eval_sets=eval_sets,
@@ -61,3 +69,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.output:
         atomic_write_json(args.output, results)
     return 0
+
+
+def set_max_seq_length(encoder: Any, length: int, role: str) -> None:
+    """Truncate ``encoder``'s inputs to ``length`` tokens: one line when its position table is shorter.
+
+    A transformer embeds at most ``max_position_embeddings`` tokens (512 for MiniLM's BERT); past them its
+    position lookup would fail mid-evaluation. A recurrent encoder has no such limit.
+    """
+    first = encoder[0]
+    limit = getattr(getattr(getattr(first, "auto_model", None), "config", None), "max_position_embeddings", None)
+    if limit is not None and length > limit:
+        raise UsageError(f"--max-seq-length {length}: --{role} embeds at most {limit} tokens")
+    encoder.max_seq_length = length

@@ -777,20 +777,15 @@ class HypersphereLoss(nn.Module):
         by ``processes``.
         """
         self._check_negatives(negatives)
-        values: dict[str, Tensor] = {}
-        total: Tensor | None = None
-        for term in self.objective:
+
+        def share_of(term: LossTerm, a: Tensor, b: Tensor) -> Tensor:
             share = SHARES.get(term.name)
             extra = self._negative_params(term, negatives)
             if share is None:
-                value = TERMS[term.name][0](x, y, **term.params, **extra) / processes
-            else:
-                value = share(x, y, rows, reduce, **term.params, **extra)
-            values[term.name] = value
-            total = value * term.weight if total is None else total + value * term.weight
-        assert total is not None
-        values["loss"] = total
-        return values
+                return TERMS[term.name][0](a, b, **term.params, **extra) / processes
+            return share(a, b, rows, reduce, **term.params, **extra)
+
+        return weighted_terms(self.objective, x, y, share_of)
 
     def forward(self, x: Tensor, y: Tensor, *, negatives: Tensor | None = None) -> Tensor:
         return self.terms(x, y, negatives=negatives)["loss"]

@@ -140,6 +140,8 @@ def probe(args: argparse.Namespace) -> None:
     encoder = build_text_encoder("minilm", max_seq_length=48, device="cpu")
     if args.freeze_layers:
         freeze_lower_layers(encoder, args.freeze_layers)
+    if args.lora:
+        _add_low_rank_adapters(encoder, args.lora)
     collate, encode = pair_collate(encoder), pair_encoder(encoder)
     loss = HypersphereLoss(args.loss)
     anchor, pooled = None, None
@@ -171,7 +173,8 @@ def probe(args: argparse.Namespace) -> None:
         return one_book + order[position - n : position]
 
     swap = _name_swapper(pairs.sentences, draw) if args.swap_names else None
-    hard = _hard_negative_candidates(encoder, pairs, args.hard_negatives) if args.hard_negatives else None
+    hard = (_hard_negative_candidates(encoder, pairs, args.hard_negatives, args.hn_positive_ratio, args.hn_any_book)
+            if args.hard_negatives else None)  # fmt: skip
     optimizer = torch.optim.Adam(_parameter_groups(encoder, args.lr, args.llrd), lr=args.lr)
     # the recipe's --lr-schedule cosine (min 0, no warm-up) when asked; constant otherwise
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -223,7 +226,9 @@ def probe(args: argparse.Namespace) -> None:
                 value = value + _memory_contrastive(x, y, memory, args.memory_tau)
                 memory = (torch.cat([x.detach(), memory[0]])[: args.memory],
                           torch.cat([y.detach(), memory[1]])[: args.memory])  # fmt: skip
-            if anchor is not None:
+            if anchor is not None and args.replay_uniform:
+                value = value + _anchor_and_spread(encoder, anchor, step, args.replay_uniform)
+            elif anchor is not None:
                 value = value + anchor(encoder, step)
         value.backward()
         torch.nn.utils.clip_grad_norm_(encoder.parameters(), 1.0)
@@ -239,6 +244,49 @@ def probe(args: argparse.Namespace) -> None:
             print(f"step {step} loss {value.item():.4f} {seconds:.0f}s", flush=True)
         if step in args.eval_at:
             evaluate(step)
+
+
+def _anchor_and_spread(encoder, anchor, step: int, weight: float):
+    r"""The replay anchor plus a uniformity term over the same replay rows, from one forward pass:
+    :math:`\mu \cdot \frac1R \sum_i \lVert f(s_i) - f_0(s_i) \rVert^2 + w \cdot L_{uniform}(f(s_1..s_R); t=2)`.
+    Why: fine-tuning on novels crowds other domains' text together (the Factbook's uniformity goes from −3.43 to
+    about −3.2); spreading the general-English replay sentences asks the model to keep such text apart."""
+    import torch.nn.functional as F
+
+    from hsrl.losses import uniform_loss
+
+    rows = anchor.indices(step)
+    z = encoder(dict(anchor.preprocess([anchor.sentences[i] for i in rows.tolist()])))["sentence_embedding"]
+    z = F.normalize(z.float(), dim=1)
+    held = anchor.weight * (z - anchor.targets[rows]).pow(2).sum(dim=1).mean()
+    return held + weight * uniform_loss(z, t=2.0)
+
+
+def _add_low_rank_adapters(encoder, rank: int) -> None:
+    r"""Freeze the transformer and give each of its linear maps a trainable low-rank update (LoRA, Hu et al. 2022):
+    :math:`h = W x + b + \tfrac{\alpha}{r} B A x`, ``A`` (r × in) drawn small, ``B`` (out × r) zero, so training
+    starts at the untouched model; α = 2r. Why: a low-rank update learns less and forgets less (Biderman et al.
+    2024), which is what the second-domain bar asks of a fine-tune."""
+    import torch
+    from torch import nn
+
+    class LowRank(nn.Module):
+        def __init__(self, base: nn.Linear) -> None:
+            super().__init__()
+            self.base = base
+            self.down = nn.Parameter(torch.randn(rank, base.in_features) / base.in_features**0.5)
+            self.up = nn.Parameter(torch.zeros(base.out_features, rank))
+
+        def forward(self, x):
+            return self.base(x) + 2.0 * (x @ self.down.T) @ self.up.T
+
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    for layer in encoder[0].auto_model.encoder.layer:
+        for parent in (layer.attention.self, layer.attention.output, layer.intermediate, layer.output):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.Linear):
+                    setattr(parent, name, LowRank(child))
 
 
 def _parameter_groups(encoder, lr: float, decay: float) -> list[dict]:
@@ -260,14 +308,23 @@ def _parameter_groups(encoder, lr: float, decay: float) -> list[dict]:
     return [{"params": ps, "lr": lr * decay ** (depth - min(level, depth))} for level, ps in sorted(groups.items())]
 
 
-def _hard_negative_candidates(encoder, pairs, k: int) -> dict[int, list[int]]:
+def _hard_negative_candidates(encoder, pairs, k: int, ratio: float | None, any_book: bool) -> dict[int, list[int]]:
     """:func:`hsrl.data.hard_negatives.mine_hard_negatives` with the *starting* model's embeddings (mined once,
-    before training); a first sentence with no candidate at all (none in a large book) gets one fixed sentence."""
+    before training, and kept in ``RUNS/start_embeddings.pt`` for the next probe over the same sentences); a first
+    sentence with no candidate at all (none in a large book) gets one fixed sentence."""
+    import torch
+
     from hsrl.data.hard_negatives import mine_hard_negatives
     from hsrl.models.text import encode_texts
 
-    z = encode_texts(encoder, pairs.sentences)
-    found = mine_hard_negatives(z, pairs.sentences, pairs.pairs, pairs.groups, k)
+    cache = RUNS / "start_embeddings.pt"
+    z = torch.load(cache) if cache.is_file() else None
+    if z is None or z.shape[0] != len(pairs.sentences):
+        z = encode_texts(encoder, pairs.sentences)
+        torch.save(z, cache)
+    # any_book: one group for all, so a sentence's nearest may come from any novel (its own included)
+    groups = ["all"] * len(pairs) if any_book else pairs.groups
+    found = mine_hard_negatives(z, pairs.sentences, pairs.pairs, groups, k, max_positive_ratio=ratio)
     return {i: c or [pairs.pairs[0][1]] for i, c in found.items()}
 
 
@@ -340,7 +397,7 @@ def table() -> list[str]:
         "[--batch B] [--seed S] [--same-book] [--replay wordnet|pydoc|PATH --replay-mode anchor|pooled "
         "--replay-weight MU --replay-sentences R] [--book-mix F] [--context-size K] [--min-words W] [--swap-names] "
         "[--freeze-layers N] [--ema D] [--extra-text FILE ...] [--memory M --memory-tau T] [--llrd D] [--no-dropout] "
-        "[--oracle] "
+        "[--oracle] [--hard-negatives K --hn-positive-ratio R --hn-any-book] [--replay-uniform W] [--lora R] "
         "--steps N --eval-at ...` (two at a time, one intra-op thread "
         "each, on 2 cores); this table: `python benchmarks/text_objective_probe.py --table --output FILE`.",
         "",
@@ -359,6 +416,8 @@ def table() -> list[str]:
         replay = "none" if not a["replay"] else f"{a['replay']} {a['replay_mode']} ×{a['replay_sentences']}"
         if a["replay"] and a["replay_mode"] == "anchor":
             replay += f", μ = {a['replay_weight']:g}"
+        if a.get("replay_uniform"):
+            replay += f" + uniform:{a['replay_uniform']:g} over them"
         batch = "" if a.get("batch", 128) == 128 else f", {a['batch']} a step"
         schedule = ", cosine" if a.get("schedule") == "cosine" else ""
         if a.get("oracle"):
@@ -383,8 +442,14 @@ def table() -> list[str]:
         if a.get("hard_negatives"):
             objective = (f"{a['loss']} + contrastive with a mined negative a pair (from the top "
                          f"{a['hard_negatives']}), tau={a['memory_tau']:g}")  # fmt: skip
+            if a.get("hn_any_book"):
+                objective += ", mined from every book"
+            if a.get("hn_positive_ratio"):
+                objective += f", mined below {a['hn_positive_ratio']:g} × the pair's score"
         if a.get("no_dropout"):
             schedule += ", dropout off"
+        if a.get("lora"):
+            schedule += f", rank-{a['lora']} adapters (LoRA) of a frozen model"
         if a.get("freeze_layers"):
             schedule += f", embeddings + {a['freeze_layers']} layers frozen"
         rows = []
@@ -432,6 +497,20 @@ def main() -> int:
     parser.add_argument("--hard-negatives", type=int, default=0,
                         help="add a contrastive term with one mined same-book negative per pair, drawn from the K "
                         "nearest (starting model); its temperature is --memory-tau")  # fmt: skip
+    parser.add_argument(
+        "--hn-positive-ratio",
+        type=float,
+        default=None,
+        help="mine only candidates scoring at most this share of the pair's own score",
+    )
+    parser.add_argument("--hn-any-book", action="store_true", help="mine hard negatives from every book")
+    parser.add_argument(
+        "--replay-uniform",
+        type=float,
+        default=0.0,
+        help="add this weight times uniformity over each step's replay sentences",
+    )
+    parser.add_argument("--lora", type=int, default=0, help="train rank-R adapters of a frozen model (0: all)")
     parser.add_argument("--llrd", type=float, default=1.0, help="layer-wise lr decay (1: one lr for all)")
     parser.add_argument("--no-dropout", action="store_true", help="train with dropout off")
     parser.add_argument("--oracle", action="store_true", help="train on Persuasion itself (a ceiling, not a setting)")

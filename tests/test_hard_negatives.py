@@ -32,6 +32,17 @@ def test_candidates_are_the_nearest_far_enough_sentences_of_the_same_book() -> N
     assert set(found) == {0, 1, 2, 3, 4, 6}  # every pair's first sentence, and only those
 
 
+def test_a_positive_ratio_leaves_out_candidates_nearly_as_close_as_the_neighbour() -> None:
+    # Sentence 0's neighbour 1 scores cos 0.2 = 0.980; with r = 0.95 a candidate must score at most 0.931:
+    # 5 (cos 0.1 = 0.995) and 4 (cos 0.3 = 0.955) are left out, 3 (cos 0.5 = 0.878) stays.
+    z = _circle([0.0, 0.2, 0.4, 0.5, 0.3, 0.1])
+    sentences = [f"s{i}" for i in range(6)]
+    pairs = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
+    assert mine_hard_negatives(z, sentences, pairs, ["a"] * 5, k=2)[0] == [5, 4]
+    assert mine_hard_negatives(z, sentences, pairs, ["a"] * 5, k=2, max_positive_ratio=0.95)[0] == [3]
+    assert mine_hard_negatives(z, sentences, pairs, ["a"] * 5, k=2, max_positive_ratio=0.99)[0] == [4, 3]
+
+
 def test_copies_of_the_query_or_its_neighbour_are_never_negatives() -> None:
     z = _circle([0.0, 0.1, 0.5, 0.9, 0.01, 0.02, 0.03])
     sentences = ["Yes.", "No.", "a", "b", "c", "Yes.", "No."]  # 5 and 6 repeat the pair (0, 1)'s texts
@@ -42,21 +53,29 @@ def test_copies_of_the_query_or_its_neighbour_are_never_negatives() -> None:
 
 
 @settings(max_examples=25, deadline=None)
-@given(n=st.integers(4, 40), k=st.integers(1, 6), window=st.integers(0, 3), seed=st.integers(0, 2**16))
-def test_mined_lists_follow_the_rules(n: int, k: int, window: int, seed: int) -> None:
+@given(
+    n=st.integers(4, 40),
+    k=st.integers(1, 6),
+    window=st.integers(0, 3),
+    ratio=st.one_of(st.none(), st.floats(0.1, 1.5)),
+    seed=st.integers(0, 2**16),
+)
+def test_mined_lists_follow_the_rules(n: int, k: int, window: int, ratio: float | None, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     z = F.normalize(torch.randn(n, 8, generator=g), dim=1)
     sentences = [f"s{i % 7}" for i in range(n)]  # some texts repeat
     pairs = [(i, i + 1) for i in range(n - 1)]
     groups = ["a" if i < n // 2 else "b" for i in range(n - 1)]
-    found = mine_hard_negatives(z, sentences, pairs, groups, k, exclude_within=window)
+    found = mine_hard_negatives(z, sentences, pairs, groups, k, exclude_within=window, max_positive_ratio=ratio)
     book_of = {}
     for (i, j), book in zip(pairs, groups, strict=True):
         book_of[i] = book_of[j] = book
     for query, candidates in found.items():
         assert len(candidates) <= k
         neighbour = query + 1
+        ceiling = float("inf") if ratio is None else ratio * float(z[query] @ z[neighbour]) + 1e-6
         for m in candidates:
+            assert float(z[query] @ z[m]) <= ceiling
             assert book_of[m] == book_of[query] and abs(m - query) > window
             assert sentences[m] not in {sentences[query], sentences[neighbour]}
         scores = [float(z[query] @ z[m]) for m in candidates]
@@ -68,7 +87,7 @@ def test_mined_lists_follow_the_rules(n: int, k: int, window: int, seed: int) ->
                 m
                 for m in book_of
                 if book_of[m] == book_of[query] and abs(m - query) > window and sentences[m] not in texts
-                and m not in candidates
+                and m not in candidates and float(z[query] @ z[m]) <= ceiling - 2e-6
             ]  # fmt: skip
             assert all(float(z[query] @ z[m]) <= scores[-1] + 1e-6 for m in admissible)
 
@@ -79,6 +98,8 @@ def test_bad_input_is_one_clear_error() -> None:
         mine_hard_negatives(z, ["a", "b", "c"], [(0, 1)], ["a"], k=0)
     with pytest.raises(ValueError, match="one embedding row per sentence"):
         mine_hard_negatives(z, ["a", "b"], [(0, 1)], ["a"], k=1)
+    with pytest.raises(ValueError, match="positive ratio must be > 0"):
+        mine_hard_negatives(z, ["a", "b", "c"], [(0, 1)], ["a"], k=1, max_positive_ratio=0.0)
     with pytest.raises(ValueError, match="one group per pair"):
         mine_hard_negatives(z, ["a", "b", "c"], [(0, 1), (1, 2)], ["a"], k=1)
 

@@ -11,7 +11,10 @@ For the first sentence ``i`` of each pair, the candidates are the ``k`` sentence
 largest cosine ``z_i·z_m``, leaving out
 
 * ``m`` within ``exclude_within`` places of ``i`` (itself and its neighbours, which may be true positives), and
-* any sentence whose text equals ``i``'s or its neighbour's ("Yes." recurs hundreds of times).
+* any sentence whose text equals ``i``'s or its neighbour's ("Yes." recurs hundreds of times), and
+* with ``max_positive_ratio`` r, any ``m`` with ``z_i·z_m > r · z_i·z_j`` (``j`` the pair's neighbour): a
+  candidate the starting model finds nearly as close as the true neighbour is likely another valid continuation,
+  a false negative (NV-Retriever's "positive-aware" mining, Moreira et al. 2024, keeps r = 0.95).
 
 :class:`HardNegativePairs` serves them to training: item ``index`` is ``(anchor, neighbour, negative)``, the
 negative drawn from the anchor's candidates by a generator seeded with ``(seed, epoch, index)``, so a resumed run
@@ -39,6 +42,7 @@ def mine_hard_negatives(
     k: int,
     *,
     exclude_within: int = 2,
+    max_positive_ratio: float | None = None,
     chunk_size: int = 1024,
 ) -> dict[int, list[int]]:
     """The ``k`` hard-negative candidates of each pair's first sentence, nearest first.
@@ -50,6 +54,7 @@ def mine_hard_negatives(
         groups: each pair's book; candidates come from the same book only.
         k: candidates per sentence (a step draws one of them, so ``k`` > 1 varies the negatives).
         exclude_within: leave out sentences this many places or fewer from the query.
+        max_positive_ratio: leave out sentences scoring above this share of the pair's own score (None: keep all).
         chunk_size: queries scored at a time (memory: ``chunk_size × book size`` floats, and never more than
             about 2**26 of them: fewer queries at a time in a large book).
 
@@ -58,10 +63,12 @@ def mine_hard_negatives(
         empty when nothing qualifies.
 
     Raises:
-        ValueError: ``k`` < 1, or the inputs do not line up.
+        ValueError: ``k`` < 1, ``max_positive_ratio`` not positive, or the inputs do not line up.
     """
     if k < 1:
         raise ValueError(f"--hard-negatives must be >= 1, got {k}")
+    if max_positive_ratio is not None and not max_positive_ratio > 0:
+        raise ValueError(f"the positive ratio must be > 0, got {max_positive_ratio}")
     if embeddings.dim() != 2 or embeddings.shape[0] != len(sentences):
         raise ValueError(f"one embedding row per sentence is needed, got {tuple(embeddings.shape)} for "
                          f"{len(sentences)} sentences")  # fmt: skip
@@ -84,6 +91,10 @@ def mine_hard_negatives(
         for chunk in queries.split(queries_at_once):
             scores = embeddings[chunk].float() @ book_embeddings
             scores[(chunk[:, None] - members[None, :]).abs() <= exclude_within] = float("-inf")
+            if max_positive_ratio is not None:
+                neighbours = torch.tensor([neighbour_of[q] for q in chunk.tolist()])
+                positive = (embeddings[chunk].float() * embeddings[neighbours].float()).sum(dim=1)
+                scores[scores > max_positive_ratio * positive[:, None]] = float("-inf")
             best = scores.topk(depth, dim=1)
             for query, values, rows in zip(chunk.tolist(), best.values.tolist(), best.indices.tolist(), strict=True):
                 same = {sentences[query], sentences[neighbour_of[query]]}

@@ -89,11 +89,12 @@ def mine_hard_negatives(
         # At most ~2**26 scores (256 MB of float32) at a time, however large the book.
         queries_at_once = max(1, min(chunk_size, (1 << 26) // len(members)))
         for chunk in queries.split(queries_at_once):
-            scores = embeddings[chunk].float() @ book_embeddings
+            chunk_embeddings = embeddings[chunk].float()
+            scores = chunk_embeddings @ book_embeddings
             scores[(chunk[:, None] - members[None, :]).abs() <= exclude_within] = float("-inf")
             if max_positive_ratio is not None:
                 neighbours = torch.tensor([neighbour_of[q] for q in chunk.tolist()])
-                positive = (embeddings[chunk].float() * embeddings[neighbours].float()).sum(dim=1)
+                positive = (chunk_embeddings * embeddings[neighbours].float()).sum(dim=1)
                 scores[scores > max_positive_ratio * positive[:, None]] = float("-inf")
             best = scores.topk(depth, dim=1)
             for query, values, rows in zip(chunk.tolist(), best.values.tolist(), best.indices.tolist(), strict=True):

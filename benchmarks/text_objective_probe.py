@@ -271,15 +271,10 @@ def _anchor_and_spread(encoder, anchor, step: int, weight: float):
     :math:`\mu \cdot \frac1R \sum_i \lVert f(s_i) - f_0(s_i) \rVert^2 + w \cdot L_{uniform}(f(s_1..s_R); t=2)`.
     Why: fine-tuning on novels crowds other domains' text together (the Factbook's uniformity goes from −3.43 to
     about −3.2); spreading the general-English replay sentences asks the model to keep such text apart."""
-    import torch.nn.functional as F
-
     from hsrl.losses import uniform_loss
 
-    rows = anchor.indices(step)
-    z = encoder(dict(anchor.preprocess([anchor.sentences[i] for i in rows.tolist()])))["sentence_embedding"]
-    z = F.normalize(z.float(), dim=1)
-    held = anchor.weight * (z - anchor.targets[rows]).pow(2).sum(dim=1).mean()
-    return held + weight * uniform_loss(z, t=2.0)
+    z, targets = anchor.embed(encoder, step)
+    return anchor.penalty(z, targets) + weight * uniform_loss(z, t=2.0)
 
 
 def _add_low_rank_adapters(encoder, rank: int) -> None:

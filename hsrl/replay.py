@@ -151,7 +151,9 @@ class ReplayAnchor:
         generator = torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 1_009 + self.process)
         return torch.randperm(len(self.sentences), generator=generator)[: self.per_step]
 
-    def __call__(self, model: Any, step: int) -> Tensor:
+    def embed(self, model: Any, step: int) -> tuple[Tensor, Tensor]:
+        """``(f(s_i), f₀(s_i))`` for the replay sentences of ``step``: the model's unit embeddings (float32, with
+        gradients) and their targets, on the model's device."""
         rows = self.indices(step)
         texts = [self.sentences[i] for i in rows.tolist()]
         device = next(model.parameters()).device
@@ -159,5 +161,11 @@ class ReplayAnchor:
         z = model(features)["sentence_embedding"]
         # In float32 even under autocast: a bf16 unit vector is off by up to 2**-8, as large as the term itself.
         z = torch.nn.functional.normalize(z.float(), dim=1)
-        targets = self.targets[rows].to(device)
+        return z, self.targets[rows].to(device)
+
+    def penalty(self, z: Tensor, targets: Tensor) -> Tensor:
+        """``μ · mean_i ‖z_i − targets_i‖²``."""
         return self.weight * (z - targets).pow(2).sum(dim=1).mean()
+
+    def __call__(self, model: Any, step: int) -> Tensor:
+        return self.penalty(*self.embed(model, step))

@@ -20,6 +20,7 @@ the cost (it saves no checkpoint and evaluates only the steps asked for).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -332,11 +333,14 @@ def _hard_negative_candidates(encoder, pairs, k: int, ratio: float | None, any_b
     from hsrl.data.hard_negatives import mine_hard_negatives
     from hsrl.models.text import encode_texts
 
+    # Keyed by the sentences themselves: --extra-text or --oracle embed other text, which must not reuse the cache.
+    digest = hashlib.sha256("\n".join(pairs.sentences).encode()).hexdigest()
     cache = RUNS / "start_embeddings.pt"
-    z = torch.load(cache) if cache.is_file() else None
-    if z is None or z.shape[0] != len(pairs.sentences):
+    saved = torch.load(cache) if cache.is_file() else {}
+    z = saved.get("embeddings") if saved.get("sentences_sha256") == digest else None
+    if z is None:
         z = encode_texts(encoder, pairs.sentences)
-        torch.save(z, cache)
+        torch.save({"sentences_sha256": digest, "embeddings": z}, cache)
     # any_book: one group for all, so a sentence's nearest may come from any novel (its own included)
     groups = ["all"] * len(pairs) if any_book else pairs.groups
     found = mine_hard_negatives(z, pairs.sentences, pairs.pairs, groups, k, max_positive_ratio=ratio)

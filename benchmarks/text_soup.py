@@ -29,11 +29,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 from _report import publish
 
 
-def averaged_state(folders: list[str]) -> dict:
+def averaged_state(states: list[dict]) -> dict:
     """The element-wise mean of the models' weights (every model shares the start's architecture)."""
-    from sentence_transformers import SentenceTransformer
-
-    states = [SentenceTransformer(folder, device="cpu").state_dict() for folder in folders]
     if any(state.keys() != states[0].keys() for state in states):
         raise SystemExit("the models do not share one architecture: their weights cannot be averaged")
     return {
@@ -57,6 +54,7 @@ def main() -> int:
         raise SystemExit("name at least two models to average")
 
     import torch
+    from sentence_transformers import SentenceTransformer
 
     from hsrl.data.text import austen_splits, load_factbook
     from hsrl.evaluation.text import evaluate_text_encoder
@@ -71,11 +69,13 @@ def main() -> int:
         return evaluate_text_encoder(encoder, heldout, eval_sets={"factbook": factbook})
 
     rows = [("untouched MiniLM", evaluate())]
-    for folder in args.models:
-        encoder.load_state_dict(averaged_state([folder]))
+    # Each folder is read once; the averages below reuse these weights.
+    states = [SentenceTransformer(folder, device="cpu").state_dict() for folder in args.models]
+    for folder, state in zip(args.models, states, strict=True):
+        encoder.load_state_dict(state)
         rows.append((Path(folder).parent.name, evaluate()))
-    for n in range(2, len(args.models) + 1):
-        encoder.load_state_dict(averaged_state(args.models[:n]))
+    for n in range(2, len(states) + 1):
+        encoder.load_state_dict(averaged_state(states[:n]))
         rows.append((f"average of the first {n}", evaluate()))
         print(rows[-1], flush=True)
 
